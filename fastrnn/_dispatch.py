@@ -1,0 +1,58 @@
+"""The ONLY place that branches on device and options: which engine runs a validated Spec, and why.
+
+`select(spec, engine)` returns a Choice.  The compiled CPU engine serves every Spec that `_spec` accepts
+(any mask pattern, dropout masks, go_backwards, time_major, every named activation, float32 and float64):
+its eligibility predicate is "device is cpu and the extension loaded".  The NumPy reference serves the
+same Specs (slowly) and is chosen when asked for, or when the compiled engine declines.  `explain()`
+states the choice in words, including the paths not taken.
+"""
+from typing import NamedTuple
+
+ENGINES = ("auto", "compiled", "reference")
+
+
+class Choice(NamedTuple):
+    engine: str  # "compiled" or "reference"
+    kernel: str  # human-readable name of the kernel that runs
+    reasons: tuple  # why faster paths were not taken (empty when the fastest path runs)
+
+
+def _compiled_declines(spec):
+    """Why the compiled CPU engine cannot run `spec` (empty tuple: it can)."""
+    reasons = []
+    if spec.device != "cpu":
+        reasons.append(f"device {spec.device!r}: the compiled engine runs on the CPU")
+    return tuple(reasons)
+
+
+def _kernel_name(spec):
+    parts = [spec.cell]
+    if spec.cell == "gru":
+        parts.append("reset_after" if spec.reset_after else "reset_before")
+    parts.append(str(spec.dtype))
+    parts.append("gemv" if spec.B == 1 else "gemm")
+    return "compiled " + "/".join(parts)
+
+
+def select(spec, engine="auto"):
+    """Pick the engine for `spec`.  engine: "auto" (fastest that can), "compiled" (raise if it cannot),
+    "reference" (the NumPy oracle)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
+    if engine == "reference":
+        return Choice("reference", "numpy reference", ("engine='reference' was asked for",))
+    declined = _compiled_declines(spec)
+    if not declined:
+        return Choice("compiled", _kernel_name(spec), ())
+    if engine == "compiled":
+        raise ValueError("engine='compiled' cannot run this call: " + "; ".join(declined))
+    return Choice("reference", "numpy reference", declined)
+
+
+def explain(spec, engine="auto"):
+    """One paragraph: which kernel runs `spec` and why the faster ones (if any) do not."""
+    choice = select(spec, engine)
+    text = f"{spec.id} ({spec.dtype}): runs on {choice.kernel}."
+    if choice.reasons:
+        text += " Not faster because: " + "; ".join(choice.reasons) + "."
+    return text

@@ -1,0 +1,73 @@
+# _gates.pxd - Cython view of gates.h (the SIMD/C one-row gate math), fused over float/double so the
+# time loops call one name per operation.  See gates.h for each function's contract.
+from cython cimport floating
+
+cdef extern from "gates.h" nogil:
+    int fr_init_simd()
+    void fr_force_scalar(int on)
+    int fr_simd_level()
+    void fr_act_f32(int kind, float *y, const float *x, int n)
+    void fr_act_f64(int kind, double *y, const double *x, int n)
+    void fr_dact_f32(int kind, float *dx, const float *y, const float *dy, int n)
+    void fr_dact_f64(int kind, double *dx, const double *y, const double *dy, int n)
+    void fr_lstm_fwd_row_f32(float *g, const float *bias, const float *c_prev, float *c, float *h, int H, int act, int ract)
+    void fr_lstm_fwd_row_f64(double *g, const double *bias, const double *c_prev, double *c, double *h, int H, int act, int ract)
+    void fr_lstm_bwd_row_f32(const float *g, const float *c_prev, const float *c, const float *dh, float *dc, float *dg, float *tmp, int H, int act, int ract)
+    void fr_lstm_bwd_row_f64(const double *g, const double *c_prev, const double *c, const double *dh, double *dc, double *dg, double *tmp, int H, int act, int ract)
+    void fr_gru_zr_row_f32(float *g, const float *rec, const float *bx, const float *br, int H, int ract)
+    void fr_gru_zr_row_f64(double *g, const double *rec, const double *bx, const double *br, int H, int ract)
+    void fr_gru_reset_after_row_f32(float *g, const float *rec, const float *bx, const float *br, float *rh, int H)
+    void fr_gru_reset_after_row_f64(double *g, const double *rec, const double *bx, const double *br, double *rh, int H)
+    void fr_gru_h_row_f32(float *g, const float *b_h, const float *h_prev, float *h, int H, int act)
+    void fr_gru_h_row_f64(double *g, const double *b_h, const double *h_prev, double *h, int H, int act)
+    void fr_gru_bwd_zh_row_f32(const float *g, const float *h_prev, const float *dh, float *dg, float *dh_direct, int H, int act, int ract)
+    void fr_gru_bwd_zh_row_f64(const double *g, const double *h_prev, const double *dh, double *dg, double *dh_direct, int H, int act, int ract)
+    void fr_gru_bwd_r_row_f32(const float *g, const float *a, const float *b, float *dg, int H, int ract)
+    void fr_gru_bwd_r_row_f64(const double *g, const double *a, const double *b, double *dg, int H, int ract)
+    void fr_simple_fwd_row_f32(float *g, const float *bias, float *h, int H, int act)
+    void fr_simple_fwd_row_f64(double *g, const double *bias, double *h, int H, int act)
+
+
+cdef inline void dact(int kind, floating *dx, const floating *y, const floating *dy, int n) noexcept nogil:
+    if floating is float: fr_dact_f32(kind, dx, y, dy, n)
+    else: fr_dact_f64(kind, dx, y, dy, n)
+
+cdef inline void lstm_fwd_row(floating *g, const floating *bias, const floating *c_prev, floating *c,
+                              floating *h, int H, int act, int ract) noexcept nogil:
+    if floating is float: fr_lstm_fwd_row_f32(g, bias, c_prev, c, h, H, act, ract)
+    else: fr_lstm_fwd_row_f64(g, bias, c_prev, c, h, H, act, ract)
+
+cdef inline void lstm_bwd_row(const floating *g, const floating *c_prev, const floating *c,
+                              const floating *dh, floating *dc, floating *dg, floating *tmp, int H,
+                              int act, int ract) noexcept nogil:
+    if floating is float: fr_lstm_bwd_row_f32(g, c_prev, c, dh, dc, dg, tmp, H, act, ract)
+    else: fr_lstm_bwd_row_f64(g, c_prev, c, dh, dc, dg, tmp, H, act, ract)
+
+cdef inline void gru_zr_row(floating *g, const floating *rec, const floating *bx, const floating *br,
+                            int H, int ract) noexcept nogil:
+    if floating is float: fr_gru_zr_row_f32(g, rec, bx, br, H, ract)
+    else: fr_gru_zr_row_f64(g, rec, bx, br, H, ract)
+
+cdef inline void gru_reset_after_row(floating *g, const floating *rec, const floating *bx,
+                                     const floating *br, floating *rh, int H) noexcept nogil:
+    if floating is float: fr_gru_reset_after_row_f32(g, rec, bx, br, rh, H)
+    else: fr_gru_reset_after_row_f64(g, rec, bx, br, rh, H)
+
+cdef inline void gru_h_row(floating *g, const floating *b_h, const floating *h_prev, floating *h, int H,
+                           int act) noexcept nogil:
+    if floating is float: fr_gru_h_row_f32(g, b_h, h_prev, h, H, act)
+    else: fr_gru_h_row_f64(g, b_h, h_prev, h, H, act)
+
+cdef inline void gru_bwd_zh_row(const floating *g, const floating *h_prev, const floating *dh,
+                                floating *dg, floating *dh_direct, int H, int act, int ract) noexcept nogil:
+    if floating is float: fr_gru_bwd_zh_row_f32(g, h_prev, dh, dg, dh_direct, H, act, ract)
+    else: fr_gru_bwd_zh_row_f64(g, h_prev, dh, dg, dh_direct, H, act, ract)
+
+cdef inline void gru_bwd_r_row(const floating *g, const floating *a, const floating *b, floating *dg,
+                               int H, int ract) noexcept nogil:
+    if floating is float: fr_gru_bwd_r_row_f32(g, a, b, dg, H, ract)
+    else: fr_gru_bwd_r_row_f64(g, a, b, dg, H, ract)
+
+cdef inline void simple_fwd_row(floating *g, const floating *bias, floating *h, int H, int act) noexcept nogil:
+    if floating is float: fr_simple_fwd_row_f32(g, bias, h, H, act)
+    else: fr_simple_fwd_row_f64(g, bias, h, H, act)

@@ -1,0 +1,153 @@
+/* cell_rows.inc.h - one-row cell updates, written once for both dtypes.
+ *
+ * Included twice by gates.c with T (the element type) and SFX (the name suffix: f32, f64) defined; see
+ * gates.h for the contract of each function.  Plain loops: gcc -O3 vectorises them with the baseline
+ * ISA; the transcendental work goes through fr_act_SFX, which has the AVX2 path.
+ */
+#define FR_CAT2(a, b) a##_##b
+#define FR_CAT(a, b) FR_CAT2(a, b)
+#define FN(name) FR_CAT(name, SFX)
+
+void FN(fr_dact)(int kind, T *dx, const T *y, const T *dy, int n)
+{
+    int j;
+    switch (kind) {
+    case FR_TANH:
+        for (j = 0; j < n; j++) dx[j] = dy[j] * ((T)1 - y[j] * y[j]);
+        break;
+    case FR_SIGMOID:
+        for (j = 0; j < n; j++) dx[j] = dy[j] * (y[j] * ((T)1 - y[j]));
+        break;
+    case FR_HARD_SIGMOID:
+        for (j = 0; j < n; j++) dx[j] = (y[j] > (T)0 && y[j] < (T)1) ? dy[j] * ((T)1 / (T)6) : (T)0;
+        break;
+    case FR_RELU:
+        for (j = 0; j < n; j++) dx[j] = y[j] > (T)0 ? dy[j] : (T)0;
+        break;
+    case FR_SOFTSIGN:
+        for (j = 0; j < n; j++) {
+            T a = (T)1 - (y[j] < 0 ? -y[j] : y[j]);
+            dx[j] = dy[j] * a * a;
+        }
+        break;
+    default: /* FR_LINEAR */
+        if (dx != dy)
+            for (j = 0; j < n; j++) dx[j] = dy[j];
+        break;
+    }
+}
+
+void FN(fr_lstm_fwd_row)(T *restrict g, const T *restrict bias, const T *restrict c_prev, T *restrict c,
+                         T *restrict h, int H, int act, int ract)
+{
+    int j;
+    if (bias)
+        for (j = 0; j < 4 * H; j++) g[j] += bias[j];
+    FN(fr_act)(ract, g, g, 2 * H);             /* i, f */
+    FN(fr_act)(act, g + 2 * H, g + 2 * H, H);  /* candidate */
+    FN(fr_act)(ract, g + 3 * H, g + 3 * H, H); /* o */
+    {
+        const T *gi = g, *gf = g + H, *gc = g + 2 * H;
+        for (j = 0; j < H; j++) c[j] = gf[j] * c_prev[j] + gi[j] * gc[j];
+    }
+    FN(fr_act)(act, h, c, H);
+    {
+        const T *go = g + 3 * H;
+        for (j = 0; j < H; j++) h[j] *= go[j];
+    }
+}
+
+void FN(fr_lstm_bwd_row)(const T *restrict g, const T *restrict c_prev, const T *restrict c,
+                         const T *restrict dh, T *restrict dc, T *restrict dg, T *restrict tmp, int H,
+                         int act, int ract)
+{
+    const T *gi = g, *gf = g + H, *gc = g + 2 * H, *go = g + 3 * H;
+    T *ac = tmp, *dct = tmp + H;
+    int j;
+    FN(fr_act)(act, ac, c, H); /* act(c_t), recomputed rather than stored */
+    for (j = 0; j < H; j++) dct[j] = dh[j] * go[j];
+    FN(fr_dact)(act, dct, ac, dct, H);
+    for (j = 0; j < H; j++) {
+        T d = dc[j] + dct[j]; /* dL/dc_t through both paths */
+        dg[j] = d * gc[j];
+        dg[H + j] = d * c_prev[j];
+        dg[2 * H + j] = d * gi[j];
+        dg[3 * H + j] = dh[j] * ac[j];
+        dc[j] = d * gf[j];
+    }
+    FN(fr_dact)(ract, dg, gi, dg, 2 * H); /* i and f are adjacent */
+    FN(fr_dact)(act, dg + 2 * H, gc, dg + 2 * H, H);
+    FN(fr_dact)(ract, dg + 3 * H, go, dg + 3 * H, H);
+}
+
+void FN(fr_gru_zr_row)(T *restrict g, const T *restrict rec, const T *restrict bx, const T *restrict br,
+                       int H, int ract)
+{
+    int j;
+    if (rec)
+        for (j = 0; j < 2 * H; j++) g[j] += rec[j];
+    if (bx)
+        for (j = 0; j < 2 * H; j++) g[j] += bx[j];
+    if (br)
+        for (j = 0; j < 2 * H; j++) g[j] += br[j];
+    FN(fr_act)(ract, g, g, 2 * H);
+}
+
+void FN(fr_gru_reset_after_row)(T *restrict g, const T *restrict rec, const T *restrict bx,
+                                const T *restrict br, T *restrict rh, int H)
+{
+    const T *r = g + H;
+    T *gh = g + 2 * H;
+    int j;
+    for (j = 0; j < H; j++) rh[j] = rec[2 * H + j] + (br ? br[2 * H + j] : (T)0);
+    for (j = 0; j < H; j++) gh[j] += r[j] * rh[j] + (bx ? bx[2 * H + j] : (T)0);
+}
+
+void FN(fr_gru_h_row)(T *restrict g, const T *restrict b_h, const T *restrict h_prev, T *restrict h,
+                      int H, int act)
+{
+    const T *z = g;
+    T *gh = g + 2 * H;
+    int j;
+    if (b_h)
+        for (j = 0; j < H; j++) gh[j] += b_h[j];
+    FN(fr_act)(act, gh, gh, H);
+    for (j = 0; j < H; j++) h[j] = z[j] * h_prev[j] + ((T)1 - z[j]) * gh[j];
+}
+
+void FN(fr_gru_bwd_zh_row)(const T *restrict g, const T *restrict h_prev, const T *restrict dh,
+                           T *restrict dg, T *restrict dh_direct, int H, int act, int ract)
+{
+    const T *z = g, *hh = g + 2 * H;
+    int j;
+    for (j = 0; j < H; j++) {
+        dg[j] = dh[j] * (h_prev[j] - hh[j]);
+        dg[2 * H + j] = dh[j] * ((T)1 - z[j]);
+        dh_direct[j] = dh[j] * z[j];
+    }
+    FN(fr_dact)(ract, dg, z, dg, H);
+    FN(fr_dact)(act, dg + 2 * H, hh, dg + 2 * H, H);
+}
+
+void FN(fr_gru_bwd_r_row)(const T *restrict g, const T *restrict a, const T *restrict b, T *restrict dg,
+                          int H, int ract)
+{
+    T *dr = dg + H;
+    int j;
+    for (j = 0; j < H; j++) dr[j] = a[j] * b[j];
+    FN(fr_dact)(ract, dr, g + H, dr, H);
+}
+
+void FN(fr_simple_fwd_row)(T *g, const T *bias, T *h, int H, int act)
+{
+    int j;
+    if (bias)
+        for (j = 0; j < H; j++) g[j] += bias[j];
+    FN(fr_act)(act, g, g, H); /* g keeps the output: backward takes act' from it */
+    if (h != g)
+        for (j = 0; j < H; j++) h[j] = g[j];
+}
+
+#undef FN
+#undef FR_CAT
+#undef FR_CAT2

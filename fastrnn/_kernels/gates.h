@@ -1,0 +1,79 @@
+/* gates.h - the SIMD/C gate math of fastrnn: activations and one-row cell updates.
+ *
+ * Design
+ * ------
+ * The Cython time loop (_engine.pyx) owns memory, BLAS calls, masks and the step order; these functions
+ * do the element-wise work of ONE batch row at ONE time step, after the GEMMs have written the
+ * pre-activations.  Rows are contiguous vectors of H (or G*H) elements; nothing here allocates, and
+ * every function is reentrant (no global state but the SIMD choice, made once in fr_init_simd()).
+ *
+ * Activations are identified by an int (enum fr_act) chosen outside the time loop.  Every derivative is
+ * written in terms of the activation's OUTPUT y, so the backward pass needs only saved post-activation
+ * gates: tanh' = 1-y^2, sigmoid' = y(1-y), hard_sigmoid' = 1/6 on 0<y<1, relu' = [y>0], linear' = 1,
+ * softsign' = (1-|y|)^2.  hard_sigmoid is Keras 3's: clip(x/6 + 1/2, 0, 1).
+ *
+ * float32 activations run on AVX2/FMA code (gates_avx2.c, own exp with max abs error ~2e-7 for
+ * sigmoid/tanh) when the CPU has it, chosen at run time; otherwise on libm (gates.c).  float64 always
+ * uses libm: it is the accuracy dtype.
+ *
+ * Gate orders follow the Keras layout: LSTM i,f,c,o; GRU z,r,h.  `# IN` / `# OUT` in the comments below
+ * mark argument roles; IN/OUT is read then overwritten.
+ */
+#ifndef FASTRNN_GATES_H
+#define FASTRNN_GATES_H
+
+enum fr_act {
+    FR_TANH = 0,
+    FR_SIGMOID = 1,
+    FR_HARD_SIGMOID = 2,
+    FR_RELU = 3,
+    FR_LINEAR = 4,
+    FR_SOFTSIGN = 5
+};
+
+/* Picks the AVX2 float kernels if the CPU supports AVX2 and FMA; returns 1 if it did, 0 otherwise.
+ * Idempotent; called at module import.  fr_force_scalar(1) pins the portable path (tests). */
+int fr_init_simd(void);
+void fr_force_scalar(int on);
+int fr_simd_level(void);
+
+/* AVX2 entry points (gates_avx2.c); only called after fr_init_simd() saw AVX2+FMA. */
+void fr_act_f32_avx2(int kind, float *y, const float *x, int n);
+
+#define FR_DECLARE(T, SFX)                                                                             \
+    /* y := act(x); y may be x.                                     IN x; OUT y */                     \
+    void fr_act_##SFX(int kind, T *y, const T *x, int n);                                              \
+    /* dx := dy * act'(x), from y = act(x); dx may be dy.           IN y, dy; OUT dx */                \
+    void fr_dact_##SFX(int kind, T *dx, const T *y, const T *dy, int n);                               \
+    /* LSTM, one row.  g := act_gates(g + b); c := f*c_prev + i*cand; h := o*act(c).                  \
+     * IN/OUT g (4H: x@W + h@R in, post-activation i,f,c,o out); IN bias (4H or NULL), c_prev;         \
+     * OUT c, h */                                                                                     \
+    void fr_lstm_fwd_row_##SFX(T *g, const T *bias, const T *c_prev, T *c, T *h, int H, int act,       \
+                               int ract);                                                              \
+    /* LSTM backward, one row.  IN g (post-act), c_prev, c, dh (dL/dh_t, all paths);                   \
+     * IN/OUT dc (dL/dc_t in, dL/dc_{t-1} out); OUT dg (4H pre-activation grads); tmp (2H scratch) */   \
+    void fr_lstm_bwd_row_##SFX(const T *g, const T *c_prev, const T *c, const T *dh, T *dc, T *dg,     \
+                               T *tmp, int H, int act, int ract);                                      \
+    /* GRU z and r gates: g[0:2H] := ract(g[0:2H] + rec[0:2H] + bx + br) (rec, bx, br may be NULL).    \
+     * IN/OUT g; IN rec, bx, br */                                                                     \
+    void fr_gru_zr_row_##SFX(T *g, const T *rec, const T *bx, const T *br, int H, int ract);            \
+    /* GRU reset_after=True candidate input: rh := rec_h + br_h; g_h += bx_h + r*rh.                   \
+     * IN/OUT g (3H); IN rec (3H), bx, br (3H or NULL); OUT rh (H, saved for backward) */              \
+    void fr_gru_reset_after_row_##SFX(T *g, const T *rec, const T *bx, const T *br, T *rh, int H);     \
+    /* GRU state: hh := act(g_h + b_h); h := z*h_prev + (1-z)*hh.                                     \
+     * IN/OUT g (3H); IN b_h (H or NULL), h_prev; OUT h */                                             \
+    void fr_gru_h_row_##SFX(T *g, const T *b_h, const T *h_prev, T *h, int H, int act);                \
+    /* GRU backward of the z and candidate paths.  IN g (post-act z,r,hh), h_prev, dh;                 \
+     * OUT dg_z, dg_h (in dg, 3H layout; dg_r untouched), dh_direct := z*dh */                         \
+    void fr_gru_bwd_zh_row_##SFX(const T *g, const T *h_prev, const T *dh, T *dg, T *dh_direct, int H, \
+                                 int act, int ract);                                                   \
+    /* GRU backward of r: dg_r := ract'(r) * a * b.  IN g, a, b; OUT dg (only the r block) */           \
+    void fr_gru_bwd_r_row_##SFX(const T *g, const T *a, const T *b, T *dg, int H, int ract);           \
+    /* SimpleRNN: g := act(g + b); h := g.  IN/OUT g (H); IN bias; OUT h (may be g) */                        \
+    void fr_simple_fwd_row_##SFX(T *g, const T *bias, T *h, int H, int act);
+
+FR_DECLARE(float, f32)
+FR_DECLARE(double, f64)
+#undef FR_DECLARE
+
+#endif

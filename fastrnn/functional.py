@@ -1,0 +1,117 @@
+"""Forward and backward of LSTM, GRU and SimpleRNN over explicit arrays: the one API that fastrnn's
+layers and framework adapters call.
+
+Weights are in the canonical Keras layout (see fastrnn/_weights.py):
+
+=========  ===========  ================  =============================  =========
+cell       kernel       recurrent_kernel  bias                           gates
+=========  ===========  ================  =============================  =========
+lstm       (I, 4H)      (H, 4H)           (4H,)                          i, f, c, o
+gru        (I, 3H)      (H, 3H)           (2, 3H) reset_after / (3H,)    z, r, h
+simple_rnn (I, H)       (H, H)            (H,)                           -
+=========  ===========  ================  =============================  =========
+
+Every function takes x (B, T, I) (or (T, B, I) with ``time_major=True``) and returns
+``outputs, final_states``: outputs (B, T, H) (or (T, B, H)) holding every step in processing order
+(reversed with ``go_backwards``, as Keras), final_states ``[h, c]`` for LSTM, ``[h]`` otherwise.
+
+Options (Keras semantics): ``initial_state`` (list of (B, H)); ``mask`` (B, T) bool: a masked step keeps
+the state and repeats the previous output (zeros before the first unmasked step, or always with
+``zero_output_for_mask``); ``dropout_mask`` (B, I) multiplies x and ``recurrent_dropout_mask`` (B, H) the
+state entering the recurrent matmul, at every step; ``activation``/``recurrent_activation`` by name
+(tanh, sigmoid, hard_sigmoid, relu, linear, softsign).  ``engine`` is "auto", "compiled" or "reference".
+
+The ``*_vjp`` variants also return ``backward(d_outputs, d_final_states=None)``, which returns a dict of
+gradients: x, kernel, recurrent_kernel, bias (None without bias) and initial_state (a list).
+Inputs are never modified.
+"""
+from fastrnn import _dispatch, reference
+from fastrnn._spec import build_spec
+
+__all__ = ["lstm", "gru", "simple_rnn", "lstm_vjp", "gru_vjp", "simple_rnn_vjp", "explain"]
+
+
+def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options):
+    spec, arrays = build_spec(cell, x, kernel, recurrent_kernel, bias, **options)
+    choice = _dispatch.select(spec, engine)
+    if choice.engine == "compiled":
+        from fastrnn import _compiled
+
+        return (_compiled.forward_vjp if vjp else _compiled.forward)(spec, arrays)
+    fn = getattr(reference, f"{cell}_vjp" if vjp else cell)
+    options = dict(options)
+    options.update(initial_state=arrays.initial_state, mask=arrays.mask, dropout_mask=arrays.dropout_mask,
+                   recurrent_dropout_mask=arrays.recurrent_dropout_mask)
+    if cell != "gru":
+        options.pop("reset_after", None)
+    if cell == "simple_rnn":
+        options.pop("recurrent_activation", None)
+    return fn(arrays.x, arrays.kernel, arrays.recurrent_kernel, arrays.bias, **options)
+
+
+def _options(initial_state, mask, go_backwards, time_major, activation, recurrent_activation,
+             zero_output_for_mask, dropout_mask, recurrent_dropout_mask, reset_after=True):
+    return dict(initial_state=initial_state, mask=mask, go_backwards=go_backwards, time_major=time_major,
+                activation=activation, recurrent_activation=recurrent_activation,
+                zero_output_for_mask=zero_output_for_mask, dropout_mask=dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, reset_after=reset_after)
+
+
+def lstm(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, mask=None, go_backwards=False,
+         time_major=False, activation="tanh", recurrent_activation="sigmoid", zero_output_for_mask=False,
+         dropout_mask=None, recurrent_dropout_mask=None, engine="auto"):
+    """LSTM over a sequence: ``outputs, [h, c]``.  See the module docstring for shapes and options."""
+    opts = _options(initial_state, mask, go_backwards, time_major, activation, recurrent_activation,
+                    zero_output_for_mask, dropout_mask, recurrent_dropout_mask)
+    return _run("lstm", False, engine, x, kernel, recurrent_kernel, bias, opts)
+
+
+def lstm_vjp(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, mask=None, go_backwards=False,
+             time_major=False, activation="tanh", recurrent_activation="sigmoid", zero_output_for_mask=False,
+             dropout_mask=None, recurrent_dropout_mask=None, engine="auto"):
+    """Like `lstm`, plus ``backward(d_outputs, d_final_states=None) -> grads`` (dict)."""
+    opts = _options(initial_state, mask, go_backwards, time_major, activation, recurrent_activation,
+                    zero_output_for_mask, dropout_mask, recurrent_dropout_mask)
+    return _run("lstm", True, engine, x, kernel, recurrent_kernel, bias, opts)
+
+
+def gru(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, mask=None, go_backwards=False,
+        time_major=False, activation="tanh", recurrent_activation="sigmoid", zero_output_for_mask=False,
+        dropout_mask=None, recurrent_dropout_mask=None, reset_after=True, engine="auto"):
+    """GRU over a sequence: ``outputs, [h]``; ``reset_after`` selects the bias layout (2, 3H) / (3H,)."""
+    opts = _options(initial_state, mask, go_backwards, time_major, activation, recurrent_activation,
+                    zero_output_for_mask, dropout_mask, recurrent_dropout_mask, reset_after)
+    return _run("gru", False, engine, x, kernel, recurrent_kernel, bias, opts)
+
+
+def gru_vjp(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, mask=None, go_backwards=False,
+            time_major=False, activation="tanh", recurrent_activation="sigmoid", zero_output_for_mask=False,
+            dropout_mask=None, recurrent_dropout_mask=None, reset_after=True, engine="auto"):
+    """Like `gru`, plus ``backward``."""
+    opts = _options(initial_state, mask, go_backwards, time_major, activation, recurrent_activation,
+                    zero_output_for_mask, dropout_mask, recurrent_dropout_mask, reset_after)
+    return _run("gru", True, engine, x, kernel, recurrent_kernel, bias, opts)
+
+
+def simple_rnn(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, mask=None, go_backwards=False,
+               time_major=False, activation="tanh", zero_output_for_mask=False, dropout_mask=None,
+               recurrent_dropout_mask=None, engine="auto"):
+    """Fully connected RNN, h := act(x @ W + h @ R + b): ``outputs, [h]``."""
+    opts = _options(initial_state, mask, go_backwards, time_major, activation, "sigmoid",
+                    zero_output_for_mask, dropout_mask, recurrent_dropout_mask)
+    return _run("simple_rnn", False, engine, x, kernel, recurrent_kernel, bias, opts)
+
+
+def simple_rnn_vjp(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, mask=None,
+                   go_backwards=False, time_major=False, activation="tanh", zero_output_for_mask=False,
+                   dropout_mask=None, recurrent_dropout_mask=None, engine="auto"):
+    """Like `simple_rnn`, plus ``backward``."""
+    opts = _options(initial_state, mask, go_backwards, time_major, activation, "sigmoid",
+                    zero_output_for_mask, dropout_mask, recurrent_dropout_mask)
+    return _run("simple_rnn", True, engine, x, kernel, recurrent_kernel, bias, opts)
+
+
+def explain(cell, x, kernel, recurrent_kernel, bias=None, engine="auto", **options):
+    """Which kernel `fastrnn.functional.<cell>` would run for these arguments, and why."""
+    spec, _ = build_spec(cell, x, kernel, recurrent_kernel, bias, **options)
+    return _dispatch.explain(spec, engine)
