@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""Summarise pytest-benchmark JSON files from ``pytest bench --benchmark-json=...``.
+
+    python bench/report.py bench/results/t2.json [bench/results/t1.json ...] [--long] [--plot out.png | --no-plot]
+
+Prints markdown: per (cell, problem, mode, threads) the median ms of every engine, fastrnn's GFLOP/s and
+% of the sgemm peak measured in the same session, the fastest peer (any engine but fastrnn) and
+``speedup = best peer median / fastrnn median`` (> 1: fastrnn is faster).  ``--long`` adds one row per
+engine with its GFLOP/s, % of peak and ratio to the fastest peer.  Draws a PNG of the speedups when
+matplotlib is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections import OrderedDict
+
+ENGINE_ORDER = ["fastrnn", "torch", "onnxruntime", "reference"]
+CELL_ORDER = ["lstm", "gru", "simple_rnn"]
+MODE_ORDER = ["forward", "training"]
+
+
+def load(paths):
+    """-> (rows, peaks): rows[(cell, problem, mode, threads)] = {engine: info}; peaks[threads] = {impl: GFLOP/s}."""
+    rows, peaks = OrderedDict(), {}
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        for bm in doc.get("benchmarks", []):
+            ex = bm.get("extra_info") or {}
+            if "engine" not in ex or "flops" not in ex:
+                continue
+            median = bm["stats"]["median"]
+            threads = ex.get("threads")
+            gflops = ex["flops"] / median / 1e9
+            if ex["engine"] == "sgemm-peak":
+                impl = ex.get("impl", "?")
+                cur = peaks.setdefault(threads, {})
+                cur[impl] = max(cur.get(impl, 0.0), gflops)
+                continue
+            key = (ex["cell"], ex["problem"], ex["mode"], threads)
+            rows.setdefault(key, {})[ex["engine"]] = {
+                "median": median, "gflops": gflops, "rounds": bm["stats"].get("rounds"),
+                "flops": ex["flops"],
+            }
+    return rows, peaks
+
+
+def sort_rows(rows):
+    problems = list(OrderedDict.fromkeys(k[1] for k in rows))
+
+    def key(k):
+        cell, problem, mode, threads = k
+        return (CELL_ORDER.index(cell) if cell in CELL_ORDER else 99, problems.index(problem),
+                MODE_ORDER.index(mode) if mode in MODE_ORDER else 99, -(threads or 0))
+
+    return sorted(rows, key=key)
+
+
+def best_peer(engines):
+    peers = {e: v for e, v in engines.items() if e != "fastrnn"}
+    if not peers:
+        return None, None
+    e = min(peers, key=lambda n: peers[n]["median"])
+    return e, peers[e]
+
+
+def fmt_ms(sec):
+    if sec is None:
+        return "-"
+    ms = sec * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def fmt(x, nd=1):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def peak_of(peaks, threads):
+    p = peaks.get(threads)
+    return max(p.values()) if p else None
+
+
+def speedup_of(engines):
+    peer, info = best_peer(engines)
+    if "fastrnn" not in engines or info is None:
+        return peer, None
+    return peer, info["median"] / engines["fastrnn"]["median"]
+
+
+def wide_table(rows, peaks):
+    engines_seen = [e for e in ENGINE_ORDER if any(e in v for v in rows.values())]
+    engines_seen += sorted({e for v in rows.values() for e in v} - set(engines_seen))
+    head = (["cell", "problem", "mode", "thr"] + [f"{e} ms" for e in engines_seen]
+            + ["fastrnn GFLOP/s", "fastrnn % peak", "best peer", "peer GFLOP/s", "speedup"])
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["--:"] * (len(head) - 4)) + "|"]
+    for k in sort_rows(rows):
+        cell, problem, mode, threads = k
+        eng = rows[k]
+        peak = peak_of(peaks, threads)
+        fr = eng.get("fastrnn")
+        peer, sp = speedup_of(eng)
+        cells = [cell, problem.split("-", 1)[1] if problem.startswith(cell) else problem, mode, str(threads)]
+        cells += [fmt_ms(eng[e]["median"]) if e in eng else "-" for e in engines_seen]
+        cells += [fmt(fr["gflops"]) if fr else "-",
+                  fmt(100 * fr["gflops"] / peak) if fr and peak else "-",
+                  peer or "-", fmt(eng[peer]["gflops"]) if peer else "-",
+                  f"**{sp:.2f}x**" if sp is not None and sp >= 1 else (f"{sp:.2f}x" if sp is not None else "-")]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def long_table(rows, peaks):
+    head = ["cell", "problem", "mode", "thr", "engine", "median ms", "GFLOP/s", "% peak", "best peer / engine"]
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 5 + ["--:"] * 4) + "|"]
+    for k in sort_rows(rows):
+        cell, problem, mode, threads = k
+        eng = rows[k]
+        peak = peak_of(peaks, threads)
+        _, peer_info = best_peer(eng)
+        for e in sorted(eng, key=lambda n: ENGINE_ORDER.index(n) if n in ENGINE_ORDER else 99):
+            v = eng[e]
+            ratio = peer_info["median"] / v["median"] if peer_info else None
+            out.append("| " + " | ".join([
+                cell, problem, mode, str(threads), e, fmt_ms(v["median"]), fmt(v["gflops"]),
+                fmt(100 * v["gflops"] / peak) if peak else "-", fmt(ratio, 2)]) + " |")
+    return "\n".join(out)
+
+
+def summary(rows):
+    lines = []
+    groups = OrderedDict()
+    for k in sort_rows(rows):
+        _, sp = speedup_of(rows[k])
+        if sp is not None:
+            groups.setdefault((k[2], k[3]), []).append(sp)
+    for (mode, threads), sps in groups.items():
+        gm = math.exp(sum(math.log(s) for s in sps) / len(sps))
+        wins = sum(s > 1 for s in sps)
+        lines.append(f"- {mode}, {threads} thread(s): fastrnn faster than the best peer in {wins}/{len(sps)} "
+                     f"problems; geometric-mean speedup {gm:.2f}x (min {min(sps):.2f}x, max {max(sps):.2f}x)")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"\n(matplotlib not installed: no plot written; `pip install matplotlib` for {path})")
+        return None
+    data = OrderedDict()  # mode -> {threads: [(label, speedup)]}
+    for k in sort_rows(rows):
+        cell, problem, mode, threads = k
+        _, sp = speedup_of(rows[k])
+        if sp is not None:
+            data.setdefault(mode, OrderedDict()).setdefault(threads, []).append((problem, sp))
+    if not data:
+        print("\n(no fastrnn-vs-peer pairs: no plot written)")
+        return None
+    modes = list(data)
+    labels = list(OrderedDict.fromkeys(p for m in modes for t in data[m] for p, _ in data[m][t]))
+    fig, axes = plt.subplots(1, len(modes), figsize=(7 * len(modes), 0.32 * len(labels) + 1.8),
+                             sharey=True, squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        threads = sorted(data[mode], key=lambda t: -(t or 0))
+        h = 0.8 / len(threads)
+        for i, t in enumerate(threads):
+            d = dict(data[mode][t])
+            ys = [j + (i - (len(threads) - 1) / 2) * h for j, lab in enumerate(labels) if lab in d]
+            xs = [d[lab] for lab in labels if lab in d]
+            ax.barh(ys, xs, height=h, label=f"{t} thread(s)")
+        ax.axvline(1.0, color="k", lw=1)
+        ax.set_xscale("log")
+        ax.set_title(f"{mode}: fastrnn speedup over the best peer")
+        ax.set_xlabel("best peer median / fastrnn median (> 1: fastrnn faster)")
+        ax.legend(loc="lower right")
+        ax.grid(axis="x", which="both", alpha=0.3)
+    axes[0][0].set_yticks(range(len(labels)))
+    axes[0][0].set_yticklabels(labels, fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s)")
+    ap.add_argument("--long", action="store_true", help="also one row per engine")
+    ap.add_argument("--plot", help="PNG path (default: speedup.png next to the first JSON)")
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+
+    rows, peaks = load(args.json)
+    if not rows:
+        print("no fastrnn benchmark entries (extra_info) in " + ", ".join(args.json), file=sys.stderr)
+        return 1
+    print("### sgemm peak measured in the same session\n")
+    for t in sorted(peaks, key=lambda t: -(t or 0)):
+        impls = ", ".join(f"{i} {g:.1f}" for i, g in sorted(peaks[t].items()))
+        print(f"- {t} thread(s): {impls} GFLOP/s; % peak uses {peak_of(peaks, t):.1f}")
+    if not peaks:
+        print("- none recorded: no % of peak")
+    print("\n### Median time per engine (ms); speedup = best peer / fastrnn (> 1: fastrnn faster)\n")
+    print(wide_table(rows, peaks))
+    s = summary(rows)
+    if s:
+        print("\n" + s)
+    if args.long:
+        print("\n### Per engine\n")
+        print(long_table(rows, peaks))
+    if not args.no_plot:
+        path = args.plot or os.path.join(os.path.dirname(os.path.abspath(args.json[0])), "speedup.png")
+        if plot(rows, path):
+            print(f"\nplot: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

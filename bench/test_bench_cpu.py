@@ -1,0 +1,97 @@
+"""CPU benchmarks: fastrnn vs torch.nn, onnxruntime and the numpy reference on the shared problem ids.
+
+Every case computes its result once and checks it against the float64 oracle (fastrnn.reference on the
+same float32 data) before anything is timed; training cases also check the engine's gradients on a small
+problem.  A missing peer is a skip with its reason.  Timing facts go into ``benchmark.extra_info`` for
+``bench/report.py``; no timing is asserted.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import cases
+from engines import ENGINES
+
+SGEMM_N = 2048
+SGEMM_N_QUICK = 1024
+
+
+def _time_it(benchmark, opts, fn):
+    if opts.quick:
+        return benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
+    return benchmark(fn)
+
+
+def test_sgemm_peak(benchmark, sgemm_impl, bench_options):
+    """Large float32 matmul in the same session: the denominator of '% of peak'."""
+    n = SGEMM_N_QUICK if bench_options.quick else SGEMM_N
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    if sgemm_impl == "numpy":
+        def run():
+            return a @ b
+        to_np = np.asarray
+    else:
+        torch = pytest.importorskip("torch", reason="torch not installed: no torch sgemm peak")
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+
+        def run():
+            return torch.mm(ta, tb)
+        to_np = lambda t: t.numpy()  # noqa: E731
+
+    c = to_np(run())
+    ref = a[:8].astype(np.float64) @ b.astype(np.float64)
+    err = cases.rel_err(c[:8], ref)
+    assert err < 1e-4, f"sgemm {sgemm_impl}: rel err {err:.3g}"
+
+    benchmark.group = f"sgemm-n{n}"
+    benchmark.extra_info.update({
+        "engine": "sgemm-peak", "impl": sgemm_impl, "cell": "sgemm", "problem": f"sgemm-n{n}",
+        "mode": "forward", "flops": 2 * n ** 3, "threads": bench_options.threads,
+        "quick": bench_options.quick, "threads_reported": cases.get_threads_reported(),
+    })
+    _time_it(benchmark, bench_options, run)
+
+
+def test_rnn(benchmark, case, bench_options):
+    p, mode, engine = case.problem, case.mode, ENGINES[case.engine]
+    reason = engine.unavailable(mode)
+    if reason:
+        pytest.skip(f"{case.engine}: {reason}")
+
+    data = cases.problem_data(p)
+    try:
+        run, to_result = engine.prepare(p, data, mode)
+    except Exception as exc:  # e.g. an onnxruntime build without this op
+        pytest.skip(f"{case.engine} cannot prepare {p.id}: {type(exc).__name__}: {exc}")
+
+    # 1. one call, checked against the float64 oracle, before any timing
+    t0 = time.perf_counter()
+    got = to_result(run())
+    first_call_s = time.perf_counter() - t0
+    ref, oracle_s = cases.oracle(p, "forward")
+    fwd_err = cases.compare(got, ref, cases.FWD_RTOL, f"{case.engine} {mode} on {p.id} vs {cases.oracle_name()}")
+    grad_err = None
+    if mode == "training":
+        cases.check_grads_sane(got, p)
+        grad_err = cases.grad_check(case.engine, p.cell)
+
+    # 2. the numpy reference is a baseline, not a goal: time it only where it is affordable
+    if case.engine == "reference" and first_call_s > bench_options.ref_budget:
+        pytest.skip(f"reference {mode} on {p.id}: one call took {first_call_s:.1f} s "
+                    f"> --ref-budget {bench_options.ref_budget:g} s (checked, not timed)")
+
+    benchmark.group = f"{p.id}-{mode}"
+    benchmark.extra_info.update({
+        "engine": case.engine, "cell": p.cell, "problem": p.id, "mode": mode,
+        "T": p.T, "B": p.B, "I": p.I, "H": p.H,
+        "flops": p.flops(mode), "threads": bench_options.threads, "quick": bench_options.quick,
+        "threads_reported": cases.get_threads_reported(),
+        "oracle": cases.oracle_name(), "max_rel_err": fwd_err, "grad_max_rel_err": grad_err,
+        "first_call_s": first_call_s,
+    })
+    _time_it(benchmark, bench_options, run)
