@@ -62,22 +62,24 @@ void FN(fr_lstm_bwd_row)(const T *restrict g, const T *restrict c_prev, const T 
                          int act, int ract)
 {
     const T *gi = g, *gf = g + H, *gc = g + 2 * H, *go = g + 3 * H;
-    T *ac = tmp, *dct = tmp + H;
+    /* one restrict pointer per block: with dg[k*H + j] gcc keeps the loop scalar */
+    T *restrict dgi = dg, *restrict dgf = dg + H, *restrict dgc = dg + 2 * H, *restrict dgo = dg + 3 * H;
+    T *restrict ac = tmp, *restrict dct = tmp + H;
     int j;
     FN(fr_act)(act, ac, c, H); /* act(c_t), recomputed rather than stored */
     for (j = 0; j < H; j++) dct[j] = dh[j] * go[j];
     FN(fr_dact)(act, dct, ac, dct, H);
     for (j = 0; j < H; j++) {
         T d = dc[j] + dct[j]; /* dL/dc_t through both paths */
-        dg[j] = d * gc[j];
-        dg[H + j] = d * c_prev[j];
-        dg[2 * H + j] = d * gi[j];
-        dg[3 * H + j] = dh[j] * ac[j];
+        dgi[j] = d * gc[j];
+        dgf[j] = d * c_prev[j];
+        dgc[j] = d * gi[j];
+        dgo[j] = dh[j] * ac[j];
         dc[j] = d * gf[j];
     }
     FN(fr_dact)(ract, dg, gi, dg, 2 * H); /* i and f are adjacent */
-    FN(fr_dact)(act, dg + 2 * H, gc, dg + 2 * H, H);
-    FN(fr_dact)(ract, dg + 3 * H, go, dg + 3 * H, H);
+    FN(fr_dact)(act, dgc, gc, dgc, H);
+    FN(fr_dact)(ract, dgo, go, dgo, H);
 }
 
 void FN(fr_gru_zr_row)(T *restrict g, const T *restrict rec, const T *restrict bx, const T *restrict br,
@@ -119,14 +121,15 @@ void FN(fr_gru_bwd_zh_row)(const T *restrict g, const T *restrict h_prev, const 
                            T *restrict dg, T *restrict dh_direct, int H, int act, int ract)
 {
     const T *z = g, *hh = g + 2 * H;
+    T *restrict dgz = dg, *restrict dgh = dg + 2 * H;
     int j;
     for (j = 0; j < H; j++) {
-        dg[j] = dh[j] * (h_prev[j] - hh[j]);
-        dg[2 * H + j] = dh[j] * ((T)1 - z[j]);
+        dgz[j] = dh[j] * (h_prev[j] - hh[j]);
+        dgh[j] = dh[j] * ((T)1 - z[j]);
         dh_direct[j] = dh[j] * z[j];
     }
-    FN(fr_dact)(ract, dg, z, dg, H);
-    FN(fr_dact)(act, dg + 2 * H, hh, dg + 2 * H, H);
+    FN(fr_dact)(ract, dgz, z, dgz, H);
+    FN(fr_dact)(act, dgh, hh, dgh, H);
 }
 
 void FN(fr_gru_bwd_r_row)(const T *restrict g, const T *restrict a, const T *restrict b, T *restrict dg,

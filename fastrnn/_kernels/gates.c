@@ -1,7 +1,7 @@
 /* gates.c - portable gate math (libm activations) and the run-time SIMD choice; see gates.h.
  *
- * The one-row cell updates are generated from cell_rows.inc.h for float and double.  Only the float
- * activation has a faster twin (gates_avx2.c); the switch happens here, per call, on a flag set once.
+ * The one-row cell updates are generated from cell_rows.inc.h for double and (portable) float; the
+ * float32 entry points pick, per call, on a flag set once, this build or gates_avx2.c's.
  */
 #include <math.h>
 #include "gates.h"
@@ -62,18 +62,11 @@ FR_ACT_SCALAR(float, f32, expf, tanhf)
 FR_ACT_SCALAR(double, f64, exp, tanh)
 #undef FR_ACT_SCALAR
 
-void fr_act_f32(int kind, float *y, const float *x, int n)
-{
-    if (fr_use_avx2)
-        fr_act_f32_avx2(kind, y, x, n);
-    else
-        fr_act_scalar_f32(kind, y, x, n);
-}
-
+void fr_act_f32_scalar(int kind, float *y, const float *x, int n) { fr_act_scalar_f32(kind, y, x, n); }
 void fr_act_f64(int kind, double *y, const double *x, int n) { fr_act_scalar_f64(kind, y, x, n); }
 
 #define T float
-#define SFX f32
+#define SFX f32_scalar
 #include "cell_rows.inc.h"
 #undef T
 #undef SFX
@@ -83,3 +76,31 @@ void fr_act_f64(int kind, double *y, const double *x, int n) { fr_act_scalar_f64
 #include "cell_rows.inc.h"
 #undef T
 #undef SFX
+
+/* The float32 entry points: one flag test, then the AVX2 or the portable build of the same code. */
+#define FR_PICK(name, params, args)                                                                    \
+    void name##_f32 params                                                                             \
+    {                                                                                                  \
+        if (fr_use_avx2)                                                                               \
+            name##_f32_avx2 args;                                                                      \
+        else                                                                                           \
+            name##_f32_scalar args;                                                                    \
+    }
+FR_PICK(fr_act, (int kind, float *y, const float *x, int n), (kind, y, x, n))
+FR_PICK(fr_dact, (int kind, float *dx, const float *y, const float *dy, int n), (kind, dx, y, dy, n))
+FR_PICK(fr_lstm_fwd_row, (float *g, const float *bias, const float *c_prev, float *c, float *h, int H, int act, int ract),
+        (g, bias, c_prev, c, h, H, act, ract))
+FR_PICK(fr_lstm_bwd_row, (const float *g, const float *c_prev, const float *c, const float *dh, float *dc, float *dg, float *tmp, int H, int act, int ract),
+        (g, c_prev, c, dh, dc, dg, tmp, H, act, ract))
+FR_PICK(fr_gru_zr_row, (float *g, const float *rec, const float *bx, const float *br, int H, int ract),
+        (g, rec, bx, br, H, ract))
+FR_PICK(fr_gru_reset_after_row, (float *g, const float *rec, const float *bx, const float *br, float *rh, int H),
+        (g, rec, bx, br, rh, H))
+FR_PICK(fr_gru_h_row, (float *g, const float *b_h, const float *h_prev, float *h, int H, int act),
+        (g, b_h, h_prev, h, H, act))
+FR_PICK(fr_gru_bwd_zh_row, (const float *g, const float *h_prev, const float *dh, float *dg, float *dh_direct, int H, int act, int ract),
+        (g, h_prev, dh, dg, dh_direct, H, act, ract))
+FR_PICK(fr_gru_bwd_r_row, (const float *g, const float *a, const float *b, float *dg, int H, int ract),
+        (g, a, b, dg, H, ract))
+FR_PICK(fr_simple_fwd_row, (float *g, const float *bias, float *h, int H, int act), (g, bias, h, H, act))
+#undef FR_PICK

@@ -12,9 +12,10 @@
  * gates: tanh' = 1-y^2, sigmoid' = y(1-y), hard_sigmoid' = 1/6 on 0<y<1, relu' = [y>0], linear' = 1,
  * softsign' = (1-|y|)^2.  hard_sigmoid is Keras 3's: clip(x/6 + 1/2, 0, 1).
  *
- * float32 activations run on AVX2/FMA code (gates_avx2.c, own exp with max abs error ~2e-7 for
- * sigmoid/tanh) when the CPU has it, chosen at run time; otherwise on libm (gates.c).  float64 always
- * uses libm: it is the accuracy dtype.
+ * float32 runs on AVX2/FMA code when the CPU has it, chosen at run time: gates_avx2.c compiles the
+ * whole row template (cell_rows.inc.h) with -mavx2 -mfma and its own exp (max abs error ~2e-7 for
+ * sigmoid/tanh); otherwise gates.c's build of the same template on libm.  float64 always uses libm:
+ * it is the accuracy dtype.
  *
  * Gate orders follow the Keras layout: LSTM i,f,c,o; GRU z,r,h.  `# IN` / `# OUT` in the comments below
  * mark argument roles; IN/OUT is read then overwritten.
@@ -36,9 +37,6 @@ enum fr_act {
 int fr_init_simd(void);
 void fr_force_scalar(int on);
 int fr_simd_level(void);
-
-/* AVX2 entry points (gates_avx2.c); only called after fr_init_simd() saw AVX2+FMA. */
-void fr_act_f32_avx2(int kind, float *y, const float *x, int n);
 
 #define FR_DECLARE(T, SFX)                                                                             \
     /* y := act(x); y may be x.                                     IN x; OUT y */                     \
@@ -74,6 +72,10 @@ void fr_act_f32_avx2(int kind, float *y, const float *x, int n);
 
 FR_DECLARE(float, f32)
 FR_DECLARE(double, f64)
+/* The two float32 builds behind the fr_*_f32 entry points (same contracts): the portable one
+ * (gates.c) and the AVX2/FMA one (gates_avx2.c, only called after fr_init_simd() saw both features). */
+FR_DECLARE(float, f32_scalar)
+FR_DECLARE(float, f32_avx2)
 #undef FR_DECLARE
 
 #endif

@@ -1,5 +1,7 @@
-/* gates_avx2.c - float32 activations on AVX2/FMA.  Compiled with -mavx2 -mfma (setup.py) and called
- * only after fr_init_simd() has seen both features, so the rest of the library stays portable.
+/* gates_avx2.c - the float32 gate math on AVX2/FMA: vector activations here, and the one-row cell
+ * updates of cell_rows.inc.h compiled again in this file, so gcc vectorises them with 256-bit FMA.
+ * Compiled with -mavx2 -mfma (setup.py) and called only after fr_init_simd() has seen both features,
+ * so the rest of the library stays portable.
  *
  * exp: Cephes-style range reduction x = n*ln2 + r (ln2 split in two constants so r is exact), a
  * degree-5 polynomial for e^r on |r| <= ln2/2, and 2^n built in the exponent bits.  The input is
@@ -76,3 +78,9 @@ void fr_act_f32_avx2(int kind, float *y, const float *x, int n)
         memcpy(y + j, buf, (size_t)(n - j) * sizeof(float));
     }
 }
+
+#define T float
+#define SFX f32_avx2
+#include "cell_rows.inc.h"
+#undef T
+#undef SFX

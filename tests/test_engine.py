@@ -1,0 +1,160 @@
+"""The compiled engine against the NumPy float64 reference (fastrnn.reference), on a grid of every
+option: cell x dtype x go_backwards x mask pattern x initial state x dropout x layout, with awkward
+shapes (tails I=17, H=34; T=1; B=1; T=300).  Forward outputs, final states and every gradient."""
+import itertools
+import zlib
+
+import numpy as np
+import pytest
+
+from checks import assert_close, assert_grads_close, mask_pattern, tol
+from fastrnn import functional as F
+from fastrnn import reference
+from problems import CHECK_SHAPES
+
+VARIANTS = [("lstm", {}), ("gru", {"reset_after": True}), ("gru", {"reset_after": False}), ("simple_rnn", {})]
+VARIANT_IDS = ["lstm", "gru-reset_after", "gru-reset_before", "simple_rnn"]
+G = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+
+
+def make_case(rng, cell, extra, T, B, I, H, *, mask="none", init=False, dropout=False, time_major=False,
+              dtype=np.float64):
+    """Random inputs for one call; returns (args, kwargs) in the functional API's form."""
+    g = G[cell]
+    scale = 1.0 / np.sqrt(H)
+    kernel = rng.uniform(-scale, scale, (I, g * H))
+    recurrent = rng.uniform(-scale, scale, (H, g * H)) * 2
+    bias_shape = (2, g * H) if cell == "gru" and extra.get("reset_after", True) else (g * H,)
+    bias = rng.uniform(-0.5, 0.5, bias_shape)
+    x = rng.normal(size=(T, B, I) if time_major else (B, T, I))
+    kw = dict(extra, mask=mask_pattern(mask, B, T, rng), time_major=time_major)
+    if init:
+        kw["initial_state"] = [rng.normal(size=(B, H)) * 0.5 for _ in range(2 if cell == "lstm" else 1)]
+    if dropout:
+        kw["dropout_mask"] = (rng.random((B, I)) > 0.25) / 0.75
+        kw["recurrent_dropout_mask"] = (rng.random((B, H)) > 0.25) / 0.75
+    cast = lambda a: None if a is None else np.asarray(a, dtype)  # noqa: E731
+    args = [cast(a) for a in (x, kernel, recurrent, bias)]
+    for key in ("dropout_mask", "recurrent_dropout_mask"):
+        if key in kw:
+            kw[key] = cast(kw[key])
+    if "initial_state" in kw:
+        kw["initial_state"] = [cast(s) for s in kw["initial_state"]]
+    return args, kw
+
+
+def as64(args, kw):
+    args = [None if a is None else np.asarray(a, np.float64) for a in args]
+    kw = dict(kw)
+    for key in ("dropout_mask", "recurrent_dropout_mask"):
+        if kw.get(key) is not None:
+            kw[key] = np.asarray(kw[key], np.float64)
+    if kw.get("initial_state") is not None:
+        kw["initial_state"] = [np.asarray(s, np.float64) for s in kw["initial_state"]]
+    return args, kw
+
+
+def check_against_reference(cell, args, kw, dtype, rng):
+    """Compiled forward + backward in `dtype` vs the float64 reference on the same (rounded) data."""
+    out, states, backward = getattr(F, cell + "_vjp")(*args, **kw, engine="compiled")
+    args64, kw64 = as64(args, kw)
+    ref_out, ref_states, ref_backward = getattr(reference, cell + "_vjp")(*args64, **kw64)
+    assert out.dtype == dtype
+    assert_close("outputs", out, ref_out, tol(dtype, "out"))
+    for k, (s, r) in enumerate(zip(states, ref_states)):
+        assert_close(f"final_states[{k}]", s, r, tol(dtype, "out"))
+    # inference path gives the same numbers as the training path
+    inf_out, inf_states = getattr(F, cell)(*args, **kw, engine="compiled")
+    assert_close("inference outputs", inf_out, out, 0)
+    for s, r in zip(inf_states, states):
+        assert_close("inference states", s, r, 0)
+    d_out = rng.normal(size=out.shape)
+    d_states = [rng.normal(size=s.shape) for s in states]
+    grads = backward(d_out.astype(dtype), [d.astype(dtype) for d in d_states])
+    ref_grads = ref_backward(d_out, d_states)
+    assert_grads_close(grads, ref_grads, tol(dtype, "grad"))
+
+
+GRID = list(itertools.product(
+    ["none", "right", "left", "holes", "fully_masked_row"],  # mask
+    [False, True],  # go_backwards
+    [False, True],  # initial state
+    [False, True],  # dropout masks
+))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("mask,go_backwards,init,dropout", GRID,
+                         ids=[f"{m}-{'bw' if g else 'fw'}-{'h0' if i else 'zero'}-{'drop' if d else 'nodrop'}"
+                              for m, g, i, d in GRID])
+def test_option_grid(cell, extra, mask, go_backwards, init, dropout, dtype):
+    rng = np.random.default_rng(zlib.crc32(repr((cell, extra, mask, go_backwards, init, dropout)).encode()))
+    T, B, I, H = 7, 3, 17, 34
+    args, kw = make_case(rng, cell, extra, T, B, I, H, mask=mask, init=init, dropout=dropout,
+                         time_major=bool(rng.integers(2)), dtype=dtype)
+    kw["go_backwards"] = go_backwards
+    check_against_reference(cell, args, kw, np.dtype(dtype), rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("shape", CHECK_SHAPES, ids=[f"t{t}-b{b}-i{i}-h{h}" for t, b, i, h in CHECK_SHAPES])
+def test_awkward_shapes(cell, extra, shape, dtype):
+    """Tails, T=1, B=1 (the GEMV path) and long T, with holes, dropout and an initial state."""
+    rng = np.random.default_rng(sum(shape))
+    T, B, I, H = shape
+    args, kw = make_case(rng, cell, extra, T, B, I, H, mask="holes", init=True, dropout=True, dtype=dtype)
+    check_against_reference(cell, args, kw, np.dtype(dtype), rng)
+
+
+ACTIVATION_CASES = [
+    (cell, extra, act, ract)
+    for (cell, extra), act in itertools.product(VARIANTS, ["tanh", "sigmoid", "hard_sigmoid", "relu", "linear",
+                                                           "softsign"])
+    for ract in (["sigmoid", "hard_sigmoid", "tanh"] if cell != "simple_rnn" else [None])
+]
+
+
+@pytest.mark.parametrize("cell,extra,activation,recurrent_activation", ACTIVATION_CASES,
+                         ids=[f"{c}{'-' + str(e) if e else ''}-{a}-{r}" for c, e, a, r in ACTIVATION_CASES])
+def test_activations(cell, extra, activation, recurrent_activation):
+    rng = np.random.default_rng(7)
+    args, kw = make_case(rng, cell, extra, 6, 3, 17, 34, mask="holes", init=True)
+    kw["activation"] = activation
+    if recurrent_activation is not None:
+        kw["recurrent_activation"] = recurrent_activation
+    check_against_reference(cell, args, kw, np.dtype(np.float64), rng)
+
+
+@pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
+def test_zero_output_for_mask_and_no_bias(cell, extra):
+    rng = np.random.default_rng(11)
+    for zero_output, use_bias in itertools.product([False, True], [False, True]):
+        args, kw = make_case(rng, cell, extra, 8, 4, 5, 6, mask="holes", init=True)
+        if not use_bias:
+            args[3] = None
+        kw["zero_output_for_mask"] = zero_output
+        check_against_reference(cell, args, kw, np.dtype(np.float64), rng)
+
+
+def test_fully_masked_row_keeps_initial_state():
+    """Keras: a row whose every step is masked ends with its initial state and outputs zeros."""
+    rng = np.random.default_rng(3)
+    args, kw = make_case(rng, "lstm", {}, 5, 3, 4, 6, init=True)
+    kw["mask"] = np.ones((3, 5), bool)
+    kw["mask"][1] = False
+    out, (h, c) = F.lstm(*args, **kw)
+    np.testing.assert_array_equal(h[1], kw["initial_state"][0][1])
+    np.testing.assert_array_equal(c[1], kw["initial_state"][1][1])
+    np.testing.assert_array_equal(out[1], 0)
+
+
+def test_backward_can_be_called_twice():
+    rng = np.random.default_rng(5)
+    args, kw = make_case(rng, "gru", {"reset_after": False}, 5, 2, 4, 6, mask="holes", init=True, dropout=True)
+    out, states, backward = F.gru_vjp(*args, **kw)
+    d = rng.normal(size=out.shape)
+    first, second = backward(d), backward(d)
+    for key in ("x", "kernel", "recurrent_kernel", "bias"):
+        np.testing.assert_array_equal(first[key], second[key])

@@ -1,0 +1,51 @@
+"""The float32 gate math: the AVX2 build and the portable build against float64 NumPy.
+
+A SimpleRNN with kernel = identity, recurrent kernel = 0 and no bias computes act(x) elementwise, which
+exposes each activation of the compiled gate math through the public API (lengths that are not a
+multiple of 8 exercise the vector tails)."""
+import numpy as np
+import pytest
+
+from fastrnn import functional as F
+from fastrnn._native import engine
+from fastrnn.reference import activations
+
+NAMES = ["tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "softsign"]
+
+
+def apply_activation(name, x):
+    n = x.shape[-1]
+    out, _ = F.simple_rnn(x[:, None, :], np.eye(n, dtype=x.dtype), np.zeros((n, n), x.dtype), activation=name)
+    return out[:, 0, :]
+
+
+@pytest.fixture(params=["avx2", "portable"])
+def simd_path(request):
+    if request.param == "avx2" and engine.simd_level() == 0:
+        pytest.skip("this CPU has no AVX2/FMA: the portable path is the only one")
+    engine.force_scalar(request.param == "portable")
+    yield request.param
+    engine.force_scalar(False)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_activation_accuracy(name, simd_path):
+    x64 = np.concatenate([np.linspace(-30, 30, 40001), [0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0, 100.0, -100.0]])
+    x64 = np.pad(x64, (0, (-len(x64)) % 37)).reshape(-1, 37)  # rows of 37: vector body and tail
+    x32 = x64.astype(np.float32)
+    expected = activations.activate(name, x32.astype(np.float64))  # exact activation of the float32 input
+    got = apply_activation(name, x32)
+    err = np.max(np.abs(got - expected))
+    assert err <= 3e-7, f"{name} on {simd_path}: max abs error {err:.2e}"
+
+
+def test_nan_propagates(simd_path):
+    x = np.full((1, 9), np.nan, np.float32)
+    for name in ("tanh", "sigmoid", "softsign", "linear"):
+        assert np.isnan(apply_activation(name, x)).all(), name
+
+
+def test_compiled_and_reference_know_the_same_activations():
+    from fastrnn._spec import ACTIVATION_CODES
+
+    assert set(ACTIVATION_CODES) == set(activations.ACTIVATIONS)
