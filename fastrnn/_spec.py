@@ -107,6 +107,9 @@ def _check_activation(name, value):
             f"{name}: the compiled engine takes an activation by name ({', '.join(ACTIVATION_CODES)}); "
             f"got the callable {value!r} (Python callables run in the layer API's generic loop)"
         )
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected an activation name, one of {', '.join(ACTIVATION_CODES)}; "
+                        f"got {type(value).__name__} {value!r}")
     if value not in ACTIVATION_CODES:
         raise ValueError(f"{name}: expected one of {', '.join(ACTIVATION_CODES)}, got {value!r}")
     return value
@@ -127,6 +130,8 @@ def build_spec(cell, x, kernel, recurrent_kernel, bias=None, *, initial_state=No
         raise ValueError(f"cell: expected one of {CELLS}, got {cell!r}")
     G = GATES[cell]
     x = _as_float_array("x", x)
+    if x.dtype.kind == "f" and not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))  # byte-swapped data (e.g. read from a file): a native copy
     if x.dtype not in DTYPES:
         raise TypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
     if x.ndim != 3:
@@ -143,7 +148,8 @@ def build_spec(cell, x, kernel, recurrent_kernel, bias=None, *, initial_state=No
     if H == 0:
         raise ValueError("recurrent_kernel: expected at least one unit, got shape (0, 0)")
     kernel = _as_float_array("kernel", kernel, dtype)
-    _check_shape("kernel", kernel, (I, G * H))
+    if kernel.shape != (I, G * H):
+        raise ValueError(f"kernel: expected shape {(I, G * H)} (features of x, {G}*units), got {kernel.shape}")
 
     if bias is not None:
         bias = _as_float_array("bias", bias, dtype)
