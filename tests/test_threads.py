@@ -89,7 +89,7 @@ def test_context_manager_rejects_bad_count_and_keeps_the_count():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
 def test_same_results_at_1_and_2_threads(cell, dtype, training):
-    problem = make_problem(cell, T=20, B=16, I=96, H=128, dtype=dtype, seed=1)
+    problem = make_problem(cell, T=8, B=16, I=96, H=128, dtype=dtype, seed=1)
     with fastrnn.threads(1):
         one = run(cell, problem, training)
     with fastrnn.threads(2):
@@ -115,7 +115,7 @@ def test_concurrent_python_threads_match_serial_runs(threads_per_call):
             ("lstm", make_problem("lstm", T=200, B=8, I=32, H=64, dtype=np.float64, seed=4), False),
             ("gru", make_problem("gru", T=200, B=8, I=32, H=64, dtype=np.float64, seed=5), False)]
     serial = [run(*job) for job in jobs]
-    repeats = 6
+    repeats = 4
     barrier = threading.Barrier(2)
 
     def worker(k):
