@@ -44,7 +44,7 @@ def load(paths):
             key = (ex["cell"], ex["problem"], ex["mode"], threads)
             rows.setdefault(key, {})[ex["engine"]] = {
                 "median": median, "gflops": gflops, "rounds": bm["stats"].get("rounds"),
-                "flops": ex["flops"],
+                "flops": ex["flops"], "load": ex.get("loadavg1"),
             }
     return rows, peaks
 
@@ -95,7 +95,7 @@ def wide_table(rows, peaks):
     engines_seen = [e for e in ENGINE_ORDER if any(e in v for v in rows.values())]
     engines_seen += sorted({e for v in rows.values() for e in v} - set(engines_seen))
     head = (["cell", "problem", "mode", "thr"] + [f"{e} ms" for e in engines_seen]
-            + ["fastrnn GFLOP/s", "fastrnn % peak", "best peer", "peer GFLOP/s", "speedup"])
+            + ["fastrnn GFLOP/s", "fastrnn % peak", "best peer", "peer GFLOP/s", "speedup", "load"])
     out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["--:"] * (len(head) - 4)) + "|"]
     for k in sort_rows(rows):
         cell, problem, mode, threads = k
@@ -109,6 +109,8 @@ def wide_table(rows, peaks):
                   fmt(100 * fr["gflops"] / peak) if fr and peak else "-",
                   peer or "-", fmt(eng[peer]["gflops"]) if peer else "-",
                   f"**{sp:.2f}x**" if sp is not None and sp >= 1 else (f"{sp:.2f}x" if sp is not None else "-")]
+        loads = [v["load"] for v in eng.values() if v.get("load") is not None]
+        cells.append(fmt(max(loads)) if loads else "-")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -210,6 +212,8 @@ def main(argv=None):
     if not peaks:
         print("- none recorded: no % of peak")
     print("\n### Median time per engine (ms); speedup = best peer / fastrnn (> 1: fastrnn faster)\n")
+    print("load = highest 1-minute load average seen when the row's engines started (the CPU count is "
+          f"{os.cpu_count()} here; a load above the thread count means other processes competed)\n")
     print(wide_table(rows, peaks))
     s = summary(rows)
     if s:
