@@ -181,7 +181,7 @@ def plot(rows, path):
         ax.set_xscale("log")
         ax.set_title(f"{mode}: fastrnn speedup over the best peer")
         ax.set_xlabel("best peer median / fastrnn median (> 1: fastrnn faster)")
-        ax.legend(loc="lower right")
+        ax.legend(loc="best", fontsize=8)
         ax.grid(axis="x", which="both", alpha=0.3)
     axes[0][0].set_yticks(range(len(labels)))
     axes[0][0].set_yticklabels(labels, fontsize=8)
