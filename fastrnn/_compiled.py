@@ -9,6 +9,7 @@ All buffers are allocated here, before the loops; the kernels never allocate and
 import numpy as np
 
 from fastrnn._native import engine
+from fastrnn._spec import check_cotangents
 
 
 class Workspace:
@@ -92,10 +93,11 @@ def forward_vjp(spec, arrays):
 def _backward(spec, arrays, ws, d_outputs, d_final_states):
     B, T, I, H, G = spec.B, spec.T, spec.I, spec.H, spec.G
     N, GH, dt = B * T, G * H, spec.dtype
-    ws.dout = np.ascontiguousarray(d_outputs, dtype=dt).reshape(N, H)
+    d_outputs, d_final_states = check_cotangents(spec, d_outputs, d_final_states)
+    ws.dout = np.ascontiguousarray(d_outputs).reshape(N, H)
     ws.dh = np.zeros((B, H), dt)
     ws.dc = np.zeros((B, H), dt) if spec.cell == "lstm" else None
-    for k, d in enumerate(d_final_states or []):
+    for k, d in enumerate(d_final_states):
         if d is not None:
             (ws.dh if k == 0 else ws.dc)[...] = d
     ws.dxp = np.empty((N, GH), dt)

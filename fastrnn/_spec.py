@@ -199,3 +199,25 @@ def build_spec(cell, x, kernel, recurrent_kernel, bias=None, *, initial_state=No
     )
     arrays = Arrays(x, kernel, recurrent_kernel, bias, initial_state, mask, dropout_mask, recurrent_dropout_mask)
     return spec, arrays
+
+
+def check_cotangents(spec, d_outputs, d_final_states):
+    """Validate the arguments of a vjp's backward; return (d_outputs, [d_state or None, ...]) in the
+    compute dtype.  d_outputs has the outputs' shape and layout; d_final_states is None or a list of
+    n_states entries, each None or (B, H)."""
+    out_shape = (spec.T, spec.B, spec.H) if spec.time_major else (spec.B, spec.T, spec.H)
+    d_outputs = _as_float_array("d_outputs", d_outputs, spec.dtype)
+    _check_shape("d_outputs", d_outputs, out_shape)
+    if d_final_states is None:
+        d_final_states = [None] * spec.n_states
+    if not isinstance(d_final_states, (list, tuple)) or len(d_final_states) != spec.n_states:
+        got = len(d_final_states) if isinstance(d_final_states, (list, tuple)) else type(d_final_states).__name__
+        raise ValueError(f"d_final_states: expected a list of {spec.n_states} entries (None or shape "
+                         f"{(spec.B, spec.H)}), got {got}")
+    checked = []
+    for k, d in enumerate(d_final_states):
+        if d is not None:
+            d = _as_float_array(f"d_final_states[{k}]", d, spec.dtype)
+            _check_shape(f"d_final_states[{k}]", d, (spec.B, spec.H))
+        checked.append(d)
+    return d_outputs, checked

@@ -6,15 +6,20 @@ respects them; `set_num_threads` changes it for the process.  The kernels releas
 Python threads may run RNNs at once (each BLAS call is thread-safe).
 """
 import contextlib
+import operator
 
 from fastrnn._native import engine
 
 
 def set_num_threads(n):
     """Use `n` threads (>= 1) in fastrnn's kernels."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    try:
+        count = operator.index(n)  # any integer type (numpy ints too), never a float or bool
+    except TypeError:
+        count = None
+    if isinstance(n, bool) or count is None or count < 1:
         raise ValueError(f"set_num_threads: expected an int >= 1, got {n!r}")
-    engine.set_blas_threads(n)
+    engine.set_blas_threads(count)
 
 
 def get_num_threads():

@@ -307,13 +307,6 @@ def test_explain_validates_too(engine):
 
 # -------------------------------------------------------------------------------- bad gradients
 
-BACKWARD_NOT_VALIDATED = pytest.mark.xfail(
-    strict=True,
-    reason="BUG in fastrnn/_compiled.py _backward: d_outputs / d_final_states are not validated "
-           "(reshaped with np.ascontiguousarray(...).reshape(N, H) and assigned with ws.dh[...] = d), so a "
-           "transposed or flat d_outputs is silently accepted, a wrong size gives numpy's 'cannot reshape' "
-           "and extra d_final_states are ignored")
-
 
 def _bad_gradient_cases():
     outputs = (B, T, H)
@@ -331,7 +324,7 @@ BAD_GRADIENTS = _bad_gradient_cases()
 
 
 @pytest.mark.parametrize("engine", [
-    pytest.param("compiled", marks=BACKWARD_NOT_VALIDATED), "reference"])
+    "compiled", "reference"])
 @pytest.mark.parametrize("case", list(BAD_GRADIENTS))
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_backward_rejects_bad_gradients(cell, case, engine):
@@ -486,12 +479,7 @@ def test_t1_b1(cell, shape):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-10, atol=1e-10, err_msg=key)
 
 
-EMPTY_NOT_SUPPORTED = pytest.mark.xfail(
-    strict=True,
-    reason="BUG in fastrnn/_compiled.py / _engine.pyx gemm_into: with T=0 or B=0, np.empty((0, G*H)) has "
-           "strides (0, 0) under NumPy 2, so gemm_into raises 'expected 2-D arrays of one dtype with "
-           "contiguous rows' instead of returning empty outputs")
-ENGINES_EMPTY = [pytest.param("compiled", marks=EMPTY_NOT_SUPPORTED), "reference"]
+ENGINES_EMPTY = ["compiled", "reference"]
 
 
 @pytest.mark.parametrize("engine", ENGINES_EMPTY)
@@ -611,32 +599,14 @@ def test_nan_in_x_propagates(cell, engine, dtype):
     assert np.isnan(grads["x"][0, :3]).any() and np.isfinite(grads["x"][1:]).all()
 
 
-def _swallows_nan(activation, dtype):
-    """The combinations where the compiled gate math turns NaN into a number (see the xfail reason)."""
-    from fastrnn._native import engine as _engine
-
-    if activation == "relu":
-        return True
-    return activation == "hard_sigmoid" and dtype == np.float32 and _engine.simd_level() == 1
-
-
-NAN_SWALLOWED = (
-    "BUG in fastrnn/_kernels: relu and hard_sigmoid map NaN to 0 instead of NaN. gates.c: relu is "
-    "`x > 0 ? x : 0`; gates_avx2.c: relu is _mm256_max_ps(x, zero) and hard_sigmoid "
-    "_mm256_min_ps(_mm256_max_ps(v, zero), one), and max_ps returns its SECOND operand when either is NaN "
-    "(the fix: _mm256_max_ps(zero, x), _mm256_min_ps(one, _mm256_max_ps(zero, v)), and `x > 0 || x != x`)")
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("activation", ACTIVATION_NAMES)
 @pytest.mark.parametrize("which", ["activation", "recurrent_activation"])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_nan_propagates_through_every_activation(request, cell, which, activation, dtype):
+def test_nan_propagates_through_every_activation(cell, which, activation, dtype):
     """NaN in x gives NaN exactly where the reference has NaN (torch and Keras keep NaN through relu)."""
     if cell == "simple_rnn" and which == "recurrent_activation":
         pytest.skip("SimpleRNN has no recurrent_activation")
-    if cell == "simple_rnn" and _swallows_nan(activation, dtype):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=NAN_SWALLOWED))
     x, W, R, b, _ = make_problem(cell, B=2, T=4, I=3, H=10, dtype=dtype)
     x[0, 1, 0] = np.nan
     with np.errstate(invalid="ignore", over="ignore"):

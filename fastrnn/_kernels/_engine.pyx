@@ -410,30 +410,40 @@ def backward(ws, spec):
 # ---------------------------------------------------------------------------------------------------
 # the big GEMMs around the loop, through the same BLAS
 
+cdef int _ld(cnp.ndarray arr) except -1:
+    """Leading dimension of a 2-D array whose rows are contiguous (BLAS's lda)."""
+    cdef Py_ssize_t item = arr.itemsize
+    if arr.shape[0] <= 1 or arr.shape[1] == 0:
+        return max(arr.shape[1], 1)  # strides of a single or empty row carry no information
+    if (arr.shape[1] > 1 and arr.strides[1] != item) or arr.strides[0] < item * arr.shape[1]:
+        raise ValueError(f"gemm_into: expected rows of contiguous elements, got strides {(<object>arr).strides}")
+    return arr.strides[0] // item
+
+
 def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, bint trans_b=False,
               double beta=0.0):
     """C := op(A) @ op(B) + beta*C for 2-D arrays of one float dtype whose rows are contiguous
-    (row strides may be larger: column blocks of a wider array are fine).  The caller checks shapes."""
-    cdef Py_ssize_t item = A.itemsize
+    (row strides may be larger: column blocks of a wider array are fine)."""
+    for arr in (A, B, C):
+        if arr.ndim != 2 or arr.dtype != C.dtype or C.dtype not in (np.float32, np.float64):
+            raise ValueError("gemm_into: expected 2-D float32/float64 arrays of one dtype")
     cdef int M = C.shape[0], N = C.shape[1]
     cdef int K = A.shape[0] if trans_a else A.shape[1]
-    cdef int lda = A.strides[0] // item, ldb = B.strides[0] // item, ldc = C.strides[0] // item
+    if (A.shape[1] if trans_a else A.shape[0]) != M or (B.shape[1] if trans_b else B.shape[0]) != K \
+            or (B.shape[0] if trans_b else B.shape[1]) != N:
+        raise ValueError(f"gemm_into: shapes {(<object>A).shape} {(<object>B).shape} -> {(<object>C).shape} do not chain")
+    if M == 0 or N == 0:
+        return
+    cdef int lda = _ld(A), ldb = _ld(B), ldc = _ld(C)
     cdef void *a = cnp.PyArray_DATA(A)
     cdef void *b = cnp.PyArray_DATA(B)
     cdef void *c = cnp.PyArray_DATA(C)
-    for arr in (A, B, C):
-        if arr.dtype != A.dtype or arr.ndim != 2 or (arr.shape[1] > 1 and arr.strides[1] != item):
-            raise ValueError("gemm_into: expected 2-D arrays of one dtype with contiguous rows")
-    if A.shape[0] * A.shape[1] and (A.strides[0] < item * A.shape[1]):
-        raise ValueError("gemm_into: overlapping rows")
-    if A.dtype == np.float32:
+    if C.dtype == np.float32:
         with nogil:
-            gemm[float](trans_a, trans_b, M, N, K, <float *>a, max(lda, 1), <float *>b, max(ldb, 1),
-                        <float>beta, <float *>c, max(ldc, 1))
+            gemm[float](trans_a, trans_b, M, N, K, <float *>a, lda, <float *>b, ldb, <float>beta, <float *>c, ldc)
     else:
         with nogil:
-            gemm[double](trans_a, trans_b, M, N, K, <double *>a, max(lda, 1), <double *>b, max(ldb, 1),
-                         beta, <double *>c, max(ldc, 1))
+            gemm[double](trans_a, trans_b, M, N, K, <double *>a, lda, <double *>b, ldb, beta, <double *>c, ldc)
 
 
 # ---------------------------------------------------------------------------------------------------

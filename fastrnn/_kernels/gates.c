@@ -42,11 +42,11 @@ int fr_simd_level(void) { return fr_use_avx2; }
         case FR_HARD_SIGMOID:                                                                          \
             for (j = 0; j < n; j++) {                                                                  \
                 T v = x[j] / (T)6 + (T)0.5;                                                            \
-                y[j] = v < (T)0 ? (T)0 : (v > (T)1 ? (T)1 : v);                                       \
+                y[j] = v < (T)0 ? (T)0 : (v > (T)1 ? (T)1 : v); /* NaN falls through */              \
             }                                                                                          \
             break;                                                                                     \
         case FR_RELU:                                                                                  \
-            for (j = 0; j < n; j++) y[j] = x[j] > (T)0 ? x[j] : (T)0;                                  \
+            for (j = 0; j < n; j++) y[j] = x[j] < (T)0 ? (T)0 : x[j]; /* keeps NaN */                  \
             break;                                                                                     \
         case FR_SOFTSIGN:                                                                              \
             for (j = 0; j < n; j++) y[j] = x[j] / ((T)1 + (x[j] < 0 ? -x[j] : x[j]));                  \

@@ -52,10 +52,10 @@ static inline __m256 act256(int kind, __m256 x)
         return _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(zero, x))));
     case FR_HARD_SIGMOID: {
         __m256 v = _mm256_fmadd_ps(x, _mm256_set1_ps(1.0f / 6.0f), _mm256_set1_ps(0.5f));
-        return _mm256_min_ps(_mm256_max_ps(v, zero), one);
+        return _mm256_min_ps(one, _mm256_max_ps(zero, v)); /* max/min return the 2nd operand on NaN */
     }
     case FR_RELU:
-        return _mm256_max_ps(x, zero);
+        return _mm256_max_ps(zero, x);
     case FR_SOFTSIGN:
         return _mm256_div_ps(x, _mm256_add_ps(one, _mm256_andnot_ps(sign, x)));
     default:
