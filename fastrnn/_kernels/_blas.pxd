@@ -1,9 +1,13 @@
 # _blas.pxd - the one door to BLAS: scipy-openblas32's CBLAS (row-major), over both float dtypes.
 #
-# gemm/gemv are fused over float/double so the time loops are written once.  `matmul` is what the loops
-# call for one step: C := A @ op(B) + beta*C, and it takes sgemv when A has one row, because OpenBLAS
-# sgemm with M == 1 repacks B on every call (5-15x slower, DESIGN section 4).
+# gemm is fused over float/double so the time loops are written once.  `matmul` is what the loops call
+# for one step: C := A @ op(B) + beta*C.  When A has one row (B == 1) it is a vector-matrix product, and
+# neither OpenBLAS path fits: sgemm with M == 1 repacks B on every call (5-15x slower, DESIGN section 4)
+# and sgemv wakes its thread pool for a few microseconds of work (measured 50x slower than one thread on
+# a busy 2-core machine).  So one row goes to our own SIMD vecmat/matvec (gates.h), single-threaded;
+# splitting the hidden units across threads for B == 1 is the job of the threaded kernels.
 from cython cimport floating
+from fastrnn._kernels._gates cimport fr_vecmat_f32, fr_vecmat_f64, fr_matvec_f32, fr_matvec_f64
 
 cdef extern from "cblas.h" nogil:
     ctypedef int blasint
@@ -57,16 +61,13 @@ cdef inline void matmul(bint trans_b, int M, int N, int K,
                         floating beta,
                         floating *C, int ldc         # IN/OUT (M, N)
                         ) noexcept nogil:
-    """C := A @ op(B) + beta*C; one row of A goes through gemv."""
-    cdef CBLAS_TRANSPOSE t
-    if M == 1 and K > 0:
-        # y(N) := op(B)^T-as-needed @ x(K): B (K, N) row-major is used transposed; B (N, K) as is.
-        t = CblasNoTrans if trans_b else CblasTrans
-        if floating is float:
-            scipy_cblas_sgemv(CblasRowMajor, t, N if trans_b else K, K if trans_b else N, 1.0,
-                              B, ldb, A, 1, beta, C, 1)
-        else:
-            scipy_cblas_dgemv(CblasRowMajor, t, N if trans_b else K, K if trans_b else N, 1.0,
-                              B, ldb, A, 1, beta, C, 1)
+    """C := A @ op(B) + beta*C; one row of A goes through fr_vecmat / fr_matvec."""
+    if M == 1:
+        if trans_b:   # y(N) := R(N, K) @ x(K)
+            if floating is float: fr_matvec_f32(B, A, N, K, ldb, beta, C)
+            else: fr_matvec_f64(B, A, N, K, ldb, beta, C)
+        else:         # y(N) := x(K) @ R(K, N)
+            if floating is float: fr_vecmat_f32(A, B, K, N, ldb, beta, C)
+            else: fr_vecmat_f64(A, B, K, N, ldb, beta, C)
     else:
         gemm(False, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc)

@@ -24,6 +24,10 @@ cdef extern from "gates.h" nogil:
     void fr_gru_bwd_zh_row_f64(const double *g, const double *h_prev, const double *dh, double *dg, double *dh_direct, int H, int act, int ract)
     void fr_gru_bwd_r_row_f32(const float *g, const float *a, const float *b, float *dg, int H, int ract)
     void fr_gru_bwd_r_row_f64(const double *g, const double *a, const double *b, double *dg, int H, int ract)
+    void fr_vecmat_f32(const float *x, const float *R, int K, int N, int ldr, float beta, float *y)
+    void fr_vecmat_f64(const double *x, const double *R, int K, int N, int ldr, double beta, double *y)
+    void fr_matvec_f32(const float *R, const float *x, int M, int N, int ldr, float beta, float *y)
+    void fr_matvec_f64(const double *R, const double *x, int M, int N, int ldr, double beta, double *y)
     void fr_simple_fwd_row_f32(float *g, const float *bias, float *h, int H, int act)
     void fr_simple_fwd_row_f64(double *g, const double *bias, double *h, int H, int act)
 

@@ -151,6 +151,44 @@ void FN(fr_simple_fwd_row)(T *g, const T *bias, T *h, int H, int act)
         for (j = 0; j < H; j++) h[j] = g[j];
 }
 
+
+void FN(fr_vecmat)(const T *restrict x, const T *restrict R, int K, int N, int ldr, T beta, T *restrict y)
+{
+    int k, n;
+    if (beta == (T)0)
+        for (n = 0; n < N; n++) y[n] = 0;
+    else if (beta != (T)1)
+        for (n = 0; n < N; n++) y[n] *= beta;
+    /* four rows of R per pass over y: y stays in L1, R streams once */
+    for (k = 0; k + 4 <= K; k += 4) {
+        const T *r0 = R + (long)k * ldr, *r1 = r0 + ldr, *r2 = r1 + ldr, *r3 = r2 + ldr;
+        T x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
+        for (n = 0; n < N; n++) y[n] += x0 * r0[n] + x1 * r1[n] + x2 * r2[n] + x3 * r3[n];
+    }
+    for (; k < K; k++) {
+        const T *r0 = R + (long)k * ldr;
+        T x0 = x[k];
+        for (n = 0; n < N; n++) y[n] += x0 * r0[n];
+    }
+}
+
+#ifndef FR_OWN_MATVEC /* gates_avx2.c brings an intrinsics version: gcc keeps this reduction scalar */
+void FN(fr_matvec)(const T *restrict R, const T *restrict x, int M, int N, int ldr, T beta, T *restrict y)
+{
+    int j, n, u;
+    for (j = 0; j < M; j++) {
+        const T *r = R + (long)j * ldr;
+        T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sum;
+        /* eight independent partial sums: one vector FMA per 8 elements, no fast-math needed */
+        for (n = 0; n + 8 <= N; n += 8)
+            for (u = 0; u < 8; u++) acc[u] += r[n + u] * x[n + u];
+        sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for (; n < N; n++) sum += r[n] * x[n];
+        y[j] = (beta == (T)0 ? (T)0 : beta * y[j]) + sum;
+    }
+}
+#endif
+
 #undef FN
 #undef FR_CAT
 #undef FR_CAT2

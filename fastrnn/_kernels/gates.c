@@ -102,5 +102,9 @@ FR_PICK(fr_gru_bwd_zh_row, (const float *g, const float *h_prev, const float *dh
         (g, h_prev, dh, dg, dh_direct, H, act, ract))
 FR_PICK(fr_gru_bwd_r_row, (const float *g, const float *a, const float *b, float *dg, int H, int ract),
         (g, a, b, dg, H, ract))
+FR_PICK(fr_vecmat, (const float *x, const float *R, int K, int N, int ldr, float beta, float *y),
+        (x, R, K, N, ldr, beta, y))
+FR_PICK(fr_matvec, (const float *R, const float *x, int M, int N, int ldr, float beta, float *y),
+        (R, x, M, N, ldr, beta, y))
 FR_PICK(fr_simple_fwd_row, (float *g, const float *bias, float *h, int H, int act), (g, bias, h, H, act))
 #undef FR_PICK

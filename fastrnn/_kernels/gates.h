@@ -67,6 +67,11 @@ int fr_simd_level(void);
                                  int act, int ract);                                                   \
     /* GRU backward of r: dg_r := ract'(r) * a * b.  IN g, a, b; OUT dg (only the r block) */           \
     void fr_gru_bwd_r_row_##SFX(const T *g, const T *a, const T *b, T *dg, int H, int ract);           \
+    /* One-row products for B == 1 (no BLAS threading for a few microseconds of work).                \
+     * vecmat: y := beta*y + x @ R, R (K, N) rows ldr apart.  IN x, R; IN/OUT y */                    \
+    void fr_vecmat_##SFX(const T *x, const T *R, int K, int N, int ldr, T beta, T *y);                 \
+    /* matvec: y := beta*y + R @ x, R (M, N) rows ldr apart.  IN R, x; IN/OUT y */                    \
+    void fr_matvec_##SFX(const T *R, const T *x, int M, int N, int ldr, T beta, T *y);                 \
     /* SimpleRNN: g := act(g + b); h := g.  IN/OUT g (H); IN bias; OUT h (may be g) */                        \
     void fr_simple_fwd_row_##SFX(T *g, const T *bias, T *h, int H, int act);
 

@@ -79,8 +79,46 @@ void fr_act_f32_avx2(int kind, float *y, const float *x, int n)
     }
 }
 
+static inline float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* y := beta*y + R @ x, four rows of R per pass so each load of x feeds four FMAs. */
+void fr_matvec_f32_avx2(const float *restrict R, const float *restrict x, int M, int N, int ldr, float beta,
+                        float *restrict y)
+{
+    int j = 0, n, i;
+    for (; j < M; j += 4) {
+        int rows = M - j < 4 ? M - j : 4;
+        const float *r[4];
+        __m256 acc[4];
+        float tail[4] = {0, 0, 0, 0};
+        for (i = 0; i < 4; i++) {
+            r[i] = R + (long)(j + (i < rows ? i : 0)) * ldr;
+            acc[i] = _mm256_setzero_ps();
+        }
+        for (n = 0; n + 8 <= N; n += 8) {
+            __m256 xv = _mm256_loadu_ps(x + n);
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(r[0] + n), xv, acc[0]);
+            acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(r[1] + n), xv, acc[1]);
+            acc[2] = _mm256_fmadd_ps(_mm256_loadu_ps(r[2] + n), xv, acc[2]);
+            acc[3] = _mm256_fmadd_ps(_mm256_loadu_ps(r[3] + n), xv, acc[3]);
+        }
+        for (; n < N; n++)
+            for (i = 0; i < 4; i++) tail[i] += r[i][n] * x[n];
+        for (i = 0; i < rows; i++)
+            y[j + i] = (beta == 0.0f ? 0.0f : beta * y[j + i]) + hsum256(acc[i]) + tail[i];
+    }
+}
+
 #define T float
 #define SFX f32_avx2
+#define FR_OWN_MATVEC
 #include "cell_rows.inc.h"
+#undef FR_OWN_MATVEC
 #undef T
 #undef SFX
