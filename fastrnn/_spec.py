@@ -147,6 +147,9 @@ def build_spec(cell, x, kernel, recurrent_kernel, bias=None, *, initial_state=No
     H = recurrent_kernel.shape[0]
     if H == 0:
         raise ValueError("recurrent_kernel: expected at least one unit, got shape (0, 0)")
+    if max(B * T, I, H) * G * H >= 2**31 or B * T * I >= 2**31:
+        raise ValueError(f"x: the problem (B={B}, T={T}, I={I}, units={H}) has arrays of 2**31 elements or "
+                         "more, beyond the 32-bit BLAS the engine uses; split the batch or the sequence")
     kernel = _as_float_array("kernel", kernel, dtype)
     if kernel.shape != (I, G * H):
         raise ValueError(f"kernel: expected shape {(I, G * H)} (features of x, {G}*units), got {kernel.shape}")

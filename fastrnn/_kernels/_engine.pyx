@@ -31,6 +31,9 @@ Masks (Keras semantics).  A masked step copies the state through and outputs the
 zero gate gradients, passes dh/dc straight through and hands its output gradient to the previous
 output (`dacc`), or drops it when outputs are zeroed.
 
+Sizes.  BLAS here takes 32-bit ints, so _spec refuses problems with B*T*G*H >= 2**31 elements; below
+that every offset computed in int stays in range.
+
 Backward does only the dh/dc recursion per step (one GEMM against R^T, two for GRU reset_after=False);
 dW, dR, dx and the bias gradient are single big GEMMs/reductions after the loop (`gemm_tn`, `gemm_nt`).
 """
@@ -166,7 +169,7 @@ cdef inline void _mul_rows(floating *dst, int ldd, const floating *a, int lda, c
 cdef void _forward(Loop *L, floating *xp) noexcept nogil:
     """outputs, states := RNN(xp, R, bias, h0, c0, mask, rdmask); xp := post-activation gates."""
     cdef int T = L.T, B = L.B, H = L.H, GH = L.G * L.H, rs = _rs(L)
-    cdef int s, t, b, ldp, ldn, ldcp, ldcn, ldd, ldg = rs * GH, ldo = rs * H
+    cdef int s, t, b, ldp, ldn, ldcp, ldcn, ldd, ldg = rs * GH
     cdef floating *R = <floating *>L.R
     cdef floating *bx = <floating *>L.bx
     cdef floating *br = <floating *>L.br
