@@ -153,6 +153,7 @@ def plot(rows, path):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print(f"\n(matplotlib not installed: no plot written; `pip install matplotlib` for {path})")
         return None
@@ -179,6 +180,11 @@ def plot(rows, path):
             ax.barh(ys, xs, height=h, label=f"{t} thread(s)")
         ax.axvline(1.0, color="k", lw=1)
         ax.set_xscale("log")
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200) if lo <= t <= hi]
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{mode}: fastrnn speedup over the best peer")
         ax.set_xlabel("best peer median / fastrnn median (> 1: fastrnn faster)")
         ax.legend(loc="best", fontsize=8)
