@@ -30,7 +30,7 @@ def _kernel_name(spec):
     if spec.cell == "gru":
         parts.append("reset_after" if spec.reset_after else "reset_before")
     parts.append(str(spec.dtype))
-    parts.append("gemv" if spec.B == 1 else "gemm")
+    parts.append("simd-vecmat" if spec.B == 1 else "blas-gemm")  # the per-step product (see _blas.pxd)
     return "compiled " + "/".join(parts)
 
 
