@@ -56,3 +56,30 @@ def explain(spec, engine="auto"):
     if choice.reasons:
         text += " Not faster because: " + "; ".join(choice.reasons) + "."
     return text
+
+
+def rnn_layer_path(cell, inputs, engine="auto"):
+    """How `fastrnn.layers.RNN` runs `cell` over `inputs`: ("fused", ()) when every cell is a built-in
+    cell with named activations and the input is one float array (the whole sequence then goes to
+    fastrnn.functional, compiled or reference as `engine` says), else ("loop", reasons) for the wrapper's
+    generic Python loop over `cell.call`.  engine="compiled" raises instead of looping."""
+    from fastrnn.layers.cells import DropoutRNNCell, StackedRNNCells
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
+    cells = cell.cells if isinstance(cell, StackedRNNCells) else [cell]
+    reasons = []
+    for c in cells:
+        if not isinstance(c, DropoutRNNCell):
+            reasons.append(f"cell {getattr(c, 'name', c)!r} is a user cell ({type(c).__name__}): its call() runs "
+                           "step by step in Python")
+        elif not c.compiled_activations:
+            reasons.append(f"cell {c.name!r} has a Python callable activation: the compiled gate math takes "
+                           "names only")
+    if isinstance(inputs, (list, tuple, dict)):
+        reasons.append("nested inputs: the compiled kernels take one (B, T, I) array")
+    if not reasons:
+        return "fused", ()
+    if engine == "compiled":
+        raise ValueError("engine='compiled' cannot run this RNN: " + "; ".join(reasons))
+    return "loop", tuple(reasons)
