@@ -161,7 +161,9 @@ class Sequential(Layer):
             raise ValueError(f"{self.name}: layer {layer.name!r} is in the model already")
         if not self._layers and self._build_shape is None:
             shape = getattr(layer, "_input_shape_arg", None)
-            if shape is not None:
+            if shape is None:  # the RNN layers keep Keras's input_shape= as `input_shape`
+                shape = getattr(layer, "input_shape", None)
+            if isinstance(shape, (tuple, list)):
                 self._build_shape = (None,) + tuple(shape)
         self._layers.append(layer)
         self._keywords[id(layer)] = _call_keywords(layer)
