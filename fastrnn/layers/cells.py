@@ -43,7 +43,8 @@ def _apply(activation, x):
 
 
 def _serialize_activation(value):
-    return value if isinstance(value, str) else getattr(value, "__name__", repr(value))
+    """Names stay names; a Python callable stays itself (from_config takes it back unchanged)."""
+    return value
 
 
 class DropoutRNNCell(Layer):
