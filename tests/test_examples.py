@@ -1,0 +1,44 @@
+"""Every script in examples/ runs (in a subprocess, as a user would run it) and prints the guide's numbers."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+#: script -> strings its output must contain (the guide's parameter counts and shapes)
+EXPECTED = {
+    "01_builtin_layers.py": ["Total params: 164,106", "Total params: 361,866", "(None, None, 64)", "64000",
+                             "(None, 128)", "98816", "(None, None, 256)", "247296", "49280", "1290",
+                             "Non-trainable params: 0", "output shape: (32, 10)"],
+    "02_outputs_and_states.py": ["(4, 32)", "(4, 7, 32)", "output equals state_h: True",
+                                 "last output equals state_h: True"],
+    "03_encoder_decoder.py": ["Total params: 258,698", "64000", "128000", "33024", "650",
+                              "[(None, 64), (None, 64), (None, 64)]", "(8, 10)"],
+    "04_cells_vs_layers.py": ["params 760 vs 760", "params 600 vs 600", "params 190 vs 190", "same numbers: True"],
+    "05_cross_batch_statefulness.py": ["equals one pass over the 30 steps: True",
+                                       "first chunk again gives the first output again: True", "batch size 20"],
+    "06_state_reuse.py": ["existing_state: [(20, 64), (20, 64)]", "third chunk: True"],
+    "07_bidirectional.py": ["Total params: 80,266", "(None, 5, 128)", "38400", "(None, 64)", "41216",
+                            "merge_mode=None: [(3, 5, 8), (3, 5, 8)]", "merge_mode='concat': (3, 5, 16)"],
+    "08_digits_classifier.py": ["Predicted result is:", "target result is:", "Total params: 19,594",
+                                "Non-trainable params: 128"],
+    "09_nested_cell.py": ["outputs: [(64, 10), (64, 20, 30)]", "params: 1229120",
+                          "last output_1 equals input_1[:, -1] @ kernel_1: True",
+                          "final state_1 equals the sum over steps: True"],
+}
+
+
+def test_every_example_is_listed():
+    assert sorted(p.name for p in EXAMPLES.glob("[0-9][0-9]_*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_example_runs(script):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=120,
+                          cwd=EXAMPLES.parent)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
+    for text in EXPECTED[script]:
+        assert text in proc.stdout, f"{script}: {text!r} not in its output:\n{proc.stdout}"
+    assert "False" not in proc.stdout, f"{script}: a check printed False:\n{proc.stdout}"
