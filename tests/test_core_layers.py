@@ -447,3 +447,26 @@ def test_sequential_masks_reach_the_rnn_as_in_keras(rng, source):
     expected = K(kmodel(x))
     assert_close("masked sequential", model(x), expected, 1e-5)
     assert_close("masked predict", model.predict(x, batch_size=2), expected, 1e-5)
+
+
+def test_sequential_config_round_trip_with_rnn_layers(rng):
+    L = rnn_layers()
+    model = Sequential([L.Bidirectional(L.LSTM(6, return_sequences=True)), L.GRU(5, reset_after=False),
+                        Dense(3, activation="softmax")], input_shape=(4, 7))
+    clone = Sequential.from_config(model.get_config())
+    assert clone.count_params() == model.count_params()
+    assert [type(l).__name__ for l in clone.layers] == ["Bidirectional", "GRU", "Dense"]
+    clone.set_weights(model.get_weights())
+    x = rng.normal(size=(2, 4, 7)).astype(np.float32)
+    assert_close("clone", clone(x), model(x), 0)
+
+
+def test_sequential_last_layer_may_return_states(rng):
+    L = rnn_layers()
+    model = Sequential([Input(shape=(5, 3)), L.LSTM(4, return_state=True)])
+    text = _summary(model)
+    assert "[(None, 4), (None, 4), (None, 4)]" in text
+    out = model.predict(rng.normal(size=(5, 5, 3)).astype(np.float32), batch_size=2)
+    assert [o.shape for o in out] == [(5, 4)] * 3 and all(type(o) is np.ndarray for o in out)
+    with pytest.raises(ValueError, match="only the last layer"):
+        Sequential([Input(shape=(5, 3)), L.LSTM(4, return_state=True), Dense(2)])
