@@ -242,6 +242,8 @@ class Sequential(Layer):
             x = [plain(o) for o in out] if isinstance(out, (list, tuple)) else plain(out)
             if k == n - 1 and isinstance(out, tuple):
                 x = tuple(x)
+        if not self.built and all(layer.built for layer in self._layers):
+            self.built = True  # nested inputs: the layers built themselves
         if isinstance(x, np.ndarray):
             return with_mask(x, mask)
         return x
