@@ -39,6 +39,7 @@ shapes[dense] = dense.compute_output_shape(shapes[decoder])
 print(f" {'Layer (type)':<26}{'Output Shape':<40}Param #")
 for layer, shape in shapes.items():
     name = f"{layer.name} ({type(layer).__name__})"
+    shape = list(shape) if isinstance(shape[0], tuple) else shape  # several outputs: a list, as Keras prints
     print(f" {name:<26}{str(shape):<40}{layer.count_params()}")
 total = sum(layer.count_params() for layer in shapes)
 print(f"Total params: {total:,}")

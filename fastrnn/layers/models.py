@@ -86,6 +86,16 @@ def _is_nested(x):
     return isinstance(x, (list, tuple)) and any(isinstance(v, (np.ndarray, list, tuple, dict)) for v in x)
 
 
+def _normalize_shape(shape):
+    """A tuple for one output; a list for several (Keras 3's RNN gives a tuple ``(output, *states)``)."""
+    if isinstance(shape, dict):
+        return {k: _normalize_shape(v) for k, v in shape.items()}
+    shape = tuple(shape)
+    if all(s is None or isinstance(s, (int, np.integer)) for s in shape):
+        return tuple(None if s is None else int(s) for s in shape)
+    return [_normalize_shape(s) for s in shape]
+
+
 def _is_shape(shape):
     return isinstance(shape, tuple) and all(s is None or isinstance(s, (int, np.integer)) for s in shape)
 
@@ -197,8 +207,7 @@ class Sequential(Layer):
             if not layer.built:
                 layer.build(shape)
                 layer.built = True
-            shape = layer.compute_output_shape(shape)
-            shape = [tuple(s) for s in shape] if isinstance(shape, list) else tuple(shape)
+            shape = _normalize_shape(layer.compute_output_shape(shape))
             shapes.append(shape)
         self._output_shapes = shapes
         self.built = True
