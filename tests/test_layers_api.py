@@ -122,8 +122,6 @@ def test_set_weights_wrong_count_or_shape(built):
         bidi.set_weights(bidi.get_weights()[:3])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: set_weights writes the arrays before a later one's shape fails, "
-                                       "leaving the layer half updated")
 def test_set_weights_refused_is_atomic():
     layer = L.LSTM(8)
     layer(data(3, 5, 17, seed=1))
@@ -150,8 +148,6 @@ def test_bad_constructor_arguments():
         L.GRU(3).count_params()
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason="BUG: a sequence of zero time steps ends in an IndexError from the "
-                                       "internals instead of a clear ValueError")
 def test_zero_time_steps_raise_clear_error():
     with pytest.raises(ValueError, match="time ?step"):
         L.LSTM(3)(np.zeros((2, 0, 4), np.float32))
@@ -320,10 +316,7 @@ def nested_inputs():
 
 
 @pytest.mark.parametrize("cell_class", [
-    pytest.param(NestedCell, marks=pytest.mark.xfail(
-        strict=True, raises=TypeError, reason="BUG: RNN.get_initial_state builds np.zeros((batch, d)) for every state_size "
-                            "entry, so a multi-dimensional state_size like (unit_2, unit_3) raises TypeError "
-                            "unless the cell defines get_initial_state")),
+    NestedCell,
     NestedCellWithInitialState,
 ], ids=["guide", "with_get_initial_state"])
 def test_nested_cell_shapes_and_values(cell_class):
@@ -357,9 +350,6 @@ def test_nested_cell_shapes_and_values(cell_class):
         full((x1, x2), initial_state=[init[0], init[1][:, :, :2]])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: RNN.compute_output_shape mishandles nested output_size / "
-                                       "multi-dimensional state_size (returns the input shape paired with "
-                                       "the sizes)")
 def test_nested_cell_compute_output_shape():
     rnn = L.RNN(NestedCellWithInitialState(U1, U2, U3))
     shape = rnn.compute_output_shape(((None, T, I1), (None, T, I2, I3)))

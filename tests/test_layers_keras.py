@@ -627,9 +627,6 @@ def test_compute_output_shape(return_sequences, return_state):
         assert _shapes(ob.compute_output_shape(shape)) == _shapes(kb.compute_output_shape(shape))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: RNN(stacked cells, return_state=True).compute_output_shape flattens the per-cell "
-                          "state shapes, while the call (and Keras) return them nested per cell")
 def test_compute_output_shape_stacked_return_state():
     shape = (None, 5, I)
     ours = L.RNN([L.LSTMCell(3), L.GRUCell(4)], return_state=True).compute_output_shape(shape)

@@ -6,9 +6,12 @@ compiled kernels; user cells run in RNN's generic loop.  See fastrnn/layers/rnn.
 from fastrnn.layers.base import Layer, get_mask, with_mask
 from fastrnn.layers.bidirectional import Bidirectional
 from fastrnn.layers.cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells
+from fastrnn.layers.core import BatchNormalization, Dense, Embedding, Masking
+from fastrnn.layers.models import Input, InputLayer, Sequential
 from fastrnn.layers.recurrent import GRU, LSTM, SimpleRNN
 from fastrnn.layers.rnn import RNN
 from fastrnn.layers import initializers
 
 __all__ = ["Layer", "RNN", "Bidirectional", "LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell",
-           "StackedRNNCells", "initializers", "get_mask", "with_mask"]
+           "StackedRNNCells", "Dense", "Embedding", "Masking", "BatchNormalization", "Sequential", "Input",
+           "InputLayer", "initializers", "get_mask", "with_mask"]

@@ -124,11 +124,14 @@ class Layer:
         if len(weights) != len(slots):
             raise ValueError(f"{self.name}: set_weights expected {len(slots)} arrays "
                              f"({', '.join(k for _, k in slots)}), got {len(weights)}")
-        for (owner, key), value in zip(slots, weights):
+        checked = []
+        for (owner, key), value in zip(slots, weights):  # check everything before writing anything
             value = np.asarray(value)
             current = owner._weights[key]
             if value.shape != current.shape:
                 raise ValueError(f"{self.name}: weight {key!r} expected shape {current.shape}, got {value.shape}")
+            checked.append((current, value))
+        for current, value in checked:
             current[...] = value  # in place: views held by cells stay valid
         self._weights_changed()
 

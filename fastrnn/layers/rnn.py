@@ -90,16 +90,32 @@ class RNN(Layer):
         self.built = True
 
     def compute_output_shape(self, input_shape):
-        batch = input_shape[1] if self.time_major else input_shape[0]
-        steps = input_shape[0] if self.time_major else input_shape[1]
+        """Keras's structure: the output shape (nested like the cell's output_size), then with return_state
+        one shape per state entry (a list for a cell in a stack that has several states)."""
+        first = _first_shape(input_shape)
+        batch = first[1] if self.time_major else first[0]
+        steps = first[0] if self.time_major else first[1]
         out = getattr(self.cell, "output_size", None)
         if out is None:
             out = self.state_size[0]
-        out = out if isinstance(out, int) else out[0] if isinstance(out, (list, tuple)) and len(out) == 1 else out
-        output = (batch, steps, out) if self.return_sequences else (batch, out)
-        if self.return_state:
-            return [output] + [(batch, s) for s in tree.flatten(self.state_size)]
-        return output
+
+        def shaped(size):
+            dims = (steps, *_dims(size)) if self.return_sequences else _dims(size)
+            return (batch, *dims)
+
+        if isinstance(out, (int, np.integer)) or _is_shape(out):
+            output = shaped(out)
+        else:
+            output = [shaped(o) for o in out]
+        if not self.return_state:
+            return output
+        states = []
+        for size in self.state_size:
+            if isinstance(size, (list, tuple)) and not _is_shape(size):
+                states.append([(batch, *_dims(d)) for d in size])
+            else:
+                states.append((batch, *_dims(size)))
+        return (output, *states)
 
     def compute_mask(self, inputs, mask=None):
         out = mask if self.return_sequences else None
@@ -111,7 +127,7 @@ class RNN(Layer):
         if fn is not None:
             state = fn(batch_size=batch_size)
             return list(state) if tree.is_nested(state) else [state]
-        return [np.zeros((batch_size, d), self.dtype) for d in self.state_size]
+        return [np.zeros((batch_size, *_dims(d)), self.dtype) for d in self.state_size]
 
     @property
     def states(self):
@@ -159,6 +175,8 @@ class RNN(Layer):
                              f"got shape {first.shape}")
         batch = first.shape[1] if self.time_major else first.shape[0]
         steps = first.shape[0] if self.time_major else first.shape[1]
+        if steps == 0:
+            raise ValueError(f"{self.name}: expected at least one time step, got inputs of shape {first.shape}")
         if mask is not None:
             mask = np.asarray(mask)
             if mask.shape != (batch, steps):
@@ -286,6 +304,11 @@ class RNN(Layer):
         return cls(**config)
 
 
+def _dims(size):
+    """A state or output size (an int, or a shape for multi-dimensional states) as a tuple of dims."""
+    return (int(size),) if isinstance(size, (int, np.integer)) else tuple(size)
+
+
 def _where(m, new, old):
     m = m.reshape(m.shape + (1,) * (np.ndim(new) - 1))
     return np.where(m, new, old)
@@ -301,6 +324,13 @@ def _reset_dropout(cell):
 
 def _is_shape(x):
     return isinstance(x, tuple) and all(s is None or isinstance(s, (int, np.integer)) for s in x)
+
+
+def _first_shape(shapes):
+    """The first shape tuple in a nested structure of shapes."""
+    while not _is_shape(shapes):
+        shapes = shapes[sorted(shapes)[0]] if isinstance(shapes, dict) else shapes[0]
+    return shapes
 
 
 def _map_shapes(fn, shapes):
