@@ -5,9 +5,7 @@ two Sequential models over integer sequences, their summaries and a forward pass
 """
 import numpy as np
 
-from fastrnn.layers import GRU, LSTM, SimpleRNN
-from fastrnn.layers.core import Dense, Embedding
-from fastrnn.layers.models import Sequential
+from fastrnn.layers import Dense, Embedding, GRU, LSTM, Sequential, SimpleRNN
 
 rng = np.random.default_rng(0)
 ids = rng.integers(0, 1000, size=(32, 20))  # 32 sequences of 20 word ids

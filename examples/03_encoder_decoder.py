@@ -6,8 +6,7 @@ guide's graph computes.)
 """
 import numpy as np
 
-from fastrnn.layers import LSTM
-from fastrnn.layers.core import Dense, Embedding
+from fastrnn.layers import Dense, Embedding, LSTM
 
 encoder_vocab = 1000
 decoder_vocab = 2000

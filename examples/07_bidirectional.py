@@ -4,9 +4,7 @@
 """
 import numpy as np
 
-from fastrnn.layers import LSTM, Bidirectional
-from fastrnn.layers.core import Dense
-from fastrnn.layers.models import Input, Sequential
+from fastrnn.layers import Bidirectional, Dense, Input, LSTM, Sequential
 
 model = Sequential()
 model.add(Input(shape=(5, 10)))

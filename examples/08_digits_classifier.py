@@ -10,9 +10,7 @@ statistics from the LSTM features and the Dense layer by ridge regression on one
 import numpy as np
 from sklearn.datasets import load_digits
 
-from fastrnn.layers import LSTM
-from fastrnn.layers.core import BatchNormalization, Dense
-from fastrnn.layers.models import Input, Sequential
+from fastrnn.layers import BatchNormalization, Dense, Input, LSTM, Sequential
 
 units, output_size = 64, 10
 digits = load_digits()

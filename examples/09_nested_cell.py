@@ -6,7 +6,7 @@ example; fastrnn can).
 """
 import numpy as np
 
-from fastrnn.layers import RNN, Layer
+from fastrnn.layers import Layer, RNN
 
 
 class NestedCell(Layer):
