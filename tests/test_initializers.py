@@ -61,3 +61,4 @@ def test_cells_use_their_initializers():
     gru = L.GRU(3, kernel_initializer="zeros", reset_after=False)
     gru(x)
     assert np.all(gru.get_weights()[0] == 0) and gru.get_weights()[2].shape == (9,)
+

@@ -422,3 +422,12 @@ def test_engine_reference_equals_auto(layer_class, kwargs, go_backwards):
     stacked_ref(x)
     stacked_ref.set_weights(stacked_auto.get_weights())
     close(stacked_ref(x, mask=m), stacked_auto(x, mask=m), atol=1e-5)
+
+
+def test_keras_training_only_arguments():
+    """Regularizers/constraints: None accepted (Keras's default), anything else refused clearly."""
+    L.LSTM(3, kernel_regularizer=None, recurrent_constraint=None, use_cudnn="auto")
+    with pytest.raises(ValueError, match="kernel_regularizer.*training"):
+        L.GRU(3, kernel_regularizer="l2")
+    with pytest.raises(ValueError, match="bias_constraint"):
+        L.SimpleRNNCell(3, bias_constraint="non_neg")

@@ -47,6 +47,24 @@ def _serialize_activation(value):
     return value
 
 
+# Keras constructor arguments that only matter to a training framework: accepted when None (their
+# default), refused otherwise, because fastrnn.layers run forward passes only (training goes through the
+# framework adapters).  `use_cudnn` and `implementation` pick Keras kernels: accepted and ignored.
+_TRAINING_ONLY = ("kernel_regularizer", "recurrent_regularizer", "bias_regularizer", "activity_regularizer",
+                  "kernel_constraint", "recurrent_constraint", "bias_constraint")
+_IGNORED = ("use_cudnn", "implementation")
+
+
+def _drop_keras_only(owner, kwargs):
+    for key in _TRAINING_ONLY:
+        if kwargs.pop(key, None) is not None:
+            raise ValueError(f"{owner}: {key} applies to training, which fastrnn.layers do not do; train "
+                             "through a framework adapter (fastrnn.torch / fastrnn.keras), or pass None")
+    for key in _IGNORED:
+        kwargs.pop(key, None)
+    return kwargs
+
+
 class DropoutRNNCell(Layer):
     """Shared machinery of the built-in cells: weights, dropout masks, config."""
 
@@ -56,7 +74,7 @@ class DropoutRNNCell(Layer):
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, seed=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**_drop_keras_only(type(self).__name__, kwargs))
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units <= 0:
             raise ValueError(f"{type(self).__name__}: units must be a positive int, got {units!r}")
         for rate_name, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):

@@ -4,7 +4,7 @@ They add nothing to the computation (`RNN` already sends built-in cells to the c
 exist for Keras's API: one constructor with the cell's and the RNN's arguments, the cell's attributes
 as properties, and a flat `get_config()`.
 """
-from fastrnn.layers.cells import GRUCell, LSTMCell, SimpleRNNCell
+from fastrnn.layers.cells import GRUCell, LSTMCell, SimpleRNNCell, _drop_keras_only
 from fastrnn.layers.rnn import RNN
 
 _RNN_ARGS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll", "zero_output_for_mask",
@@ -18,6 +18,7 @@ class _CellLayer(RNN):
     def __init__(self, units, *, return_sequences=False, return_state=False, go_backwards=False, stateful=False,
                  unroll=False, zero_output_for_mask=False, time_major=False, engine="auto", name=None,
                  dtype="float32", trainable=True, input_shape=None, **cell_kwargs):
+        cell_kwargs = _drop_keras_only(type(self).__name__, cell_kwargs)
         cell = self.cell_class(units, dtype=dtype, name=f"{name or self._default_stem()}_cell", **cell_kwargs)
         super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
                          go_backwards=go_backwards, stateful=stateful, unroll=unroll,
