@@ -64,3 +64,17 @@ def mask_pattern(kind, B, T, rng):
     else:
         raise ValueError(kind)
     return m
+
+
+def numeric_grad(loss, a, eps=1e-6):
+    """Central differences of the scalar ``loss()`` w.r.t. every entry of `a` (perturbed in place, restored)."""
+    g = np.zeros_like(a)
+    for k in np.ndindex(a.shape):
+        saved = a[k]
+        a[k] = saved + eps
+        up = loss()
+        a[k] = saved - eps
+        down = loss()
+        a[k] = saved
+        g[k] = (up - down) / (2 * eps)
+    return g

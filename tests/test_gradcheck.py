@@ -4,23 +4,10 @@ change the backward: masks with holes, go_backwards, both dropout masks, initial
 import numpy as np
 import pytest
 
+from checks import numeric_grad
 from fastrnn import functional as F
 
 VARIANTS = [("lstm", {}), ("gru", {"reset_after": True}), ("gru", {"reset_after": False}), ("simple_rnn", {})]
-
-
-def numeric_grad(f, a, eps=1e-6):
-    """Central differences of the scalar f() with respect to every element of `a` (modified, restored)."""
-    g = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        keep = a[idx]
-        a[idx] = keep + eps
-        up = f()
-        a[idx] = keep - eps
-        down = f()
-        a[idx] = keep
-        g[idx] = (up - down) / (2 * eps)
-    return g
 
 
 @pytest.mark.parametrize("cell,extra", VARIANTS, ids=["lstm", "gru-ra", "gru-rb", "simple_rnn"])

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import fastrnn.reference as ref
+from checks import numeric_grad
 from fastrnn.reference import activations
 
 #: cell id -> (forward, vjp, gates G, number of states, extra keywords)
@@ -391,19 +392,7 @@ FD_CASES = [(cell, act, ract, scenario)
 
 def _finite_difference(loss, arrays, eps=1e-6):
     """Central differences of ``loss()`` w.r.t. every entry of every array (perturbed in place)."""
-    result = []
-    for a in arrays:
-        g = np.zeros_like(a)
-        for k in np.ndindex(a.shape):
-            saved = a[k]
-            a[k] = saved + eps
-            up = loss()
-            a[k] = saved - eps
-            down = loss()
-            a[k] = saved
-            g[k] = (up - down) / (2 * eps)
-        result.append(g)
-    return result
+    return [numeric_grad(loss, a, eps) for a in arrays]
 
 
 @pytest.mark.parametrize("cell,activation,recurrent_activation,scenario", FD_CASES,

@@ -24,7 +24,7 @@ import numpy as np
 
 from fastrnn import _dispatch
 from fastrnn.layers import tree
-from fastrnn.layers.base import Layer, get_mask, plain, with_mask
+from fastrnn.layers.base import Layer, _shape_of, get_mask, plain, with_mask
 from fastrnn.layers.cells import DropoutRNNCell, StackedRNNCells
 
 
@@ -162,7 +162,7 @@ class RNN(Layer):
     # ------------------------------------------------------------ calling
     def __call__(self, inputs, *args, **kwargs):
         if not self.built:
-            self.build(_nested_shape(inputs))
+            self.build(_shape_of(inputs))
         return self.call(inputs, *args, **kwargs)
 
     def call(self, inputs, initial_state=None, mask=None, training=False):
@@ -339,11 +339,3 @@ def _map_shapes(fn, shapes):
     if isinstance(shapes, dict):
         return {k: _map_shapes(fn, v) for k, v in shapes.items()}
     return type(shapes)(_map_shapes(fn, s) for s in shapes)
-
-
-def _nested_shape(x):
-    if isinstance(x, dict):
-        return {k: _nested_shape(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_nested_shape(v) for v in x)
-    return tuple(np.shape(x))
