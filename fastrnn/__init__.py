@@ -3,23 +3,15 @@
     import fastrnn
     outputs, (h, c) = fastrnn.functional.lstm(x, kernel, recurrent_kernel, bias)
 
-Re-exports only (and `explain`); see fastrnn.functional (the engine API), fastrnn.layers (Keras-style
+Re-exports only; see fastrnn.functional (the engine API), fastrnn.layers (Keras-style
 layers), fastrnn.reference (the NumPy oracle) and fastrnn.set_num_threads.
 """
 from fastrnn._native import engine as _engine  # loads the BLAS, then the extension (clear ImportError)
 from fastrnn._threads import get_num_threads, set_num_threads, threads
 from fastrnn import functional, layers, reference
+from fastrnn._dispatch import explain_layer as explain
 
 __version__ = "0.1.0"
 __all__ = ["functional", "layers", "reference", "explain", "set_num_threads", "get_num_threads", "threads",
            "__version__"]
 
-
-def explain(layer, inputs):
-    """Which kernel `layer` (an RNN layer or Bidirectional) runs for `inputs`, and why faster paths are not
-    taken: ``fastrnn.explain(layers.LSTM(8), x)``."""
-    if hasattr(layer, "forward_layer"):
-        return " ".join(sub.explain(inputs) for sub in (layer.forward_layer, layer.backward_layer))
-    if not hasattr(layer, "explain"):
-        raise TypeError(f"explain: expected an RNN layer or Bidirectional, got {type(layer).__name__}")
-    return layer.explain(inputs)

@@ -83,3 +83,13 @@ def rnn_layer_path(cell, inputs, engine="auto"):
     if engine == "compiled":
         raise ValueError("engine='compiled' cannot run this RNN: " + "; ".join(reasons))
     return "loop", tuple(reasons)
+
+
+def explain_layer(layer, inputs):
+    """`fastrnn.explain`: which kernel `layer` (an RNN layer or Bidirectional) runs for `inputs`, and why
+    faster paths are not taken, e.g. ``fastrnn.explain(layers.LSTM(8), x)``."""
+    if hasattr(layer, "forward_layer"):
+        return " ".join(sub.explain(inputs) for sub in (layer.forward_layer, layer.backward_layer))
+    if not hasattr(layer, "explain"):
+        raise TypeError(f"explain: expected an RNN layer or Bidirectional, got {type(layer).__name__}")
+    return layer.explain(inputs)

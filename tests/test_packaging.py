@@ -34,3 +34,16 @@ def test_explain_names_the_kernel():
     assert "compiled gru/reset_after/float32/simd-vecmat" in text
     text = fastrnn.functional.explain("lstm", x, np.zeros((2, 16)), np.zeros((4, 16)), engine="reference")
     assert "numpy reference" in text and "engine='reference'" in text
+
+
+def test_top_level_explain():
+    import numpy as np
+    import pytest
+
+    x = np.zeros((2, 3, 4), np.float32)
+    text = fastrnn.explain(fastrnn.layers.Bidirectional(fastrnn.layers.LSTM(3)), x)
+    assert text.count("compiled kernels") == 2 and "forward_lstm" in text and "backward_lstm" in text
+    text = fastrnn.explain(fastrnn.layers.GRU(3, activation=lambda v: np.tanh(v)), x)
+    assert "generic Python loop" in text and "callable activation" in text
+    with pytest.raises(TypeError, match="RNN layer"):
+        fastrnn.explain(fastrnn.layers.Dense(3), x)
