@@ -443,10 +443,77 @@ def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, b
     cdef void *c = cnp.PyArray_DATA(C)
     if C.dtype == np.float32:
         with nogil:
-            gemm[float](trans_a, trans_b, M, N, K, <float *>a, lda, <float *>b, ldb, <float>beta, <float *>c, ldc)
+            if trans_a:
+                gemm[float](True, trans_b, M, N, K, <float *>a, lda, <float *>b, ldb, <float>beta, <float *>c, ldc)
+            else:  # one row goes to the SIMD vecmat (see _blas.pxd)
+                matmul[float](trans_b, M, N, K, <float *>a, lda, <float *>b, ldb, <float>beta, <float *>c, ldc)
     else:
         with nogil:
-            gemm[double](trans_a, trans_b, M, N, K, <double *>a, lda, <double *>b, ldb, beta, <double *>c, ldc)
+            if trans_a:
+                gemm[double](True, trans_b, M, N, K, <double *>a, lda, <double *>b, ldb, beta, <double *>c, ldc)
+            else:
+                matmul[double](trans_b, M, N, K, <double *>a, lda, <double *>b, ldb, beta, <double *>c, ldc)
+
+
+# ---------------------------------------------------------------------------------------------------
+# streaming: one time step per call, everything prepared once
+
+cdef class StepKernel:
+    """One inference step at a time over a T=1 Workspace: xp := x_t @ W, then the forward loop for one
+    step, the new state becoming the next step's initial state (two state buffers swap roles, no copy
+    back).  Built once by fastrnn.layers.Stream; `step` does no allocation and no attribute lookups.
+
+    IN x (B, I) C-contiguous, the workspace's dtype; OUT the workspace's `out` (B, H) and the state
+    buffers (`current()` says which holds h, c)."""
+
+    cdef Loop L
+    cdef object ws
+    cdef object spec
+    cdef void *W
+    cdef int n_in  # not `I`: complex.h defines I as a macro
+    cdef bint f32
+    cdef bint flipped
+
+    def __init__(self, ws, spec, W):
+        if spec.T != 1 or ws.training:
+            raise ValueError("StepKernel: expected an inference workspace with T == 1")
+        _fill(&self.L, ws, spec)
+        self.ws, self.spec = ws, spec
+        self.W = cnp.PyArray_DATA(<cnp.ndarray>W)
+        self.n_in = spec.I
+        self.f32 = ws.xp.dtype == np.float32
+        self.flipped = False
+
+    def step(self, cnp.ndarray x):
+        """Advance every row by one step with input x (B, I)."""
+        cdef Loop *L = &self.L
+        cdef void *xin = cnp.PyArray_DATA(x)
+        cdef void *tmp
+        cdef int GH = L.G * L.H
+        with nogil:
+            if self.f32:
+                matmul[float](False, L.B, GH, self.n_in, <float *>xin, self.n_in, <float *>self.W, GH, 0,
+                              <float *>L.xp, GH)
+                _forward[float](L, <float *>L.xp)
+            else:
+                matmul[double](False, L.B, GH, self.n_in, <double *>xin, self.n_in, <double *>self.W, GH, 0,
+                               <double *>L.xp, GH)
+                _forward[double](L, <double *>L.xp)
+            tmp = L.h0
+            L.h0 = L.hT
+            L.hT = tmp
+            if L.c0 != NULL:
+                tmp = L.c0
+                L.c0 = L.cT
+                L.cT = tmp
+        self.flipped = not self.flipped
+
+    def current(self):
+        """(h, c) arrays holding the state after the last step (c is None without a cell state)."""
+        ws = self.ws
+        if self.flipped:
+            return ws.hT, ws.cT
+        return ws.h0, ws.c0
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -63,6 +63,10 @@ class Bidirectional(Layer):
             self.set_weights(self._initial_weights)
             self._initial_weights = None
 
+    def stream(self, batch_size):
+        raise ValueError(f"{self.name}: a Bidirectional layer cannot stream: its backward half needs the whole "
+                         "sequence before the first output")
+
     def compute_output_shape(self, input_shape):
         fwd = self.forward_layer.compute_output_shape(input_shape)
         out, states = (fwd[0], fwd[1:]) if self.return_state else (fwd, [])

@@ -202,6 +202,12 @@ class RNN(Layer):
             return (output, *states)
         return output
 
+    def stream(self, batch_size):
+        """A `fastrnn.layers.stream.Stream` for step-by-step inference (built-in cells only)."""
+        from fastrnn.layers.stream import Stream
+
+        return Stream(self, batch_size)
+
     def explain(self, inputs):
         """Which path runs this layer for `inputs` and why faster ones do not."""
         path, reasons = _dispatch.rnn_layer_path(self.cell, inputs, self.engine)
