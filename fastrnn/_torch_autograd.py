@@ -59,6 +59,9 @@ class RNNFunction(torch.autograd.Function):
             dropout_mask=_to_numpy(dropout_mask, "dropout_mask"),
             recurrent_dropout_mask=_to_numpy(recurrent_dropout_mask, "recurrent_dropout_mask"), **opts)
         ctx.backward_fn = backward
+        # the backward reads these tensors' memory (zero-copy views): saving them lets torch's version
+        # counters refuse a backward after an in-place change, instead of silently wrong gradients
+        ctx.save_for_backward(x, kernel, recurrent_kernel, bias, h0, c0, dropout_mask, recurrent_dropout_mask)
         ctx.cell = cell
         ctx.has_bias = bias is not None
         ctx.has_state = h0 is not None
@@ -68,6 +71,7 @@ class RNNFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out, d_h, d_c):
+        ctx.saved_tensors  # noqa: B018 - raises if a saved input was modified in place since forward
         d_states = [None if d_h is None else _to_numpy(d_h, "d_h")]
         if ctx.cell == "lstm":
             d_states.append(None if d_c is None else _to_numpy(d_c, "d_c"))

@@ -58,3 +58,16 @@ def test_rejects_bad_arguments():
         rnn("conv", x, torch.zeros(4, 8), torch.zeros(2, 8))
     with pytest.raises(ValueError, match="h0 and c0"):
         rnn("lstm", x, torch.zeros(4, 8), torch.zeros(2, 8), None, torch.zeros(2, 2))
+
+
+def test_in_place_change_after_forward_is_refused():
+    """The backward reads the inputs' memory: torch's version check must fire, not wrong gradients."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, generator=g)
+    k, r = torch.randn(3, 16, generator=g).requires_grad_(), torch.randn(4, 16, generator=g).requires_grad_()
+    out, (h, c) = rnn("lstm", x, k, r)
+    loss = out.square().sum() + h.sum()
+    with torch.no_grad():
+        x.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
