@@ -31,8 +31,11 @@ import functools
 
 import numpy as np
 
-import jax
-import jax.numpy as jnp
+try:
+    import jax
+    import jax.numpy as jnp
+except ImportError as exc:  # pragma: no cover - only without the optional dependency
+    raise ImportError("fastrnn.jax needs JAX (pip install jax)") from exc
 
 from fastrnn import functional
 
