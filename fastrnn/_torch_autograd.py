@@ -60,8 +60,10 @@ class RNNFunction(torch.autograd.Function):
             recurrent_dropout_mask=_to_numpy(recurrent_dropout_mask, "recurrent_dropout_mask"), **opts)
         ctx.backward_fn = backward
         # the backward reads these tensors' memory (zero-copy views): saving them lets torch's version
-        # counters refuse a backward after an in-place change, instead of silently wrong gradients
-        ctx.save_for_backward(x, kernel, recurrent_kernel, bias, h0, c0, dropout_mask, recurrent_dropout_mask)
+        # counters refuse a backward after an in-place change, instead of silently wrong gradients.
+        # h0, c0 and bias are copied into the workspace by the forward, so a stateful caller may update
+        # its state tensors in place before backward (Keras does).
+        ctx.save_for_backward(x, kernel, recurrent_kernel, dropout_mask, recurrent_dropout_mask)
         ctx.cell = cell
         ctx.has_bias = bias is not None
         ctx.has_state = h0 is not None
