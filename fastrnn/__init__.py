@@ -10,8 +10,9 @@ from fastrnn._native import engine as _engine  # loads the BLAS, then the extens
 from fastrnn._threads import get_num_threads, set_num_threads, threads
 from fastrnn import functional, layers, reference
 from fastrnn._dispatch import explain_layer as explain
+from fastrnn._weights import from_torch, to_torch
 
 __version__ = "0.1.0"
-__all__ = ["functional", "layers", "reference", "explain", "set_num_threads", "get_num_threads", "threads",
-           "__version__"]
+__all__ = ["functional", "layers", "reference", "explain", "from_torch", "to_torch", "set_num_threads",
+           "get_num_threads", "threads", "__version__"]
 

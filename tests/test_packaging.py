@@ -18,7 +18,8 @@ def test_missing_extension_gives_a_clear_import_error(tmp_path):
 
 
 def test_public_api():
-    for name in ("functional", "reference", "set_num_threads", "get_num_threads", "threads", "__version__"):
+    for name in ("functional", "layers", "reference", "explain", "from_torch", "to_torch", "set_num_threads",
+                 "get_num_threads", "threads", "__version__"):
         assert hasattr(fastrnn, name), name
     for name in ("lstm", "gru", "simple_rnn", "lstm_vjp", "gru_vjp", "simple_rnn_vjp", "explain"):
         assert callable(getattr(fastrnn.functional, name)), name
