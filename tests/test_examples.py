@@ -24,6 +24,8 @@ EXPECTED = {
                             "merge_mode=None: [(3, 5, 8), (3, 5, 8)]", "merge_mode='concat': (3, 5, 16)"],
     "08_digits_classifier.py": ["Predicted result is:", "target result is:", "Total params: 19,594",
                                 "Non-trainable params: 128"],
+    "10_train_digits_keras_and_torch.py": ["keras.layers.LSTM", "fastrnn.keras.LSTM", "torch.nn.LSTM",
+                                           "fastrnn.torch.LSTM", "ms per epoch"],
     "09_nested_cell.py": ["outputs: [(64, 10), (64, 20, 30)]", "params: 1229120",
                           "last output_1 equals input_1[:, -1] @ kernel_1: True",
                           "final state_1 equals the sum over steps: True"],
@@ -34,11 +36,27 @@ def test_every_example_is_listed():
     assert sorted(p.name for p in EXAMPLES.glob("[0-9][0-9]_*.py")) == sorted(EXPECTED)
 
 
-@pytest.mark.parametrize("script", sorted(EXPECTED))
-def test_example_runs(script):
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=120,
-                          cwd=EXAMPLES.parent)
+TRAINING = "10_train_digits_keras_and_torch.py"  # checked by its own test below
+
+
+def run_example(script, *args):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
+                          timeout=300, cwd=EXAMPLES.parent)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
     for text in EXPECTED[script]:
         assert text in proc.stdout, f"{script}: {text!r} not in its output:\n{proc.stdout}"
+    return proc
+
+
+@pytest.mark.parametrize("script", sorted(set(EXPECTED) - {TRAINING}))
+def test_example_runs(script):
+    proc = run_example(script)
     assert "False" not in proc.stdout, f"{script}: a check printed False:\n{proc.stdout}"
+
+
+def test_training_example_reaches_the_stock_accuracy():
+    """fastrnn's drop-in LSTMs train to the stock layers' test accuracy from the same initial weights."""
+    proc = run_example(TRAINING, "--epochs", "2")  # short in CI
+    acc = {line.split()[0]: float(line.split()[-1]) for line in proc.stdout.splitlines() if "test accuracy" in line}
+    assert abs(acc["keras.layers.LSTM"] - acc["fastrnn.keras.LSTM"]) <= 0.02, acc
+    assert abs(acc["torch.nn.LSTM"] - acc["fastrnn.torch.LSTM"]) <= 0.02, acc
