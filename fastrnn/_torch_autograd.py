@@ -37,7 +37,9 @@ class RNNFunction(torch.autograd.Function):
 
     `options` is a tuple of (key, value) pairs for fastrnn.functional (cell, go_backwards, time_major,
     activation, recurrent_activation, zero_output_for_mask, reset_after).  mask and dropout masks are
-    constants (no gradient)."""
+    constants (no gradient).  Old-style (ctx in forward) on purpose: the vjp closure of the forward is
+    kept on ctx, so backward never recomputes the forward; the price is that torch.func transforms
+    (grad, vmap) do not accept it - plain autograd, DDP and gradcheck do."""
 
     @staticmethod
     def forward(ctx, options, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
@@ -67,7 +69,6 @@ class RNNFunction(torch.autograd.Function):
         ctx.cell = cell
         ctx.has_bias = bias is not None
         ctx.has_state = h0 is not None
-        ctx.mark_non_differentiable(*[t for t in (mask, dropout_mask, recurrent_dropout_mask) if t is not None])
         c = final[1] if cell == "lstm" else np.zeros((0,), out.dtype)
         return _to_torch(out, x), _to_torch(final[0], x), _to_torch(c, x)
 
