@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines import ENGINES, MODES, OnnxRuntimeEngine, ReferenceEngine, TorchEngine
+from engines import ENGINES, MODES, JaxEngine, OnnxRuntimeEngine, ReferenceEngine, TorchEngine
 from problems import BENCH_SHAPES, CELLS, Problem, make_initial_state, make_inputs, make_weights
 
 #: Shapes of the --quick smoke test, as (T, B, I, H).
@@ -79,6 +79,11 @@ def apply_threads(n):
     except Exception:
         pass
     OnnxRuntimeEngine.threads = n
+    if JaxEngine().unavailable("forward") is None:
+        try:  # XLA's CPU pool is sized once, at backend start (see JaxEngine.set_threads)
+            JaxEngine.set_threads(n)
+        except Exception as exc:
+            JaxEngine.threads_note = f"xla default (setting threads failed: {type(exc).__name__}: {exc})"
     return limiter
 
 
@@ -96,6 +101,8 @@ def get_threads_reported():
         out["fastrnn"] = fastrnn.get_num_threads()
     except Exception:
         pass
+    if JaxEngine().unavailable("forward") is None:
+        out["jax"] = JaxEngine.threads_note
     return out
 
 

@@ -15,6 +15,7 @@ Weight conversions (DESIGN.md section 2):
   torch  GRU   gate order r,z,n: swap the z and r column blocks, transpose; bias_ih/hh = bias[0]/bias[1] swapped
   torch  RNN   weight_ih = kernel.T, weight_hh = recurrent.T
   ONNX   LSTM  gate order i,o,f,c; GRU z,r,h with linear_before_reset=1; ORT is time-major (T, B, I)
+  jax    Keras layout as is (pure-JAX cells in ``make_jax_rnn``; lax.scan over time-major projections)
 """
 from __future__ import annotations
 
@@ -313,4 +314,165 @@ class OnnxRuntimeEngine(Engine):
         return run, to_result
 
 
-ENGINES = {e.name: e for e in (FastrnnEngine(), TorchEngine(), OnnxRuntimeEngine(), ReferenceEngine())}
+# --------------------------------------------------------------------------- jax (lax.scan under jit)
+def _jax_cell_fns(cell, jnp, jax):
+    """(project, step): ``project(x, k, b)`` hoists the input projection of all steps into one matmul
+    (time-major result (T, B, G*H)); ``step(r, b1, carry, xp_t) -> (carry, h)`` is one recurrent step."""
+    sig = jax.nn.sigmoid
+
+    def project(x, k, b):
+        # (B, T, I) @ (I, G*H) -> (T, B, G*H): one GEMM over all steps, bias folded in
+        return jnp.einsum("bti,ig->tbg", x, k) + b
+
+    if cell == "lstm":  # Keras gate order i, f, c, o
+        def step(r, b1, carry, xp):
+            h, c = carry
+            z = xp + h @ r
+            i, f, g, o = jnp.split(z, 4, axis=-1)
+            c = sig(f) * c + sig(i) * jnp.tanh(g)
+            h = sig(o) * jnp.tanh(c)
+            return (h, c), h
+    elif cell == "gru":  # Keras z, r, h; reset_after=True: the reset gate multiplies (h R_h + b1_h)
+        def step(r, b1, carry, xp):
+            (h,) = carry
+            hp = h @ r + b1
+            xz, xr, xh = jnp.split(xp, 3, axis=-1)
+            hz, hr, hh = jnp.split(hp, 3, axis=-1)
+            zg = sig(xz + hz)
+            rg = sig(xr + hr)
+            cand = jnp.tanh(xh + rg * hh)
+            h = zg * h + (1.0 - zg) * cand
+            return (h,), h
+    else:
+        def step(r, b1, carry, xp):
+            (h,) = carry
+            h = jnp.tanh(xp + h @ r)
+            return (h,), h
+    return project, step
+
+
+def make_jax_rnn(cell):
+    """Pure-JAX Keras-semantics RNN ``f(x, kernel, recurrent_kernel, bias, initial_state) -> (outputs, states)``
+    written as a ``jax.lax.scan`` over time with the input projection hoisted; outputs (B, T, H)."""
+    import jax
+    import jax.numpy as jnp
+
+    project, step = _jax_cell_fns(cell, jnp, jax)
+
+    def f(x, k, r, b, h0):
+        if cell == "gru":
+            b0, b1 = b[0], b[1]
+        else:
+            b0, b1 = b, None
+        xp = project(x, k, b0)
+        carry, ys = jax.lax.scan(lambda c, xt: step(r, b1, c, xt), tuple(h0), xp)
+        return jnp.swapaxes(ys, 0, 1), list(carry)
+
+    return f
+
+
+class JaxEngine(Engine):
+    """JAX/XLA on the CPU: ``jax.lax.scan`` under ``jax.jit``, training with ``jax.vjp``.
+
+    The jit is compiled (and run once) in ``prepare``; the timed call dispatches the compiled function on
+    arrays already on the device and waits with ``block_until_ready()``.  Threads: XLA's CPU thread pool is
+    sized once, when the backend starts, from the process's CPU affinity mask (jax 0.10: the
+    ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` XLA_FLAGS no longer change it,
+    measured).  ``cases.apply_threads`` therefore starts the backend under a temporary affinity mask of
+    ``threads`` CPUs when it is not started yet; ``threads_note`` records what happened.
+    """
+
+    name = "jax"
+    threads_note = "xla default (not set by the bench)"
+
+    def unavailable(self, mode):
+        reason = super().unavailable(mode)
+        if reason:
+            return reason
+        return _try_import("jax")[1]
+
+    @classmethod
+    def set_threads(cls, n):
+        """Start the XLA CPU backend with a pool of ``n`` threads when possible; returns the note recorded."""
+        import os
+
+        import jax
+
+        try:
+            from jax._src import xla_bridge
+
+            started = bool(getattr(xla_bridge, "_backends", {}))
+        except Exception:
+            started = None
+        try:
+            full = sorted(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            full = None
+        if started or full is None:
+            n_cpu = len(full) if full else os.cpu_count()
+            cls.threads_note = (f"xla default: pool of {n_cpu} threads (backend already started or no "
+                                f"affinity control; --threads {n} not applied)")
+            return cls.threads_note
+        if n >= len(full):
+            jax.devices("cpu")
+            cls.threads_note = f"xla pool of {len(full)} threads (all CPUs of the affinity mask)"
+            return cls.threads_note
+        # sched_setaffinity(0) applies to this thread; XLA sizes its pool from the mask and the pool's
+        # threads inherit it (they stay on these CPUs); the caller's mask is restored right after.
+        os.sched_setaffinity(0, full[:n])
+        try:
+            jax.devices("cpu")
+        finally:
+            os.sched_setaffinity(0, full)
+        cls.threads_note = f"xla pool of {n} threads, pinned to CPUs {full[:n]} (affinity at backend start)"
+        return cls.threads_note
+
+    def prepare(self, problem, data, mode):
+        import jax
+        import jax.numpy as jnp
+
+        cell = problem.cell
+        f = make_jax_rnn(cell)
+        dev = jax.devices("cpu")[0]
+        put = lambda a: jax.device_put(np.asarray(a, dtype=np.float32), dev)  # noqa: E731
+        x, k, r, b = (put(data[n]) for n in ("x", "kernel", "recurrent_kernel", "bias"))
+        h0 = [put(s) for s in data["initial_state"]]
+
+        if mode == "forward":
+            fwd = jax.jit(f)
+            jax.block_until_ready(fwd(x, k, r, b, h0))  # compile + one call, outside the timed run
+
+            def run():
+                return jax.block_until_ready(fwd(x, k, r, b, h0))
+
+            def to_result(raw):
+                out, states = raw
+                return {"outputs": np.asarray(out), "states": [np.asarray(s) for s in states]}
+
+            return run, to_result
+
+        d_out = put(data["d_outputs"])
+
+        @jax.jit
+        def train(x, k, r, b, h0, d_out):
+            out, vjp, states = jax.vjp(lambda *a: f(*a), x, k, r, b, h0, has_aux=True)
+            gx, gk, gr, gb, gh0 = vjp(d_out)
+            return out, states, {"x": gx, "kernel": gk, "recurrent_kernel": gr, "bias": gb,
+                                 "initial_state": gh0}
+
+        jax.block_until_ready(train(x, k, r, b, h0, d_out))
+
+        def run():
+            return jax.block_until_ready(train(x, k, r, b, h0, d_out))
+
+        def to_result(raw):
+            out, states, grads = raw
+            g = {key: ([np.asarray(a) for a in v] if key == "initial_state" else np.asarray(v))
+                 for key, v in grads.items()}
+            return {"outputs": np.asarray(out), "states": [np.asarray(s) for s in states], "grads": g}
+
+        return run, to_result
+
+
+ENGINES = {e.name: e for e in (FastrnnEngine(), TorchEngine(), OnnxRuntimeEngine(), JaxEngine(),
+                                ReferenceEngine())}

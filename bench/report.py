@@ -18,7 +18,7 @@ import os
 import sys
 from collections import OrderedDict
 
-ENGINE_ORDER = ["fastrnn", "torch", "onnxruntime", "reference"]
+ENGINE_ORDER = ["fastrnn", "torch", "onnxruntime", "jax", "reference"]
 CELL_ORDER = ["lstm", "gru", "simple_rnn"]
 MODE_ORDER = ["forward", "training"]
 

@@ -1,4 +1,4 @@
-"""CPU benchmarks: fastrnn vs torch.nn, onnxruntime and the numpy reference on the shared problem ids.
+"""CPU benchmarks: fastrnn vs torch.nn, onnxruntime, jax and the numpy reference on the shared problem ids.
 
 Every case computes its result once and checks it against the float64 oracle (fastrnn.reference on the
 same float32 data) before anything is timed; training cases also check the engine's gradients on a small
