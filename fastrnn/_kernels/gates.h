@@ -83,4 +83,16 @@ FR_DECLARE(float, f32_scalar)
 FR_DECLARE(float, f32_avx2)
 #undef FR_DECLARE
 
+/* Packed recurrent GEMM, float32 on AVX2/FMA only (gates_avx2.c; call only when fr_simd_level() is 1,
+ * otherwise keep BLAS).  R (K, N) rows ldr apart is packed once into ceil(N/16) panels of 16 columns,
+ * K-major, the last zero-padded: P holds FR_PACKED_SIZE(K, N) floats.  Then per step
+ * C := A @ R + beta*C, beta 0 (C not read) or 1, A (M, K) rows lda apart, C (M, N) rows ldc apart.
+ * gemm's work holds FR_PACKED_A_SIZE(M, K) floats (A copied into 6-row blocks each step).
+ * pack:  IN R; OUT P.   gemm: IN A, P; IN/OUT C; OUT work (scratch) */
+#define FR_PACKED_SIZE(K, N) ((long)(K) * (((N) + 15) / 16) * 16)
+#define FR_PACKED_A_SIZE(M, K) ((long)(K) * (((M) + 5) / 6) * 6)
+void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P);
+void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const float *P, float beta,
+                             float *C, int ldc, float *work);
+
 #endif

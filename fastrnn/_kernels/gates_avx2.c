@@ -122,3 +122,126 @@ void fr_matvec_f32_avx2(const float *restrict R, const float *restrict x, int M,
 #undef FR_OWN_MATVEC
 #undef T
 #undef SFX
+
+/* ---------------------------------------------------------------------------------------------------
+ * Packed recurrent GEMM: C := A @ R + beta*C with R packed once per forward call (gates.h).
+ *
+ * Why: OpenBLAS sgemm has no pack-once API, so for the per-step product h (B x K) @ R (K x N) with a
+ * small B it copies R into its own panels on every call (sgemm_itcopy: ~26% of an LSTM forward at
+ * B = 16).  R does not change during the time loop, so we pack it once into FR_NR-column panels,
+ * K-major (panel p = R[0:K, 16p:16p+16] contiguous, the last panel zero-padded), and run a
+ * register-blocked 6 x 16 microkernel: 12 ymm accumulators; per k two panel loads, six broadcasts of
+ * A, twelve FMAs.  Panels are the outer loop, so one panel (K*64 bytes) stays in L1/L2 while every
+ * row block of A streams over it; A (B x K) is small and stays in cache across panels.
+ * Each step also copies A into 6-row k-interleaved blocks (`work`: B*K floats, 1/N of the flops) so
+ * the six broadcasts of a k hit one cache line, and K runs in blocks of 256 so the panel slice in use
+ * (16 KB) stays in L1 when K is large (H = 512, 1024).
+ * Remainder rows (M % 6) go through the same code with fewer live accumulators (MR is a compile-time
+ * constant per instantiation); remainder columns are computed on the zero padding and stored through
+ * a stack tile.  beta is 0 (C is not read) or 1; A and C may be strided (lda, ldc).
+ * ------------------------------------------------------------------------------------------------ */
+#define FR_NR 16
+#define FR_MR 6
+#define FR_KC 256
+
+void fr_pack_panels_f32_avx2(const float *restrict R, int K, int N, int ldr, float *restrict P)
+{
+    int p, k, j, np = (N + FR_NR - 1) / FR_NR;
+    for (p = 0; p < np; p++) {
+        int n0 = p * FR_NR, w = N - n0 < FR_NR ? N - n0 : FR_NR;
+        float *dst = P + (long)p * K * FR_NR;
+        for (k = 0; k < K; k++) {
+            const float *src = R + (long)k * ldr + n0;
+            if (w == FR_NR) {
+                _mm256_storeu_ps(dst + (long)k * FR_NR, _mm256_loadu_ps(src));
+                _mm256_storeu_ps(dst + (long)k * FR_NR + 8, _mm256_loadu_ps(src + 8));
+            } else {
+                for (j = 0; j < w; j++) dst[(long)k * FR_NR + j] = src[j];
+                for (; j < FR_NR; j++) dst[(long)k * FR_NR + j] = 0.0f;
+            }
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void
+fr_store_row_f32(float *restrict c, __m256 v0, __m256 v1, float beta, int w)
+{
+    if (w == FR_NR) {
+        if (beta != 0.0f) {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(c));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(c + 8));
+        }
+        _mm256_storeu_ps(c, v0);
+        _mm256_storeu_ps(c + 8, v1);
+    } else {
+        float tile[FR_NR];
+        int j;
+        _mm256_storeu_ps(tile, v0);
+        _mm256_storeu_ps(tile + 8, v1);
+        for (j = 0; j < w; j++) c[j] = beta != 0.0f ? c[j] + tile[j] : tile[j];
+    }
+}
+
+/* One MR x 16 tile: C[0:mr, 0:w] := A @ panel + beta*C, A a packed row block (FR_MR floats per k).  mr is a constant at every call site,
+ * so the `i < mr` tests fold away; the accumulators are named scalars (arrays of __m256 make gcc keep
+ * them in memory and store them on every k). */
+#define FR_ROW_DO(X) X(0) X(1) X(2) X(3) X(4) X(5)
+static inline __attribute__((always_inline)) void
+fr_micro_f32(const int mr, int K, const float *restrict A, const float *restrict Pp, float beta,
+             float *restrict C, int ldc, int w)
+{
+#define FR_DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps(); \
+
+    FR_ROW_DO(FR_DECL)
+#undef FR_DECL
+    int k;
+    for (k = 0; k < K; k++) {
+        const __m256 b0 = _mm256_loadu_ps(Pp + (long)k * FR_NR), b1 = _mm256_loadu_ps(Pp + (long)k * FR_NR + 8);
+#define FR_FMA(i) if (i < mr) { const __m256 av = _mm256_broadcast_ss(A + (long)k * FR_MR + i);                  \
+            c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0); c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1); }
+        FR_ROW_DO(FR_FMA)
+#undef FR_FMA
+    }
+#define FR_STORE(i) if (i < mr) fr_store_row_f32(C + (long)i * ldc, c##i##0, c##i##1, beta, w);
+    FR_ROW_DO(FR_STORE)
+#undef FR_STORE
+}
+
+void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
+                             float beta, float *restrict C, int ldc, float *restrict work)
+{
+    int p, m, k, i, k0, np = (N + FR_NR - 1) / FR_NR;
+    /* A -> row blocks of FR_MR rows, k-major (work[blk*FR_MR*K + k*FR_MR + i]), so each k's broadcasts
+     * come from one cache line, whatever lda is (ld = T*H in training) */
+    for (m = 0; m < M; m += FR_MR) {
+        int mr = M - m < FR_MR ? M - m : FR_MR;
+        float *dst = work + (long)m * K;
+        for (i = 0; i < mr; i++) {
+            const float *src = A + (long)(m + i) * lda;
+            for (k = 0; k < K; k++) dst[(long)k * FR_MR + i] = src[k];
+        }
+    }
+    /* K in blocks of FR_KC so a panel's slice (FR_KC*64 bytes) stays in L1 across all row blocks */
+    for (k0 = 0; k0 < K || k0 == 0; k0 += FR_KC) {
+        int kc = K - k0 < FR_KC ? K - k0 : FR_KC;
+        float b = k0 == 0 ? beta : 1.0f;
+        for (p = 0; p < np; p++) {
+            int n0 = p * FR_NR, w = N - n0 < FR_NR ? N - n0 : FR_NR;
+            const float *Pp = P + (long)p * K * FR_NR + (long)k0 * FR_NR;
+            const float *Ap;
+            for (m = 0; m + FR_MR <= M; m += FR_MR) {
+                Ap = work + (long)m * K + (long)k0 * FR_MR;
+                fr_micro_f32(FR_MR, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w);
+            }
+            Ap = work + (long)m * K + (long)k0 * FR_MR;
+            switch (M - m) {
+            case 1: fr_micro_f32(1, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w); break;
+            case 2: fr_micro_f32(2, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w); break;
+            case 3: fr_micro_f32(3, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w); break;
+            case 4: fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w); break;
+            case 5: fr_micro_f32(5, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w); break;
+            default: break;
+            }
+        }
+    }
+}
