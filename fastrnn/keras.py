@@ -54,12 +54,19 @@ loop must run): besides the cases above, that includes any call with a mask, sin
 layer's ``zero_output_for_mask``.  ``SimpleRNN`` has no backend hook; use ``fastrnn.keras.SimpleRNN``.
 """
 import contextlib
+import os
+import sys
 import threading
 
-import keras
-from keras.src import tree
+if "keras" not in sys.modules:
+    # fastrnn's kernels serve Keras through its torch backend: make it the default when nothing chose one
+    # (Keras's own default, tensorflow, is usually not installed next to fastrnn)
+    os.environ.setdefault("KERAS_BACKEND", "torch")
 
-from fastrnn import _torch_autograd
+import keras  # noqa: E402
+from keras.src import tree  # noqa: E402
+
+from fastrnn import _torch_autograd  # noqa: E402
 
 __all__ = ["LSTM", "GRU", "SimpleRNN", "enable", "disable", "enabled", "is_enabled"]
 
