@@ -13,7 +13,7 @@ import torch
 
 from fastrnn import functional
 
-_N_STATES = {"lstm": 2, "gru": 1, "simple_rnn": 1}
+from fastrnn._spec import N_STATES as _N_STATES
 
 
 def _to_numpy(t, name):

@@ -21,7 +21,7 @@ for bidirectional=True, a list of layers for num_layers > 1) with the same weigh
 """
 import numpy as np
 
-GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+from fastrnn._spec import GATES
 
 
 def _blocks(a, order, axis):

@@ -41,7 +41,7 @@ from fastrnn import functional
 
 __all__ = ["lstm", "gru", "simple_rnn"]
 
-_N_STATES = {"lstm": 2, "gru": 1, "simple_rnn": 1}
+from fastrnn._spec import N_STATES as _N_STATES  # noqa: E402
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
