@@ -43,13 +43,14 @@ def kernel_extension(name, sources=()):
         include_dirs=[KERNELS, BLAS_INC, numpy.get_include()],
         library_dirs=[BLAS_LIB],
         libraries=[BLAS_NAME],
-        extra_compile_args=["-O3", "-fno-math-errno"] if sys.platform != "win32" else ["/O2"],
+        extra_compile_args=["-O3", "-fno-math-errno", "-pthread"] if sys.platform != "win32" else ["/O2"],
+        extra_link_args=["-pthread"] if sys.platform != "win32" else [],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
 
 
 extensions = [
-    kernel_extension("_engine", sources=["gates.c", "gates_avx2.c"]),
+    kernel_extension("_engine", sources=["gates.c", "gates_avx2.c", "pool.c"]),
 ]
 
 setup(

@@ -8,6 +8,7 @@ All buffers are allocated here, before the loops; the kernels never allocate and
 """
 import numpy as np
 
+from fastrnn._dispatch import cpu_plan
 from fastrnn._native import engine
 from fastrnn._spec import check_cotangents
 
@@ -74,23 +75,24 @@ def _outputs(spec, ws):
 def forward(spec, arrays):
     """Inference: (outputs, final_states)."""
     ws = Workspace(spec, arrays, training=False)
-    engine.forward(ws, spec)
+    engine.forward(ws, spec, cpu_plan(spec, training=False))
     return _outputs(spec, ws), _states(spec, ws)
 
 
 def forward_vjp(spec, arrays):
     """Training forward: (outputs, final_states, backward) with backward(d_outputs, d_final_states)."""
     ws = Workspace(spec, arrays, training=True)
-    engine.forward(ws, spec)
+    plan = cpu_plan(spec, training=True)
+    engine.forward(ws, spec, plan)
     outputs, states = _outputs(spec, ws), _states(spec, ws)
 
     def backward(d_outputs, d_final_states=None):
-        return _backward(spec, arrays, ws, d_outputs, d_final_states)
+        return _backward(spec, arrays, ws, d_outputs, d_final_states, plan)
 
     return outputs, [s.copy() for s in states], backward
 
 
-def _backward(spec, arrays, ws, d_outputs, d_final_states):
+def _backward(spec, arrays, ws, d_outputs, d_final_states, plan):
     B, T, I, H, G = spec.B, spec.T, spec.I, spec.H, spec.G
     N, GH, dt = B * T, G * H, spec.dtype
     d_outputs, d_final_states = check_cotangents(spec, d_outputs, d_final_states)
@@ -105,7 +107,7 @@ def _backward(spec, arrays, ws, d_outputs, d_final_states):
     ws.dht = np.empty((B, H), dt)
     ws.dhd = np.empty((B, H), dt)
     ws.dacc = np.empty((B, H), dt)
-    engine.backward(ws, spec)
+    engine.backward(ws, spec, plan)
 
     # the hoisted gradients: single GEMMs and reductions over all N = B*T rows
     dW = np.empty((I, GH), dt)

@@ -25,13 +25,62 @@ def _compiled_declines(spec):
     return tuple(reasons)
 
 
-def _kernel_name(spec):
+class CpuPlan(NamedTuple):
+    """How the compiled CPU loops run one call (fastrnn/_kernels/_engine.pyx, "threads" and "Packed R")."""
+    threads: int          # fastrnn's thread count at the time of the call
+    forward_split: str    # "serial" | "batch" (rows per thread, no sync) | "hidden" (B == 1, a barrier a step)
+    backward_split: str   # "serial" | "batch"
+    packed: bool          # forward's per-step product on the packed-R microkernel, not BLAS
+
+
+# The packed-R microkernel beats sgemm's per-step repack only for few rows (1 thread, LSTM H = 256/512:
+# 2 rows 2.2x, 4: 1.6x, 8: 1.25x, 16: 1.1-1.2x, 32: 0.93x; bench/NOTES.md) and while the packed R stays
+# in cache (H = 1024: 0.93x).
+PACK_MAX_ROWS = 16
+PACK_MAX_H = 512
+# The hidden split pays one barrier per step (~0.1-0.3 us between two cores): worth it from H = 32 on.
+HIDDEN_SPLIT_MIN_H = 32
+_packed_enabled = True
+
+
+def packed_gemm(on=None):
+    """Whether plans may use the packed-R microkernel (tests and benchmarks switch it off to compare);
+    `on` changes the setting.  Returns the setting in force."""
+    global _packed_enabled
+    if on is not None:
+        _packed_enabled = bool(on)
+    return _packed_enabled
+
+
+def cpu_plan(spec, training, threads=None):
+    """The CpuPlan for a compiled call of `spec` (training: the forward keeps what backward needs)."""
+    from fastrnn._native import engine
+
+    n = engine.get_num_threads() if threads is None else threads
+    rows = -(-spec.B // n) if n > 1 else spec.B  # batch rows per thread under a batch split
+    hidden = (n > 1 and spec.B == 1 and spec.H >= HIDDEN_SPLIT_MIN_H and spec.T >= 1
+              and not (spec.cell == "gru" and not spec.reset_after)       # two dependent products a step
+              and (training or not spec.has_recurrent_dropout))             # inference h_d has one buffer
+    forward = "hidden" if hidden else ("batch" if n > 1 and spec.B >= 2 else "serial")
+    backward = "batch" if n > 1 and spec.B >= 2 else "serial"
+    packed = (_packed_enabled and forward != "hidden" and spec.dtype == "float32" and engine.simd_level() == 1
+              and 2 <= rows <= PACK_MAX_ROWS and spec.H <= PACK_MAX_H and spec.T >= 2
+              and not (spec.cell == "gru" and not spec.reset_after))
+    return CpuPlan(n, forward, backward if training else "serial", packed)
+
+
+def _kernel_name(spec, plan):
     parts = [spec.cell]
     if spec.cell == "gru":
         parts.append("reset_after" if spec.reset_after else "reset_before")
     parts.append(str(spec.dtype))
-    parts.append("simd-vecmat" if spec.B == 1 else "blas-gemm")  # the per-step product (see _blas.pxd)
-    return "compiled " + "/".join(parts)
+    if plan.packed:  # the per-step product (see _blas.pxd and _engine.pyx)
+        parts.append("packed-microkernel")
+    else:
+        parts.append("simd-vecmat" if spec.B == 1 or plan.forward_split == "hidden" else "blas-gemm")
+    split = {"serial": "1 thread", "batch": f"batch split over {plan.threads} threads",
+             "hidden": f"hidden-unit split over {plan.threads} threads"}[plan.forward_split]
+    return "compiled " + "/".join(parts) + f" ({split})"
 
 
 def select(spec, engine="auto"):
@@ -43,7 +92,7 @@ def select(spec, engine="auto"):
         return Choice("reference", "numpy reference", ("engine='reference' was asked for",))
     declined = _compiled_declines(spec)
     if not declined:
-        return Choice("compiled", _kernel_name(spec), ())
+        return Choice("compiled", _kernel_name(spec, cpu_plan(spec, training=False)), ())
     if engine == "compiled":
         raise ValueError("engine='compiled' cannot run this call: " + "; ".join(declined))
     return Choice("reference", "numpy reference", declined)

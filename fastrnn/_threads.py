@@ -1,9 +1,11 @@
 """Thread control: one pool at a time (DESIGN section 4).
 
-The compiled engine's parallelism today is OpenBLAS's own pool (the GEMMs/GEMVs); the gate math runs on
-the calling thread.  OpenBLAS reads OPENBLAS_NUM_THREADS / OMP_NUM_THREADS when it loads, so the default
-respects them; `set_num_threads` changes it for the process.  The kernels release the GIL, so several
-Python threads may run RNNs at once (each BLAS call is thread-safe).
+Two pools take turns, never both at once: OpenBLAS's runs the hoisted GEMMs (input projection, weight
+gradients), and fastrnn's own (fastrnn/_kernels/pool.h) runs the time loops split by batch rows or hidden
+units, with OpenBLAS pinned to one thread meanwhile.  One count sizes both.  It starts from OpenBLAS's,
+which honours OPENBLAS_NUM_THREADS / OMP_NUM_THREADS when the library loads; `set_num_threads` changes
+it for the process.  The kernels release the GIL, so several Python threads may run RNNs at once: the
+pool serves one call at a time and the others run their loops on their own thread.
 """
 import contextlib
 import operator
@@ -19,12 +21,12 @@ def set_num_threads(n):
         count = None
     if isinstance(n, bool) or count is None or count < 1:
         raise ValueError(f"set_num_threads: expected an int >= 1, got {n!r}")
-    engine.set_blas_threads(count)
+    engine.set_num_threads(count)
 
 
 def get_num_threads():
     """The number of threads fastrnn's kernels use."""
-    return engine.get_blas_threads()
+    return engine.get_num_threads()
 
 
 @contextlib.contextmanager

@@ -167,19 +167,21 @@ def test_packed_recurrent_product(cell, extra, shape):
     (_engine.pyx, 'Packed R'); it must agree with the float64 reference like the BLAS path does, with
     masks, go_backwards and an initial state, in the inference and the training forward."""
     import fastrnn
-    from fastrnn._native import engine
+    from fastrnn import _dispatch
 
     rng = np.random.default_rng(sum(shape))
     T, B, I, H = shape
     args, kw = make_case(rng, cell, extra, T, B, I, H, mask="holes", init=True, dtype=np.float32)
     kw["go_backwards"] = bool(B % 2)
     with fastrnn.threads(1):
-        assert engine.packed_gemm()
+        assert _dispatch.packed_gemm()
+        packs = cell != "gru" or extra.get("reset_after", True)
+        assert ("packed-microkernel" in F.explain(cell, *args, **kw)) == packs
         check_against_reference(cell, args, kw, np.dtype(np.float32), rng)
         packed, _ = getattr(F, cell)(*args, **kw)
-        engine.packed_gemm(False)
+        _dispatch.packed_gemm(False)
         try:
             blas, _ = getattr(F, cell)(*args, **kw)
         finally:
-            engine.packed_gemm(True)
+            _dispatch.packed_gemm(True)
     assert_close("packed vs BLAS", packed, blas, 2e-6)

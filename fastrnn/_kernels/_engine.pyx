@@ -34,12 +34,15 @@ output (`dacc`), or drops it when outputs are zeroed.
 Sizes.  BLAS here takes 32-bit ints, so _spec refuses problems with B*T*G*H >= 2**31 elements; below
 that every offset computed in int stays in range.
 
-Packed R.  For float32 on AVX2 with 2 <= B <= PACK_MAX_B and H <= PACK_MAX_H, `forward` packs R once per call into
-16-column panels (gates.h, fr_pack_panels_f32_avx2) before the loop, and the full per-step product
-h @ R (LSTM, SimpleRNN, GRU reset_after) runs on our own 6 x 16 FMA microkernel instead of sgemm, which
-repacks R on every call (OpenBLAS has no pack-once API).  Only when OpenBLAS runs one thread: the
-microkernel is single-threaded.  Loop.Rp is NULL otherwise (float64, no AVX2, B == 1, StepKernel, GRU
-reset_after=False) and matmul/BLAS runs as before.
+Packed R.  When the plan says so (fastrnn._dispatch.cpu_plan: float32 on AVX2, 2..16 batch rows per
+thread, H <= 512, T >= 2, not GRU reset_after=False), `forward` packs R once per call into 16-column
+panels (gates.h, fr_pack_panels_f32_avx2) before the loop, and the full per-step product h @ R runs on
+our own 6 x 16 FMA microkernel instead of sgemm, which repacks R on every call (OpenBLAS has no
+pack-once API).  Loop.Rp is NULL otherwise and matmul/BLAS runs.
+
+Threads.  The plan also says how the loop is split over fastrnn's pool (pool.h): by batch rows (each
+thread runs the loop on its rows; forward and backward) or, for B == 1 forward, by hidden units with one
+barrier per step.  See the "threads" section below.
 
 Backward does only the dh/dc recursion per step (one GEMM against R^T, two for GRU reset_after=False);
 dW, dR, dx and the bias gradient are single big GEMMs/reductions after the loop (`gemm_tn`, `gemm_nt`).
@@ -51,6 +54,7 @@ from libc.string cimport memcpy, memset
 
 from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads, scipy_openblas_get_num_threads
 from fastrnn._kernels._gates cimport fr_pack_panels_f32_avx2, fr_gemm_packed_f32_avx2
+from fastrnn._kernels._pool cimport fr_task_fn, fr_pool_run, fr_pool_barrier
 from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row,
                                      fr_init_simd, fr_force_scalar, fr_simd_level)
@@ -70,6 +74,7 @@ ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "hard_sigmoid": 2, "relu": 3, "linear": 
 ctypedef struct Loop:
     # the problem
     int cell, T, B, H, G, reset_after, act, ract
+    int Bs             # batch rows per time step in the arrays (B, or the full batch for a sub-batch)
     bint go_backwards, zero_output, time_major, training
     # forward arrays (see the module docstring); NULL where absent
     void *xp
@@ -111,6 +116,7 @@ cdef inline void *_ptr(object a) except? NULL:
 cdef void _fill(Loop *L, object ws, object spec) except *:
     L.cell = spec.cell_code
     L.T, L.B, L.H, L.G = spec.T, spec.B, spec.H, spec.G
+    L.Bs = spec.B
     L.reset_after = spec.reset_after
     L.act, L.ract = spec.act_code, spec.ract_code
     L.go_backwards, L.zero_output = spec.go_backwards, spec.zero_output_for_mask
@@ -132,7 +138,7 @@ cdef void _fill(Loop *L, object ws, object spec) except *:
 
 cdef inline Py_ssize_t _row(const Loop *L, int b, int t) noexcept nogil:
     """Row of (batch b, time t) in an input-aligned (N, width) array."""
-    return <Py_ssize_t>t * L.B + b if L.time_major else <Py_ssize_t>b * L.T + t
+    return <Py_ssize_t>t * L.Bs + b if L.time_major else <Py_ssize_t>b * L.T + t
 
 cdef inline int _rs(const Loop *L) noexcept nogil:
     """Distance in rows between batch rows of one time step."""
@@ -176,15 +182,6 @@ cdef inline void _mul_rows(floating *dst, int ldd, const floating *a, int lda, c
 
 # ---------------------------------------------------------------------------------------------------
 # forward
-
-# The packed path (module docstring: Packed R): on by default; tests switch it off to compare.
-cdef bint _pack_enabled = True
-# Measured against sgemm (1 thread, 2-core AVX2 box, LSTM H = 256 / 512): B = 2: 2.2x, 4: 1.6x,
-# 8: 1.23-1.27x, 16: 1.10-1.23x, then even at B = 20-24 and 0.93x at B = 32 (sgemm's repack is amortised
-# over more rows, and its kernel beats ours); H = 1024 (the packed R, 16 MB, streams from memory
-# either way) measured 0.93x at B = 32.  So the packed path is for small batches only.
-cdef int PACK_MAX_B = 16
-cdef int PACK_MAX_H = 512
 
 cdef inline void _rmatmul(const Loop *L, int M, int N, int K,
                           const floating *A, int lda,   # IN  (M, K) rows lda apart (the state h_d)
@@ -297,29 +294,307 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
             memcpy(ob, hnp + b * ldn, H * sizeof(floating))
 
 
-def forward(ws, spec):
+# ---------------------------------------------------------------------------------------------------
+# threads: batch split (B >= 2) and hidden split (B == 1) over fastrnn's pool (pool.h)
+#
+# Batch split.  Batch rows are independent, so each thread runs the whole time loop (forward or BPTT)
+# on its own rows: a sub-Loop whose pointers start at its first row (_sub_loop).  No synchronisation
+# inside the loop; each thread's per-step product is a 1-thread sgemm, or the packed microkernel on the
+# shared packed R with its own A scratch.
+#
+# Hidden split (B == 1, forward).  The step is a vector-matrix product over all of R: bandwidth-bound,
+# so it is split by hidden units.  Slice k owns units [u0, u0 + nu) and the G*nu columns of R that feed
+# them, packed contiguously (H, G*nu) by its own thread, so each core streams only its share and keeps
+# it in its own cache.  Per step: gather the slice's pre-activations, add h_d @ R_k (vecmat), the gate
+# math on nu units, write h/c/out slices, then ONE barrier: the next step reads the whole h.  The state
+# slots of consecutive steps are different buffers (_slot), so no thread overwrites what another reads.
+
+ctypedef struct Job:
+    Loop *L
+    bint f32, backward
+    size_t item                # sizeof the element
+    int nparts                 # batch split: the plan's number of row ranges
+    void *Ap                   # packed path: per-part A scratch ...
+    Py_ssize_t ap_stride       # ... this many elements apart
+    # hidden split
+    int nslices, per           # planned slices of `per` units (the last may be shorter)
+    void *pk                   # per slice: R_k (H, G*per), pk_stride elements apart
+    Py_ssize_t pk_stride
+    void *vec                  # per slice: gates, rec, bx, br (G*per each), vec_stride elements apart
+    Py_ssize_t vec_stride
+    bint pack                  # pack R_k (and W_k) and the bias slices first (False: packed already)
+    const void *xin            # streaming (StepKernel): the step's input x (1, n_in); NULL: use xp
+    const void *W              # with xin: the input kernel (n_in, G*H), packed per slice below R_k
+    int n_in
+
+
+cdef void _job_init(Job *J, Loop *L, bint f32, bint backward) noexcept:
+    memset(J, 0, sizeof(Job))
+    J.L, J.f32, J.backward = L, f32, backward
+    J.item = sizeof(float) if f32 else sizeof(double)
+
+
+cdef inline void *_at(void *p, Py_ssize_t n, size_t item) noexcept nogil:
+    return NULL if p == NULL else <char *>p + n * <Py_ssize_t>item
+
+
+cdef void _sub_loop(const Loop *P, Loop *S, int b0, int nb, size_t item) noexcept nogil:
+    """S := P restricted to batch rows [b0, b0 + nb): the same arrays, pointers moved to the sub-batch
+    (input-aligned arrays by its first row, (B, .) arrays by b0 rows, the inference ping-pong pairs by
+    2*b0 rows, since each sub-batch keeps its own pair)."""
+    cdef Py_ssize_t r0 = b0 if P.time_major else <Py_ssize_t>b0 * P.T
+    cdef Py_ssize_t H = P.H, GH = <Py_ssize_t>P.G * P.H, seq = r0 if P.training else 2 * b0, one = r0 if P.training else b0
+    S[0] = P[0]
+    S.B = nb
+    S.xp, S.dxp, S.drec = _at(P.xp, r0 * GH, item), _at(P.dxp, r0 * GH, item), _at(P.drec, r0 * GH, item)
+    S.out, S.dout = _at(P.out, r0 * H, item), _at(P.dout, r0 * H, item)
+    S.hp, S.cp = _at(P.hp, seq * H, item), _at(P.cp, seq * H, item)
+    S.hd, S.aux = _at(P.hd, one * H, item), _at(P.aux, one * H, item)
+    S.h0, S.c0, S.hT, S.cT = _at(P.h0, b0 * H, item), _at(P.c0, b0 * H, item), _at(P.hT, b0 * H, item), _at(P.cT, b0 * H, item)
+    S.rdmask = _at(P.rdmask, b0 * H, item)
+    S.rec, S.tmp = _at(P.rec, b0 * GH, item), _at(P.tmp, b0 * 2 * H, item)
+    S.dh, S.dc, S.dht = _at(P.dh, b0 * H, item), _at(P.dc, b0 * H, item), _at(P.dht, b0 * H, item)
+    S.dhd, S.dacc = _at(P.dhd, b0 * H, item), _at(P.dacc, b0 * H, item)
+    if P.mask != NULL:
+        S.mask = P.mask + <Py_ssize_t>b0 * P.T
+
+
+cdef void _batch_task(void *arg, int tid, int nth) noexcept nogil:
+    """Thread tid of nth runs the loop on its parts of the batch: the plan's J.nparts row ranges, parts
+    tid, tid + nth, ...  The partition is the plan's, not the number of threads that turned up, so a
+    call that finds the pool busy (nth == 1) computes every row exactly as a parallel run does."""
+    cdef Job *J = <Job *>arg
+    cdef Loop S
+    cdef int B = J.L.B, per = (J.L.B + J.nparts - 1) // J.nparts
+    cdef int part = tid, b0, nb
+    while part < J.nparts:
+        b0 = part * per
+        nb = B - b0 if B - b0 < per else per
+        if nb > 0:
+            _sub_loop(J.L, &S, b0, nb, J.item)
+            if S.Rp != NULL:
+                S.Ap = _at(J.Ap, part * J.ap_stride, J.item)
+            if J.f32:
+                if J.backward:
+                    _backward[float](&S, <float *>S.xp)
+                else:
+                    _forward[float](&S, <float *>S.xp)
+            else:
+                if J.backward:
+                    _backward[double](&S, <double *>S.xp)
+                else:
+                    _forward[double](&S, <double *>S.xp)
+        part += nth
+
+
+cdef inline void _gather(floating *dst, const floating *src, int G, int H, int u0, int nu) noexcept nogil:
+    """dst (G*nu) := the [u0, u0 + nu) units of each of the G gate blocks of src (G*H)."""
+    cdef int k
+    for k in range(G):
+        memcpy(dst + k * nu, src + k * H + u0, nu * sizeof(floating))
+
+
+cdef inline void _scatter(floating *dst, const floating *src, int G, int H, int u0, int nu) noexcept nogil:
+    """The inverse of _gather."""
+    cdef int k
+    for k in range(G):
+        memcpy(dst + k * H + u0, src + k * nu, nu * sizeof(floating))
+
+
+cdef void _hsplit_pack(const Job *J, int sl, floating *pk, floating *vec) noexcept nogil:
+    """Slice sl's R_k (H, G*nu) (then W_k (n_in, G*nu) when streaming) and bias slices, packed from the
+    full R (W) and biases."""
+    cdef const Loop *L = J.L
+    cdef int H = L.H, G = L.G, GH = L.G * L.H, u0 = sl * J.per, k
+    cdef int nu = H - u0 if H - u0 < J.per else J.per
+    for k in range(H):
+        _gather(pk + <Py_ssize_t>k * G * nu, <const floating *>L.R + <Py_ssize_t>k * GH, G, H, u0, nu)
+    if J.W != NULL:   # W_k right below R_k: (n_in, G*nu)
+        for k in range(J.n_in):
+            _gather(pk + <Py_ssize_t>(H + k) * G * nu, <const floating *>J.W + <Py_ssize_t>k * GH, G, H, u0, nu)
+    if L.bx != NULL:
+        _gather(vec + 2 * G * J.per, <const floating *>L.bx, G, H, u0, nu)
+    if L.br != NULL:
+        _gather(vec + 3 * G * J.per, <const floating *>L.br, G, H, u0, nu)
+
+
+cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept nogil:
+    """Thread tid's slices (tid, tid + nth, ...) of the B == 1 forward (see Hidden split above)."""
+    cdef const Loop *L = J.L
+    cdef int T = L.T, H = L.H, G = L.G, GH = L.G * L.H, per = J.per
+    cdef int s, t, sl, u0, nu, ldp, ldn, ldc, sense = 0
+    cdef bint m, is_lstm = L.cell == CELL_LSTM, is_gru = L.cell == CELL_GRU
+    cdef floating *rdm = <floating *>L.rdmask
+    cdef floating *out = <floating *>L.out
+    cdef floating *hpp
+    cdef floating *hnp
+    cdef floating *cpp = NULL
+    cdef floating *cnp_ = NULL
+    cdef floating *hdp
+    cdef floating *auxp = NULL
+    cdef floating *g
+    cdef floating *pk
+    cdef floating *loc
+    cdef floating *lrec
+    cdef floating *lbx
+    cdef floating *lbr
+    cdef floating *ob
+
+    sl = tid - nth
+    while True:   # this thread's slices: tid, tid + nth, ...
+        sl += nth
+        if sl >= J.nslices:
+            break
+        u0 = sl * per
+        nu = H - u0 if H - u0 < per else per
+        if nu <= 0:
+            continue
+        if J.pack:
+            _hsplit_pack(J, sl, <floating *>J.pk + sl * J.pk_stride, <floating *>J.vec + sl * J.vec_stride)
+        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, 0, &ldp)
+        memcpy(hpp + u0, <floating *>L.h0 + u0, nu * sizeof(floating))
+        if is_lstm:
+            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, 0, &ldc)
+            memcpy(cpp + u0, <floating *>L.c0 + u0, nu * sizeof(floating))
+        if rdm != NULL:  # training only (plan): h_d of step 0, read by every slice's vecmat
+            hdp = <floating *>L.hd + _row(L, 0, _time(L, 0)) * H
+            _mul_rows(hdp + u0, H, hpp + u0, H, rdm + u0, 1, nu)
+    fr_pool_barrier(nth, &sense)
+
+    for s in range(T):
+        t = _time(L, s)
+        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, s, &ldp)
+        hnp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, s + 1, &ldn)
+        if is_lstm:
+            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s, &ldc)
+            cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s + 1, &ldc)
+        hdp = <floating *>L.hd + _row(L, 0, t) * H if rdm != NULL else hpp
+        if is_gru:
+            auxp = <floating *>L.aux + (_row(L, 0, t) * H if L.training else 0)
+        g = xp + _row(L, 0, t) * GH
+        ob = out + _row(L, 0, s) * H
+        m = L.mask == NULL or L.mask[t] != 0
+        sl = tid - nth
+        while True:
+            sl += nth
+            if sl >= J.nslices:
+                break
+            u0 = sl * per
+            nu = H - u0 if H - u0 < per else per
+            if nu <= 0:
+                continue
+            if not m:   # Keras: the state passes through, the output repeats (or is zero)
+                memcpy(hnp + u0, hpp + u0, nu * sizeof(floating))
+                if is_lstm:
+                    memcpy(cnp_ + u0, cpp + u0, nu * sizeof(floating))
+                if L.zero_output or s == 0:
+                    memset(ob + u0, 0, nu * sizeof(floating))
+                else:
+                    memcpy(ob + u0, out + _row(L, 0, s - 1) * H + u0, nu * sizeof(floating))
+            else:
+                pk = <floating *>J.pk + sl * J.pk_stride
+                loc = <floating *>J.vec + sl * J.vec_stride
+                lrec = loc + G * per
+                lbx = loc + 2 * G * per if L.bx != NULL else NULL
+                lbr = loc + 3 * G * per if L.br != NULL else NULL
+                if J.xin != NULL:   # streaming: the input projection is split too (x @ W_k)
+                    matmul(False, 1, G * nu, J.n_in, <const floating *>J.xin, J.n_in,
+                           pk + <Py_ssize_t>H * G * nu, G * nu, 0, loc, G * nu)
+                else:
+                    _gather(loc, g, G, H, u0, nu)
+                if is_lstm:
+                    matmul(False, 1, G * nu, H, hdp, H, pk, G * nu, 1, loc, G * nu)
+                    lstm_fwd_row(loc, lbx, cpp + u0, cnp_ + u0, hnp + u0, nu, L.act, L.ract)
+                elif is_gru:   # reset_after (plan): the whole product first, then r * (h_d @ R_h + b)
+                    matmul(False, 1, G * nu, H, hdp, H, pk, G * nu, 0, lrec, G * nu)
+                    gru_zr_row(loc, lrec, lbx, lbr, nu, L.ract)
+                    gru_reset_after_row(loc, lrec, lbx, lbr, auxp + u0, nu)
+                    gru_h_row(loc, <floating *>NULL, hpp + u0, hnp + u0, nu, L.act)
+                else:
+                    matmul(False, 1, G * nu, H, hdp, H, pk, G * nu, 1, loc, G * nu)
+                    simple_fwd_row(loc, lbx, hnp + u0, nu, L.act)
+                if L.training:   # backward reads the post-activation gates
+                    _scatter(g, loc, G, H, u0, nu)
+                memcpy(ob + u0, hnp + u0, nu * sizeof(floating))
+            if rdm != NULL and s + 1 < T:
+                _mul_rows(<floating *>L.hd + _row(L, 0, _time(L, s + 1)) * H + u0, H, hnp + u0, H,
+                          rdm + u0, 1, nu)
+        fr_pool_barrier(nth, &sense)
+
+
+cdef void _hsplit_task(void *arg, int tid, int nth) noexcept nogil:
+    cdef Job *J = <Job *>arg
+    if J.f32:
+        _hsplit_forward[float](J, tid, nth, <float *>J.L.xp)
+    else:
+        _hsplit_forward[double](J, tid, nth, <double *>J.L.xp)
+
+
+cdef void _run(Job *J, int n, fr_task_fn task) noexcept:
+    """Run `task` on fastrnn's pool with n threads (OpenBLAS stays on one: see "threads and SIMD")."""
+    with nogil:
+        fr_pool_run(n, task, J)
+
+
+cdef class _HSplitBuffers:
+    """The hidden split's per-slice buffers (Job.pk, Job.vec): each slice's block starts on its own
+    64-byte line, so two threads never write one cache line."""
+    cdef readonly object pk, vec
+    cdef readonly int nslices, per
+    cdef readonly Py_ssize_t pk_stride, vec_stride
+
+    def __init__(self, int H, int G, int nslices, dtype, int n_in=0):
+        self.nslices = nslices
+        self.per = ((H + nslices - 1) // nslices + 7) // 8 * 8   # whole SIMD vectors per slice
+        self.pk_stride = (<Py_ssize_t>(H + n_in) * G * self.per + 15) // 16 * 16
+        self.vec_stride = (4 * G * self.per + 15) // 16 * 16
+        self.pk = np.empty(self.pk_stride * nslices, dtype)
+        self.vec = np.empty(self.vec_stride * nslices, dtype)
+
+    cdef void fill(self, Job *J):
+        J.nslices, J.per = self.nslices, self.per
+        J.pk, J.pk_stride = cnp.PyArray_DATA(<cnp.ndarray>self.pk), self.pk_stride
+        J.vec, J.vec_stride = cnp.PyArray_DATA(<cnp.ndarray>self.vec), self.vec_stride
+
+
+def forward(ws, spec, plan=None):
     """Run the forward time loop over the Workspace `ws` (arrays prepared by fastrnn.functional).
 
     IN ws.xp (N, G*H) = x @ W, ws.R, ws.bx, ws.br, ws.h0, ws.c0, ws.mask (B, T) uint8, ws.rdmask (B, H);
     OUT ws.out (N, H), ws.hT, ws.cT, and when ws.training the saved gates (in ws.xp), hp, hd, cp, aux.
+    `plan` is fastrnn._dispatch.cpu_plan's choice: forward_split "serial" | "batch" | "hidden" over
+    plan.threads threads, and plan.packed (the packed-R microkernel for the per-step product; float32 on
+    AVX2 only).  None: serial, BLAS products.
     """
     cdef Loop L
+    cdef Job J
     cdef cnp.ndarray packed, ascratch
+    cdef _HSplitBuffers bufs
+    cdef int n = 1, per
+    cdef bint f32 = ws.xp.dtype == np.float32
     _fill(&L, ws, spec)
-    if ws.xp.dtype == np.float32:
-        if (_pack_enabled and fr_simd_level() and 2 <= L.B <= PACK_MAX_B and L.H <= PACK_MAX_H and L.T >= 2
-                and (L.cell != CELL_GRU or L.reset_after) and scipy_openblas_get_num_threads() == 1):
-            # R never changes in the loop: pack it once (before the loop, so no allocation inside it)
-            packed = np.empty(((L.G * L.H + 15) // 16 * 16) * L.H, np.float32)
-            ascratch = np.empty(((L.B + 5) // 6 * 6) * L.H, np.float32)
-            L.Rp, L.Ap = cnp.PyArray_DATA(packed), cnp.PyArray_DATA(ascratch)
-            with nogil:
-                fr_pack_panels_f32_avx2(<const float *>L.R, L.H, L.G * L.H, L.G * L.H, <float *>L.Rp)
+    _job_init(&J, &L, f32, False)
+    split = "serial" if plan is None else plan.forward_split
+    if split != "serial":
+        n = plan.threads
+    if split == "hidden":
+        bufs = _HSplitBuffers(L.H, L.G, n, ws.xp.dtype)
+        bufs.fill(&J)
+        J.pack = True
+        _run(&J, n, _hsplit_task)
+        return
+    if plan is not None and plan.packed and f32 and fr_simd_level():
+        # R never changes in the loop: pack it once (before the loop, so no allocation inside it)
+        packed = np.empty(((L.G * L.H + 15) // 16 * 16) * L.H, np.float32)
+        per = (L.B + n - 1) // n
+        J.ap_stride = ((per + 5) // 6 * 6) * L.H
+        ascratch = np.empty(n * J.ap_stride, np.float32)
+        L.Rp, J.Ap = cnp.PyArray_DATA(packed), cnp.PyArray_DATA(ascratch)
         with nogil:
-            _forward[float](&L, <float *>L.xp)
-    else:
-        with nogil:
-            _forward[double](&L, <double *>L.xp)
+            fr_pack_panels_f32_avx2(<const float *>L.R, L.H, L.G * L.H, L.G * L.H, <float *>L.Rp)
+    J.nparts = n
+    _run(&J, n, _batch_task)
+
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -436,21 +711,22 @@ cdef void _backward(Loop *L, floating *xp) noexcept nogil:
                 dh[b * H + j] += dsrc[b * H + j] * (rdm[b * H + j] if rdm != NULL else <floating>1)
 
 
-def backward(ws, spec):
+def backward(ws, spec, plan=None):
     """Run BPTT over a Workspace filled by a training `forward`.
 
     IN ws.dout (N, H) (processing order, like ws.out); IN/OUT ws.dh, ws.dc (B, H): dL/d(final state) in,
     dL/d(initial state) out; OUT ws.dxp (N, G*H) pre-activation gradients (input side), ws.drec (GRU
-    reset_after: recurrent side).
+    reset_after: recurrent side).  `plan` as for `forward` (its backward split: "serial" or "batch").
     """
+    cdef Job J
     cdef Loop L
+    cdef int n = 1
     _fill(&L, ws, spec)
-    if ws.xp.dtype == np.float32:
-        with nogil:
-            _backward[float](&L, <float *>L.xp)
-    else:
-        with nogil:
-            _backward[double](&L, <double *>L.xp)
+    _job_init(&J, &L, ws.xp.dtype == np.float32, True)
+    if plan is not None and plan.backward_split == "batch":
+        n = plan.threads
+    J.nparts = n
+    _run(&J, n, _batch_task)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -466,10 +742,64 @@ cdef int _ld(cnp.ndarray arr) except -1:
     return arr.strides[0] // item
 
 
+ctypedef struct GemmJob:
+    bint f32, ta, tb, by_rows
+    int M, N, K, lda, ldb, ldc, parts
+    const void *A
+    const void *B
+    void *C
+    double beta
+
+
+cdef void _gemm_part(const GemmJob *J, floating beta, int part) noexcept nogil:
+    """Part `part` of C := op(A) @ op(B) + beta*C: a block of rows of C (from rows of op(A)) or of
+    columns (from columns of op(B)), as one 1-thread BLAS call."""
+    cdef int n = J.M if J.by_rows else J.N
+    cdef int per = (n + J.parts - 1) // J.parts
+    cdef int i0 = part * per
+    cdef int cnt = n - i0 if n - i0 < per else per
+    cdef const floating *A = <const floating *>J.A
+    cdef const floating *B = <const floating *>J.B
+    cdef floating *C = <floating *>J.C
+    if cnt <= 0:
+        return
+    if J.by_rows:   # rows i0.. of op(A): A's rows, or A's columns when transposed
+        A = A + (i0 if J.ta else <Py_ssize_t>i0 * J.lda)
+        C = C + <Py_ssize_t>i0 * J.ldc
+        if J.ta:
+            gemm(True, J.tb, cnt, J.N, J.K, A, J.lda, B, J.ldb, beta, C, J.ldc)
+        else:
+            matmul(J.tb, cnt, J.N, J.K, A, J.lda, B, J.ldb, beta, C, J.ldc)
+    else:           # columns i0.. of op(B): B's columns, or B's rows when transposed
+        B = B + (<Py_ssize_t>i0 * J.ldb if J.tb else i0)
+        C = C + i0
+        if J.ta:
+            gemm(True, J.tb, J.M, cnt, J.K, A, J.lda, B, J.ldb, beta, C, J.ldc)
+        else:
+            matmul(J.tb, J.M, cnt, J.K, A, J.lda, B, J.ldb, beta, C, J.ldc)
+
+
+cdef void _gemm_task(void *arg, int tid, int nth) noexcept nogil:
+    cdef GemmJob *J = <GemmJob *>arg
+    cdef int part = tid
+    while part < J.parts:   # the plan's parts, whatever nth the pool lends (see _batch_task)
+        if J.f32:
+            _gemm_part[float](J, <float>J.beta, part)
+        else:
+            _gemm_part[double](J, J.beta, part)
+        part += nth
+
+
+# A GEMM is split over the pool from this many flops on (~50 us on one core): below it, waking the
+# workers costs more than it saves.
+GEMM_SPLIT_MIN_FLOPS = 4_000_000
+
+
 def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, bint trans_b=False,
               double beta=0.0):
     """C := op(A) @ op(B) + beta*C for 2-D arrays of one float dtype whose rows are contiguous
-    (row strides may be larger: column blocks of a wider array are fine)."""
+    (row strides may be larger: column blocks of a wider array are fine).  Large products are split
+    over fastrnn's pool along the longer of C's dimensions, one 1-thread BLAS call per part."""
     for arr in (A, B, C):
         if arr.ndim != 2 or arr.dtype != C.dtype or C.dtype not in (np.float32, np.float64):
             raise ValueError("gemm_into: expected 2-D float32/float64 arrays of one dtype")
@@ -480,22 +810,19 @@ def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, b
         raise ValueError(f"gemm_into: shapes {(<object>A).shape} {(<object>B).shape} -> {(<object>C).shape} do not chain")
     if M == 0 or N == 0:
         return
-    cdef int lda = _ld(A), ldb = _ld(B), ldc = _ld(C)
-    cdef void *a = cnp.PyArray_DATA(A)
-    cdef void *b = cnp.PyArray_DATA(B)
-    cdef void *c = cnp.PyArray_DATA(C)
-    if C.dtype == np.float32:
-        with nogil:
-            if trans_a:
-                gemm[float](True, trans_b, M, N, K, <float *>a, lda, <float *>b, ldb, <float>beta, <float *>c, ldc)
-            else:  # one row goes to the SIMD vecmat (see _blas.pxd)
-                matmul[float](trans_b, M, N, K, <float *>a, lda, <float *>b, ldb, <float>beta, <float *>c, ldc)
-    else:
-        with nogil:
-            if trans_a:
-                gemm[double](True, trans_b, M, N, K, <double *>a, lda, <double *>b, ldb, beta, <double *>c, ldc)
-            else:
-                matmul[double](trans_b, M, N, K, <double *>a, lda, <double *>b, ldb, beta, <double *>c, ldc)
+    cdef GemmJob J
+    J.f32, J.ta, J.tb = C.dtype == np.float32, trans_a, trans_b
+    J.M, J.N, J.K = M, N, K
+    J.lda, J.ldb, J.ldc = _ld(A), _ld(B), _ld(C)
+    J.A, J.B, J.C = cnp.PyArray_DATA(A), cnp.PyArray_DATA(B), cnp.PyArray_DATA(C)
+    J.beta = beta
+    J.by_rows = M >= N
+    J.parts = 1
+    if _n_threads > 1 and 2.0 * M * N * K >= GEMM_SPLIT_MIN_FLOPS:
+        # parts of at least 16 rows/columns (a BLAS microkernel's width), one per thread
+        J.parts = max(1, min(_n_threads, (M if J.by_rows else N) // 16))
+    with nogil:
+        fr_pool_run(J.parts, _gemm_task, &J)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -505,19 +832,25 @@ cdef class StepKernel:
     """One inference step at a time over a T=1 Workspace: xp := x_t @ W, then the forward loop for one
     step, the new state becoming the next step's initial state (two state buffers swap roles, no copy
     back).  Built once by fastrnn.layers.Stream; `step` does no allocation and no attribute lookups.
+    With a "hidden" plan (B == 1, several threads) the step is the hidden split of `forward`, with the
+    input projection split too (x @ W_k per slice) and the slices packed once, on the first step.
 
     IN x (B, I) C-contiguous, the workspace's dtype; OUT the workspace's `out` (B, H) and the state
     buffers (`current()` says which holds h, c)."""
 
     cdef Loop L
+    cdef Job J
     cdef object ws
     cdef object spec
+    cdef object bufs
     cdef void *W
     cdef int n_in  # not `I`: complex.h defines I as a macro
+    cdef int threads
     cdef bint f32
     cdef bint flipped
+    cdef bint hidden
 
-    def __init__(self, ws, spec, W):
+    def __init__(self, ws, spec, W, plan=None):
         if spec.T != 1 or ws.training:
             raise ValueError("StepKernel: expected an inference workspace with T == 1")
         _fill(&self.L, ws, spec)
@@ -526,6 +859,14 @@ cdef class StepKernel:
         self.n_in = spec.I
         self.f32 = ws.xp.dtype == np.float32
         self.flipped = False
+        _job_init(&self.J, &self.L, self.f32, False)
+        self.hidden = plan is not None and plan.forward_split == "hidden"
+        self.threads = plan.threads if self.hidden else 1
+        if self.hidden:
+            self.bufs = _HSplitBuffers(spec.H, spec.G, self.threads, ws.xp.dtype, spec.I)
+            (<_HSplitBuffers>self.bufs).fill(&self.J)
+            self.J.pack = True
+            self.J.W, self.J.n_in = self.W, spec.I
 
     def step(self, cnp.ndarray x):
         """Advance every row by one step with input x (B, I)."""
@@ -534,7 +875,11 @@ cdef class StepKernel:
         cdef void *tmp
         cdef int GH = L.G * L.H
         with nogil:
-            if self.f32:
+            if self.hidden:
+                self.J.xin = xin
+                fr_pool_run(self.threads, _hsplit_task, &self.J)
+                self.J.pack = False
+            elif self.f32:
                 matmul[float](False, L.B, GH, self.n_in, <float *>xin, self.n_in, <float *>self.W, GH, 0,
                               <float *>L.xp, GH)
                 _forward[float](L, <float *>L.xp)
@@ -562,23 +907,28 @@ cdef class StepKernel:
 # ---------------------------------------------------------------------------------------------------
 # threads and SIMD
 
-def set_blas_threads(int n):
-    scipy_openblas_set_num_threads(n)
+# fastrnn's thread count: the size of its own pool, which runs every parallel part (the split loops and
+# the split hoisted GEMMs).  OpenBLAS itself is pinned to one thread for good, so its pool never wakes:
+# one pool, and results that depend on the plan only (not on how many threads a busy pool lends).
+# The count starts from OpenBLAS's, which honours OPENBLAS_NUM_THREADS / OMP_NUM_THREADS at load.
+cdef int _n_threads = max(1, scipy_openblas_get_num_threads())
+scipy_openblas_set_num_threads(1)
+
+def set_num_threads(int n):
+    """Use n >= 1 threads in fastrnn's pool (fastrnn._threads validates n)."""
+    global _n_threads
+    _n_threads = n
+
+def get_num_threads():
+    return _n_threads
 
 def get_blas_threads():
+    """OpenBLAS's own thread count: always 1 (see above; a test checks it)."""
     return scipy_openblas_get_num_threads()
 
 def simd_level():
     """1 when the float32 gate math runs on AVX2/FMA, 0 on the portable path."""
     return fr_simd_level()
-
-def packed_gemm(on=None):
-    """Whether float32 forward uses the packed-R microkernel when it applies (module docstring);
-    `on` switches it (tests, benchmarks).  Returns the setting in force."""
-    global _pack_enabled
-    if on is not None:
-        _pack_enabled = bool(on)
-    return _pack_enabled
 
 def force_scalar(bint on):
     """Pin the portable gate math (for tests that compare both paths)."""

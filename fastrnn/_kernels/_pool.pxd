@@ -1,0 +1,5 @@
+# _pool.pxd - Cython view of pool.h (fastrnn's own worker threads; see pool.h for the contracts).
+cdef extern from "pool.h" nogil:
+    ctypedef void (*fr_task_fn)(void *arg, int tid, int nth) noexcept nogil
+    int fr_pool_run(int n, fr_task_fn fn, void *arg)
+    void fr_pool_barrier(int nth, int *local_sense)

@@ -1,0 +1,37 @@
+/* pool.h - fastrnn's own worker threads: run one task on n threads, with a spinning barrier inside it.
+ *
+ * Design
+ * ------
+ * DESIGN section 4: one pool at a time.  The time loops split work across threads in two ways (batch
+ * rows: no synchronisation inside the loop; hidden units: one barrier per time step), and while they
+ * run OpenBLAS is pinned to one thread by the caller, so only this pool is active.  Outside those
+ * regions (the hoisted GEMMs) OpenBLAS's own pool runs and these workers sleep.
+ *
+ * fr_pool_run(n, fn, arg) calls fn(arg, tid, nth) for tid = 0..nth-1 concurrently, tid 0 on the calling
+ * thread, and returns when all have returned.  nth is n, or 1 when the pool is already serving another
+ * call (a second Python thread): the caller then runs the whole task alone, so calls stay reentrant
+ * and never wait for each other.  Tasks must therefore work for any nth they are given.
+ *
+ * Workers are created on first use and kept.  After a task a worker spins for FR_POOL_SPIN_NS before
+ * sleeping on a condition variable, so back-to-back calls (streaming, one step per call) hand over in
+ * well under a microsecond, while an idle process does not burn a core.
+ *
+ * The barrier (one per pool: only one multi-threaded task runs at a time) is a sense-reversing counter:
+ * one atomic add per thread per wait, spinning with pause.
+ */
+#ifndef FASTRNN_POOL_H
+#define FASTRNN_POOL_H
+
+#define FR_POOL_MAX 64
+
+typedef void (*fr_task_fn)(void *arg, int tid, int nth);
+
+/* Run fn on up to n threads (n is clamped to [1, FR_POOL_MAX]).  Returns the number that ran. */
+int fr_pool_run(int n, fr_task_fn fn, void *arg);
+
+/* Inside a task: wait until all nth threads of the task have arrived (nth <= 1: returns at once, so
+ * the busy-pool fallback never touches the barrier of the task that holds the pool).
+ * IN nth (the task's); IN/OUT local_sense: each thread's own flag, 0 before its first wait. */
+void fr_pool_barrier(int nth, int *local_sense);
+
+#endif

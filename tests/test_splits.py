@@ -1,0 +1,128 @@
+"""The threaded paths of the compiled engine (fastrnn/_kernels/_engine.pyx "threads", pool.h) against the
+float64 reference: the batch split (B >= 2, forward and BPTT), the hidden-unit split (B == 1 forward,
+and streaming), and the hoisted GEMMs split over the pool.  2 and 3 threads, so the parts are uneven
+(B = 5 over 3 threads; H = 40 in 16-unit slices), with every option that changes the loop."""
+import itertools
+import zlib
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _dispatch, layers
+from fastrnn import functional as F
+from fastrnn._native import engine
+from test_engine import VARIANT_IDS, VARIANTS, check_against_reference, make_case
+
+OPTIONS = list(itertools.product(["none", "holes", "fully_masked_row"], [False, True], [False, True]))
+SHAPES = {"hidden": [(9, 1, 17, 40), (1, 1, 5, 34)], "batch": [(6, 5, 17, 34), (5, 16, 9, 20)]}
+
+
+@pytest.fixture(params=[2, 3], ids=["2threads", "3threads"])
+def threads(request):
+    with fastrnn.threads(request.param):
+        yield request.param
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("split", ["hidden", "batch"])
+@pytest.mark.parametrize("mask,go_backwards,dropout", OPTIONS,
+                         ids=[f"{m}-{'bw' if g else 'fw'}-{'drop' if d else 'nodrop'}" for m, g, d in OPTIONS])
+def test_split_matches_reference(threads, split, cell, extra, mask, go_backwards, dropout, dtype):
+    """Outputs, states (inference and training forward) and every gradient, for each shape of the split."""
+    for shape in SHAPES[split]:
+        T, B, I, H = shape
+        rng = np.random.default_rng(zlib.crc32(repr((threads, split, cell, extra, mask, go_backwards, dropout,
+                                                     shape)).encode()))
+        args, kw = make_case(rng, cell, extra, T, B, I, H, mask=mask, init=True, dropout=dropout,
+                             time_major=bool(rng.integers(2)), dtype=dtype)
+        kw["go_backwards"] = go_backwards
+        text = F.explain(cell, *args, **kw)
+        hidden_ok = not (cell == "gru" and not extra.get("reset_after", True))
+        if split == "batch":
+            assert f"batch split over {threads} threads" in text, text
+        elif hidden_ok and not dropout:  # inference with a recurrent dropout mask stays serial (_dispatch)
+            assert f"hidden-unit split over {threads} threads" in text, text
+        check_against_reference(cell, args, kw, np.dtype(dtype), rng)
+
+
+def test_plans_follow_the_thread_count():
+    x1 = np.zeros((1, 4, 8), np.float32)
+    x8 = np.zeros((8, 4, 8), np.float32)
+    W, R = np.zeros((8, 256), np.float32), np.zeros((64, 256), np.float32)
+    with fastrnn.threads(1):
+        assert "(1 thread)" in F.explain("lstm", x8, W, R)
+        assert "(1 thread)" in F.explain("lstm", x1, W, R)
+    with fastrnn.threads(2):
+        assert "batch split over 2 threads" in F.explain("lstm", x8, W, R)
+        assert "hidden-unit split over 2 threads" in F.explain("lstm", x1, W, R)
+    gru_rb = dict(reset_after=False)
+    with fastrnn.threads(2):  # two dependent products a step: no hidden split
+        W3, R3 = np.zeros((8, 192), np.float32), np.zeros((64, 192), np.float32)
+        assert "(1 thread)" in F.explain("gru", x1, W3, R3, **gru_rb)
+
+
+def test_openblas_stays_on_one_thread():
+    """One pool at a time: fastrnn's pool runs the parallel parts and OpenBLAS never starts its own."""
+    x = np.random.default_rng(0).normal(size=(64, 20, 32)).astype(np.float32)
+    W = np.ones((32, 256), np.float32) * 0.01
+    R = np.ones((64, 256), np.float32) * 0.01
+    for n in (2, 3, 1):
+        with fastrnn.threads(n):
+            out, states, backward = F.lstm_vjp(x, W, R)
+            backward(np.ones_like(out))
+            assert fastrnn.get_num_threads() == n
+            assert engine.get_blas_threads() == 1
+
+
+@pytest.mark.parametrize("trans_a,trans_b", list(itertools.product([False, True], repeat=2)))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_gemm(threads, trans_a, trans_b, dtype):
+    """gemm_into splits large products over the pool (by rows or by columns): same result as numpy
+    and as the 1-thread call."""
+    rng = np.random.default_rng(7)
+    for M, N, K in [(1000, 48, 70), (33, 500, 300)]:  # split by rows, then by columns
+        A = rng.normal(size=(K, M) if trans_a else (M, K)).astype(dtype)
+        B = rng.normal(size=(N, K) if trans_b else (K, N)).astype(dtype)
+        C0 = rng.normal(size=(M, N)).astype(dtype)
+        want = (A.T if trans_a else A) @ (B.T if trans_b else B) + 0.5 * C0
+        C = C0.copy()
+        engine.gemm_into(A, B, C, trans_a, trans_b, 0.5)
+        np.testing.assert_allclose(C, want, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-3)
+        with fastrnn.threads(1):
+            C1 = C0.copy()
+            engine.gemm_into(A, B, C1, trans_a, trans_b, 0.5)
+        np.testing.assert_allclose(C, C1, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-4)
+
+
+@pytest.mark.parametrize("make", [lambda: layers.LSTM(40), lambda: layers.GRU(40),
+                                  lambda: layers.SimpleRNN(40, activation="relu")], ids=["lstm", "gru", "simple"])
+def test_streaming_hidden_split(threads, make):
+    """B == 1 streaming runs the hidden split with the input projection split too: equal to the whole
+    sequence on 1 thread, over enough steps that both state buffers and the packing are exercised."""
+    rng = np.random.default_rng(3)
+    layer = make()
+    x = rng.normal(size=(1, 12, 17)).astype(np.float32)
+    layer(x)  # builds it
+    with fastrnn.threads(1):
+        whole = layers.RNN(layer.cell, return_sequences=True)(x)
+    stream = layer.stream(1)
+    steps = np.stack([stream.step(x[:, t]) for t in range(12)], axis=1)
+    np.testing.assert_allclose(steps, np.asarray(whole), atol=3e-6)
+    stream.reset()
+    again = np.stack([stream.step(x[:, t]) for t in range(12)], axis=1)
+    np.testing.assert_array_equal(again, steps)
+
+
+def test_packed_toggle_is_a_plan_input():
+    x = np.zeros((4, 5, 8), np.float32)
+    W, R = np.zeros((8, 64), np.float32), np.zeros((16, 64), np.float32)
+    assert _dispatch.packed_gemm()
+    with fastrnn.threads(1):
+        assert "packed-microkernel" in F.explain("lstm", x, W, R) or engine.simd_level() == 0
+        _dispatch.packed_gemm(False)
+        try:
+            assert "packed-microkernel" not in F.explain("lstm", x, W, R)
+        finally:
+            _dispatch.packed_gemm(True)
