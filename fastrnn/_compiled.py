@@ -5,18 +5,26 @@ Per call:  xp := (x * dropout_mask) @ W   (one GEMM for all T steps, rows in x's
            backward (training only): _engine.backward does the dh/dc recursion, then
            dW := xd^T @ dG,  dx := (dG @ W^T) * dropout_mask,  dR := h_d^T @ dG_rec,  db := sum(dG)
 All buffers are allocated here, before the loops; the kernels never allocate and hold no state.
+`forward_vjp` keeps the forward's buffers in its backward closure; `forward_residuals` /
+`backward_from_residuals` hand the same buffers out and back in as plain arrays (torch custom ops).
 """
 import numpy as np
 
 from fastrnn._dispatch import cpu_plan
 from fastrnn._native import engine
-from fastrnn._spec import check_cotangents
+from fastrnn._spec import GATES, check_cotangents
 
 
 class Workspace:
-    """The arrays one call's kernels read and write (see fastrnn/_kernels/_engine.pyx for layouts)."""
+    """The arrays one call's kernels read and write (see fastrnn/_kernels/_engine.pyx for layouts).
 
-    def __init__(self, spec, arrays, training):
+    `saved` (a backward without its forward, see `backward_from_residuals`): a dict of the residuals of
+    `forward_residuals`; they take the place of the forward's buffers (xp, hp, cp, hd, aux, cT), no GEMM
+    or forward loop runs, and the outputs/final-h buffers are not allocated (backward never reads them).
+    `zeroed`: the saved sequences start as zeros instead of uninitialised memory (a masked step leaves
+    some rows unwritten, e.g. GRU's aux), for residuals handed out of fastrnn, which must be deterministic."""
+
+    def __init__(self, spec, arrays, training, saved=None, zeroed=False):
         B, T, I, H, G = spec.B, spec.T, spec.I, spec.H, spec.G
         N, GH, dt = B * T, G * H, spec.dtype
         self.training = training
@@ -46,6 +54,14 @@ class Workspace:
         if arrays.recurrent_dropout_mask is not None:
             self.rdmask = np.ascontiguousarray(arrays.recurrent_dropout_mask)
 
+        for name in ("dout", "dxp", "drec", "dh", "dc", "dht", "dhd", "dacc"):
+            setattr(self, name, None)
+        self.tmp = np.empty((B, 2 * H), dt) if spec.cell == "lstm" else None
+        if saved is not None:
+            self.xp, self.hp, self.cp, self.hd, self.aux = (saved[k] for k in ("gates", "hp", "cp", "hd", "aux"))
+            self.cT = saved["c_last"]
+            self.out = self.hT = self.rec = None  # written by the forward only; backward never reads them
+            return
         self.xp = np.empty((N, GH), dt)
         engine.gemm_into(self.xd, self.W, self.xp)
         self.out = np.empty((N, H), dt)
@@ -53,14 +69,12 @@ class Workspace:
         self.cT = np.empty((B, H), dt) if spec.cell == "lstm" else None
         seq = (N, H) if training else (2 * B, H)  # saved state chain, or a ping-pong pair
         one = (N, H) if training else (B, H)
-        self.hp = np.empty(seq, dt)
-        self.cp = np.empty(seq, dt) if spec.cell == "lstm" else None
-        self.hd = np.empty(one, dt) if self.rdmask is not None else None
-        self.aux = np.empty(one, dt) if spec.cell == "gru" else None
+        alloc = np.zeros if zeroed else np.empty
+        self.hp = alloc(seq, dt)
+        self.cp = alloc(seq, dt) if spec.cell == "lstm" else None
+        self.hd = alloc(one, dt) if self.rdmask is not None else None
+        self.aux = alloc(one, dt) if spec.cell == "gru" else None
         self.rec = np.empty((B, GH), dt) if spec.cell == "gru" and spec.reset_after else None
-        self.tmp = np.empty((B, 2 * H), dt) if spec.cell == "lstm" else None
-        for name in ("dout", "dxp", "drec", "dh", "dc", "dht", "dhd", "dacc"):
-            setattr(self, name, None)
 
 
 def _states(spec, ws):
@@ -90,6 +104,59 @@ def forward_vjp(spec, arrays):
         return _backward(spec, arrays, ws, d_outputs, d_final_states, plan)
 
     return outputs, [s.copy() for s in states], backward
+
+
+def residual_shapes(cell, B, T, H, has_recurrent_dropout):
+    """{name: shape or None} of the residuals `forward_residuals` returns (None: the call has none).
+
+    gates  (N, G*H)  post-activation gates;       hp (N, H)  the state h entering each step;
+    cp     (N, H)    LSTM: c entering each step;  hd (N, H)  hp * recurrent_dropout_mask (with that mask);
+    aux    (N, H)    GRU: the reset-gate product;  c_last (B, H)  LSTM: the final c (read by the last step).
+    N = B*T rows in x's own layout (fastrnn/_kernels/_engine.pyx, "Rows"); dtype: the compute dtype.
+    Plain sizes in, so shape-only callers (torch fake kernels) share this table."""
+    N, lstm = B * T, cell == "lstm"
+    return {"gates": (N, GATES[cell] * H), "hp": (N, H), "cp": (N, H) if lstm else None,
+            "hd": (N, H) if has_recurrent_dropout else None, "aux": (N, H) if cell == "gru" else None,
+            "c_last": (B, H) if lstm else None}
+
+
+def forward_residuals(spec, arrays):
+    """Training forward that returns what its backward reads as arrays instead of a closure:
+    ``(outputs, final_states, residuals)``, residuals a dict shaped as `residual_shapes`.
+
+    For callers that must keep state as plain tensors (torch.library custom ops, fastrnn/_torch_autograd):
+    `backward_from_residuals` turns the residuals into gradients without running the forward again.  The
+    residuals share no memory with the inputs, the outputs or the final states, and are deterministic
+    (rows a masked step does not write are zeros)."""
+    ws = Workspace(spec, arrays, training=True, zeroed=spec.has_mask)
+    engine.forward(ws, spec, cpu_plan(spec, training=True))
+    residuals = {"gates": ws.xp, "hp": ws.hp, "cp": ws.cp, "hd": ws.hd, "aux": ws.aux,
+                 "c_last": None if ws.cT is None else ws.cT.copy()}
+    return _outputs(spec, ws), _states(spec, ws), residuals
+
+
+def backward_from_residuals(spec, arrays, residuals, d_outputs, d_final_states=None):
+    """Gradients (the dict of `forward_vjp`'s backward) from the residuals of `forward_residuals`.
+
+    `spec`/`arrays` describe the same call as the forward (build_spec); arrays.initial_state and
+    arrays.bias are not read (the state chain is in the residuals), spec.has_bias alone says whether a
+    bias gradient is returned.  The residuals are only read, so one forward may serve several backwards."""
+    expected = residual_shapes(spec.cell, spec.B, spec.T, spec.H, spec.has_recurrent_dropout)
+    saved = {}
+    for name, shape in expected.items():
+        a = residuals.get(name)
+        if shape is None:
+            saved[name] = None
+            continue
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"residuals[{name!r}]: expected a NumPy array of shape {shape} for {spec.id}, "
+                            f"got {type(a).__name__}")
+        if a.shape != shape or a.dtype != spec.dtype:
+            raise ValueError(f"residuals[{name!r}]: expected a {spec.dtype} array of shape {shape} for "
+                             f"{spec.id}, got {a.dtype} {a.shape}")
+        saved[name] = np.ascontiguousarray(a)
+    ws = Workspace(spec, arrays, training=True, saved=saved)
+    return _backward(spec, arrays, ws, d_outputs, d_final_states, cpu_plan(spec, training=True))
 
 
 def _backward(spec, arrays, ws, d_outputs, d_final_states, plan):
@@ -125,7 +192,7 @@ def _backward(spec, arrays, ws, d_outputs, d_final_states, plan):
     else:
         engine.gemm_into(hd, ws.drec if ws.drec is not None else ws.dxp, dR, trans_a=True)
     db = None
-    if arrays.bias is not None:
+    if spec.has_bias:
         db = ws.dxp.sum(axis=0)
         if ws.drec is not None:
             db = np.stack([db, ws.drec.sum(axis=0)])

@@ -1,19 +1,51 @@
-"""One torch.autograd.Function over fastrnn's forward/backward: the bridge every torch-based adapter uses
+"""fastrnn's forward/backward as two torch custom ops: the bridge every torch-based adapter uses
 (fastrnn.torch's nn.Module twins, fastrnn.keras under the torch backend).
 
-    outputs, h, c = rnn(cell, x, kernel, recurrent_kernel, bias, h0, c0, mask=..., go_backwards=..., ...)
+    outputs, states = rnn(cell, x, kernel, recurrent_kernel, bias, h0, c0, mask=..., go_backwards=..., ...)
 
 Arrays are in fastrnn's canonical Keras layout (fastrnn/_weights.py); callers convert torch.nn's layout
-once (see fastrnn._weights).  CPU tensors cross to NumPy without copies (`Tensor.numpy()` on contiguous
-detached tensors) and fastrnn.functional.<cell>_vjp runs the compiled forward; its `backward` closure is
-kept on ctx and returns every gradient in one call.  Nothing here re-implements RNN math.
+once.  Two ops, built with ``torch.library.custom_op`` (namespace ``fastrnn``):
+
+``torch.ops.fastrnn.rnn_forward``
+    the compiled training forward (fastrnn._compiled.forward_residuals).  Returns outputs, h, c AND the
+    residuals its backward reads (post-activation gates, state sequences; fastrnn._compiled.residual_shapes)
+    as tensors, so no state hides in a Python closure.
+``torch.ops.fastrnn.rnn_backward``
+    the compiled BPTT from those residuals and the cotangents (fastrnn._compiled.backward_from_residuals):
+    every gradient in one call; the forward never runs again.
+
+Both have ``register_fake`` kernels (shapes and dtypes only) and a per-example ``register_vmap`` rule;
+rnn_forward's ``register_autograd`` formula calls rnn_backward.  What works:
+
+- ``torch.compile(..., fullgraph=True)`` (inductor or aot_eager): `rnn` calls the op itself, which stays
+  one opaque node in the forward graph and rnn_backward one in the backward graph;
+- ``torch.func.grad`` / ``vjp`` / ``jacrev`` and plain autograd, DDP, ``torch.autograd.gradcheck``: in eager
+  mode `rnn` goes through `_RNNFunction`, an autograd.Function with the same setup_context/backward,
+  because torch.func refuses the Function that register_autograd generates (pytorch/pytorch#168393);
+- ``torch.func.vmap``: correct but not batched into one kernel call (the ops run once per vmapped index);
+- not supported: second derivatives (a clear RuntimeError), tensors off the CPU (a ValueError).
+
+Contracts: CPU tensors cross to NumPy without copies; x, the weights, the masks and the residuals are saved
+with ``ctx.save_for_backward``, so an in-place change before backward raises torch's "modified by an
+inplace operation" error instead of giving wrong gradients; h0, c0 and bias are not saved (the forward
+copies them into its state chain), so a stateful caller may update them in place before backward (Keras
+does); mask and dropout masks are constants (no gradient).  Nothing here re-implements RNN math.
 """
+from dataclasses import replace
+from typing import Optional
+
 import numpy as np
 import torch
+from torch import Tensor
 
-from fastrnn import functional
-
+from fastrnn import _compiled
+from fastrnn._spec import GATES as _GATES
 from fastrnn._spec import N_STATES as _N_STATES
+from fastrnn._spec import _check_activation, build_spec
+
+# the residual tensors of rnn_forward, in output order after (outputs, h, c); absent ones are (0,)-shaped
+_RESIDUALS = ("gates", "hp", "cp", "hd", "aux", "c_last")
+_FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 def _to_numpy(t, name):
@@ -27,86 +59,266 @@ def _to_numpy(t, name):
     return t.detach().contiguous().numpy()
 
 
-def _to_torch(a, like):
-    return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(like.dtype)
+def _to_torch(a, dtype):
+    """A NumPy result as a tensor sharing its memory (fresh arrays of the engine: nothing else holds them)."""
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
 
 
-class RNNFunction(torch.autograd.Function):
-    """forward(ctx, options, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
-    recurrent_dropout_mask) -> (outputs, h, c) with c an empty tensor for GRU/SimpleRNN.
+def _spec(cell, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask,
+          go_backwards, time_major, activation, recurrent_activation, zero_output_for_mask, reset_after):
+    """(Spec, Arrays) of one call, validated by fastrnn._spec.build_spec (the same errors as functional)."""
+    states = None
+    if h0 is not None:
+        states = [_to_numpy(h0, "h0")] + ([_to_numpy(c0, "c0")] if cell == "lstm" else [])
+    mask_np = None if mask is None else _to_numpy(mask, "mask").astype(bool, copy=False)
+    return build_spec(
+        cell, _to_numpy(x, "x"), _to_numpy(kernel, "kernel"), _to_numpy(recurrent_kernel, "recurrent_kernel"),
+        _to_numpy(bias, "bias"), initial_state=states, mask=mask_np, go_backwards=go_backwards,
+        time_major=time_major, activation=activation,
+        recurrent_activation=recurrent_activation,
+        zero_output_for_mask=zero_output_for_mask, dropout_mask=_to_numpy(dropout_mask, "dropout_mask"),
+        recurrent_dropout_mask=_to_numpy(recurrent_dropout_mask, "recurrent_dropout_mask"),
+        reset_after=reset_after)
 
-    `options` is a tuple of (key, value) pairs for fastrnn.functional (cell, go_backwards, time_major,
-    activation, recurrent_activation, zero_output_for_mask, reset_after).  mask and dropout masks are
-    constants (no gradient).  Old-style (ctx in forward) on purpose: the vjp closure of the forward is
-    kept on ctx, so backward never recomputes the forward; the price is that torch.func transforms
-    (grad, vmap) do not accept it - plain autograd, DDP and gradcheck do."""
+
+def _sizes(cell, x, recurrent_kernel, time_major):
+    """(B, T, H, G) from the shapes alone (fake kernels: no data; build_spec validates the real call)."""
+    B, T = (x.shape[1], x.shape[0]) if time_major else (x.shape[0], x.shape[1])
+    return B, T, recurrent_kernel.shape[0], _GATES[cell]
+
+
+# ---------------------------------------------------------------------------------------------------
+# forward op
+
+@torch.library.custom_op("fastrnn::rnn_forward", mutates_args=(), device_types="cpu")
+def rnn_forward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Optional[Tensor],
+                h0: Optional[Tensor], c0: Optional[Tensor], mask: Optional[Tensor],
+                dropout_mask: Optional[Tensor], recurrent_dropout_mask: Optional[Tensor], cell: str,
+                go_backwards: bool, time_major: bool, activation: str, recurrent_activation: str,
+                zero_output_for_mask: bool, reset_after: bool
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Training forward: ``(outputs, h, c, gates, hp, cp, hd, aux, c_last)``, all in x's dtype.
+
+    outputs (B, T, H) ((T, B, H) with time_major); h (B, H); c (B, H) for LSTM, else (0,); then the
+    residuals for rnn_backward (fastrnn._compiled.residual_shapes; an absent one is (0,)).  Shapes of
+    the inputs as fastrnn.functional (Keras layout); h0 (and c0 for LSTM) or neither."""
+    spec, arrays = _spec(cell, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
+                         recurrent_dropout_mask, go_backwards, time_major, activation, recurrent_activation,
+                         zero_output_for_mask, reset_after)
+    out, final, residuals = _compiled.forward_residuals(spec, arrays)
+    dt = x.dtype
+    empty = x.new_empty((0,))
+    c = _to_torch(final[1], dt) if cell == "lstm" else empty.clone()
+    res = [empty.clone() if residuals[k] is None else _to_torch(residuals[k], dt) for k in _RESIDUALS]
+    return (_to_torch(out, dt), _to_torch(final[0], dt), c, *res)
+
+
+@rnn_forward.register_fake
+def _rnn_forward_fake(x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask,
+                      cell, go_backwards, time_major, activation, recurrent_activation, zero_output_for_mask,
+                      reset_after):
+    B, T, H, G = _sizes(cell, x, recurrent_kernel, time_major)
+    out = x.new_empty((T, B, H) if time_major else (B, T, H))
+    c = x.new_empty((B, H) if cell == "lstm" else (0,))
+    shapes = _compiled.residual_shapes(cell, B, T, H, recurrent_dropout_mask is not None)
+    res = [x.new_empty((0,) if shapes[k] is None else shapes[k]) for k in _RESIDUALS]
+    return (out, x.new_empty((B, H)), c, *res)
+
+
+# ---------------------------------------------------------------------------------------------------
+# backward op
+
+@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=(), device_types="cpu")
+def rnn_backward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, mask: Optional[Tensor],
+                 dropout_mask: Optional[Tensor], recurrent_dropout_mask: Optional[Tensor], gates: Tensor,
+                 hp: Tensor, cp: Tensor, hd: Tensor, aux: Tensor, c_last: Tensor, d_outputs: Optional[Tensor],
+                 d_h: Optional[Tensor], d_c: Optional[Tensor], cell: str, go_backwards: bool, time_major: bool,
+                 activation: str, recurrent_activation: str, zero_output_for_mask: bool, reset_after: bool,
+                 has_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """BPTT from rnn_forward's residuals: ``(d_x, d_kernel, d_recurrent_kernel, d_bias, d_h0, d_c0)``.
+
+    x, the weights, the masks and the options are those of the forward; gates..c_last its residuals;
+    d_outputs (outputs' shape), d_h, d_c (B, H) the cotangents, None meaning zeros.  d_bias has the
+    bias's shape ((0,) when has_bias is False); d_h0 (B, H); d_c0 (B, H) for LSTM, else (0,)."""
+    spec, arrays = _spec(cell, x, kernel, recurrent_kernel, None, None, None, mask, dropout_mask,
+                         recurrent_dropout_mask, go_backwards, time_major, activation, recurrent_activation,
+                         zero_output_for_mask, reset_after)
+    spec = replace(spec, has_bias=has_bias)  # the bias itself is not needed: only whether to return d_bias
+    residuals = {k: _to_numpy(t, k) for k, t in zip(_RESIDUALS, (gates, hp, cp, hd, aux, c_last))}
+    if d_outputs is None:
+        d_out = np.zeros((spec.T, spec.B, spec.H) if time_major else (spec.B, spec.T, spec.H), spec.dtype)
+    else:
+        d_out = _to_numpy(d_outputs, "d_outputs")
+    d_states = [_to_numpy(d_h, "d_h")] + ([_to_numpy(d_c, "d_c")] if cell == "lstm" else [])
+    grads = _compiled.backward_from_residuals(spec, arrays, residuals, d_out, d_states)
+    dt = x.dtype
+    empty = x.new_empty((0,))
+    db = _to_torch(grads["bias"], dt) if has_bias else empty.clone()
+    d_init = grads["initial_state"]
+    dc0 = _to_torch(d_init[1], dt) if cell == "lstm" else empty.clone()
+    return (_to_torch(grads["x"], dt), _to_torch(grads["kernel"], dt), _to_torch(grads["recurrent_kernel"], dt),
+            db, _to_torch(d_init[0], dt), dc0)
+
+
+@rnn_backward.register_fake
+def _rnn_backward_fake(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dropout_mask, gates, hp, cp,
+                       hd, aux, c_last, d_outputs, d_h, d_c, cell, go_backwards, time_major, activation,
+                       recurrent_activation, zero_output_for_mask, reset_after, has_bias):
+    B, T, H, G = _sizes(cell, x, recurrent_kernel, time_major)
+    if not has_bias:
+        db = (0,)
+    else:
+        db = (2, G * H) if cell == "gru" and reset_after else (G * H,)
+    return (x.new_empty(x.shape), x.new_empty(kernel.shape), x.new_empty(recurrent_kernel.shape),
+            x.new_empty(db), x.new_empty((B, H)), x.new_empty((B, H) if cell == "lstm" else (0,)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# autograd: rnn_forward's derivative is rnn_backward
+
+class _RNNBackwardFunction(torch.autograd.Function):
+    """rnn_backward as an autograd.Function whose own derivative is a clear error: under
+    torch.func.grad (and create_graph=True) the cotangents require grad, and an op without a derivative
+    would refuse to run at all; this runs it and refuses only an actual second derivative."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, options, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
-                recurrent_dropout_mask):
-        opts = dict(options)
-        cell = opts.pop("cell")
-        if cell != "gru":
-            opts.pop("reset_after", None)
-        if cell == "simple_rnn":
-            opts.pop("recurrent_activation", None)
-        states = None
-        if h0 is not None:
-            states = [_to_numpy(h0, "h0")] + ([_to_numpy(c0, "c0")] if cell == "lstm" else [])
-        vjp = getattr(functional, cell + "_vjp")
-        out, final, backward = vjp(
-            _to_numpy(x, "x"), _to_numpy(kernel, "kernel"), _to_numpy(recurrent_kernel, "recurrent_kernel"),
-            _to_numpy(bias, "bias"), initial_state=states,
-            mask=None if mask is None else _to_numpy(mask, "mask").astype(bool, copy=False),
-            dropout_mask=_to_numpy(dropout_mask, "dropout_mask"),
-            recurrent_dropout_mask=_to_numpy(recurrent_dropout_mask, "recurrent_dropout_mask"), **opts)
-        ctx.backward_fn = backward
-        # the backward reads these tensors' memory (zero-copy views): saving them lets torch's version
-        # counters refuse a backward after an in-place change, instead of silently wrong gradients.
-        # h0, c0 and bias are copied into the workspace by the forward, so a stateful caller may update
-        # its state tensors in place before backward (Keras does).
-        ctx.save_for_backward(x, kernel, recurrent_kernel, dropout_mask, recurrent_dropout_mask)
-        ctx.cell = cell
-        ctx.has_bias = bias is not None
-        ctx.has_state = h0 is not None
-        c = final[1] if cell == "lstm" else np.zeros((0,), out.dtype)
-        return _to_torch(out, x), _to_torch(final[0], x), _to_torch(c, x)
+    def forward(*args):
+        return rnn_backward(*args)
 
     @staticmethod
-    def backward(ctx, d_out, d_h, d_c):
-        ctx.saved_tensors  # noqa: B018 - raises if a saved input was modified in place since forward
-        d_states = [None if d_h is None else _to_numpy(d_h, "d_h")]
-        if ctx.cell == "lstm":
-            d_states.append(None if d_c is None else _to_numpy(d_c, "d_c"))
-        d_out_np = None if d_out is None else _to_numpy(d_out, "d_outputs")
-        if d_out_np is None:
-            raise RuntimeError("fastrnn: backward called without an output gradient")  # torch always passes one
-        grads = ctx.backward_fn(d_out_np, d_states)
-        like = d_out
-        dh0 = dc0 = None
-        if ctx.has_state:
-            dh0 = _to_torch(grads["initial_state"][0], like)
-            if ctx.cell == "lstm":
-                dc0 = _to_torch(grads["initial_state"][1], like)
-        return (None, _to_torch(grads["x"], like), _to_torch(grads["kernel"], like),
-                _to_torch(grads["recurrent_kernel"], like),
-                _to_torch(grads["bias"], like) if ctx.has_bias else None, dh0, dc0, None, None, None)
+    def setup_context(ctx, inputs, output):
+        pass
 
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("fastrnn: second derivatives (double backward) are not supported: the compiled "
+                           "backward has no derivative of its own")
+
+
+def _setup_context(ctx, inputs, output):
+    # inputs: the 9 tensors (x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
+    # recurrent_dropout_mask), then the 7 options (cell, go_backwards, ..., reset_after)
+    x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask = inputs[:9]
+    ctx.options = inputs[9:]
+    ctx.has_bias, ctx.has_state = bias is not None, h0 is not None
+    residuals = output[3:]
+    # x, the weights and the masks are read again by the backward (x's memory, zero-copy): saving them lets
+    # torch's version counters refuse a backward after an in-place change.  h0, c0 and bias are not read
+    # (the state chain is in the residuals), so a stateful caller may update them in place (Keras does).
+    ctx.save_for_backward(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dropout_mask, *residuals)
+    ctx.mark_non_differentiable(*residuals)
+    # gradients of unused outputs arrive as None, not zero tensors: rnn_backward reads None as zeros,
+    # and the residuals' (never used) gradients are not allocated
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, d_out, d_h, d_c, *_residual_grads):
+    x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dropout_mask, *residuals = ctx.saved_tensors
+    cell = ctx.options[0]
+    if cell != "lstm":
+        d_c = None  # c is an empty placeholder for GRU / SimpleRNN
+    # torch.compile traces rnn_backward as an op; eager (torch.func included) needs the Function wrapper
+    run = rnn_backward if torch.compiler.is_compiling() else _RNNBackwardFunction.apply
+    dx, dk, dr, db, dh0, dc0 = run(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dropout_mask,
+                                   *residuals, d_out, d_h, d_c, *ctx.options, ctx.has_bias)
+    return (dx, dk, dr, db if ctx.has_bias else None, dh0 if ctx.has_state else None,
+            dc0 if ctx.has_state and cell == "lstm" else None, None, None, None) + (None,) * len(ctx.options)
+
+
+rnn_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _RNNFunction(torch.autograd.Function):
+    """rnn_forward with the same autograd formula, as a new-style autograd.Function: torch.func.grad /
+    vjp / vmap refuse the autograd.Function that register_autograd generates (it has no setup_context
+    staticmethod; pytorch/pytorch#168393), so `rnn` goes through this class in eager mode."""
+
+    generate_vmap_rule = True  # vmaps forward/backward, i.e. the ops' own vmap rules below
+
+    @staticmethod
+    def forward(*args):
+        return rnn_forward(*args)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
+# ---------------------------------------------------------------------------------------------------
+# vmap: a per-example loop (correct for any in_dims; one kernel call per vmapped index)
+
+def _vmap_loop(op):
+    """A vmap rule that calls `op` once per index of the vmapped dimension and stacks the results on
+    dim 0: correct for any in_dims (None: the argument is shared), not faster than a Python loop."""
+    def rule(info, in_dims, *args):
+        results = [op(*[a if d is None else a.select(d, i) for a, d in zip(args, in_dims)])
+                   for i in range(info.batch_size)]
+        outs = tuple(torch.stack(column) for column in zip(*results))
+        return outs, (0,) * len(outs)
+    return rule
+
+
+rnn_forward.register_vmap(_vmap_loop(rnn_forward))
+rnn_backward.register_vmap(_vmap_loop(rnn_backward))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the public entry point
 
 def rnn(cell, x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, mask=None, go_backwards=False,
         time_major=False, activation="tanh", recurrent_activation="sigmoid", zero_output_for_mask=False,
         reset_after=True, dropout_mask=None, recurrent_dropout_mask=None):
     """Differentiable fastrnn RNN over torch tensors (Keras weight layout).
 
-    Returns ``(outputs, final_states)``: outputs (B, T, H) (or (T, B, H) with time_major), final_states
-    ``[h, c]`` for LSTM and ``[h]`` otherwise; gradients flow to x, the weights, bias, h0 and c0."""
+    x (B, T, I) ((T, B, I) with time_major), kernel (I, G*H), recurrent_kernel (H, G*H), bias (G*H,) or
+    (2, 3H) for GRU reset_after, h0/c0 (B, H) (c0 for LSTM only, both or neither), mask (B, T) bool or
+    0/1, dropout_mask (B, I), recurrent_dropout_mask (B, H).  Weights, states and dropout masks are cast
+    to x's dtype (float32 or float64) differentiably.  Returns ``(outputs, final_states)``: outputs
+    (B, T, H) (or (T, B, H)), final_states ``[h, c]`` for LSTM and ``[h]`` otherwise; gradients flow to
+    x, the weights, bias, h0 and c0 (mask and dropout masks are constants).  Works under torch.compile
+    (fullgraph) and torch.func transforms."""
     if cell not in _N_STATES:
         raise ValueError(f"cell: expected one of {tuple(_N_STATES)}, got {cell!r}")
     if cell == "lstm" and (h0 is None) != (c0 is None):
         raise ValueError("lstm: pass both h0 and c0, or neither")
-    options = (("cell", cell), ("go_backwards", bool(go_backwards)), ("time_major", bool(time_major)),
-               ("activation", activation), ("recurrent_activation", recurrent_activation),
-               ("zero_output_for_mask", bool(zero_output_for_mask)), ("reset_after", bool(reset_after)))
-    out, h, c = RNNFunction.apply(options, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
-                                  recurrent_dropout_mask)
+    if cell != "lstm" and c0 is not None:
+        raise ValueError(f"{cell}: c0 is for LSTM only; pass h0 alone")
+    named = (("x", x), ("kernel", kernel), ("recurrent_kernel", recurrent_kernel), ("bias", bias), ("h0", h0),
+             ("c0", c0), ("mask", mask), ("dropout_mask", dropout_mask),
+             ("recurrent_dropout_mask", recurrent_dropout_mask))
+    for name, t in named:
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.device.type != "cpu":
+            raise ValueError(f"{name}: fastrnn's torch bridge runs CPU tensors; got a tensor on {t.device} "
+                             "(the GPU path is not built yet)")
+    activation = _check_activation("activation", activation)
+    if cell == "simple_rnn":
+        recurrent_activation = "sigmoid"  # SimpleRNN has none; the op's schema wants a name
+    recurrent_activation = _check_activation("recurrent_activation", recurrent_activation)
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
+    dt = x.dtype
+    for name, t in named[1:6]:
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+    # differentiable casts (no-ops when the dtype already fits), so gradients come back in each input's dtype
+    kernel, recurrent_kernel = kernel.to(dt), recurrent_kernel.to(dt)
+    bias, h0, c0 = (None if t is None else t.to(dt) for t in (bias, h0, c0))
+    if mask is not None:
+        if mask.is_floating_point() or mask.is_complex():
+            raise TypeError(f"mask: expected a bool (or 0/1 integer) tensor, got {mask.dtype}")
+        mask = mask.detach().to(torch.bool)
+    # dropout masks are constants: detached, so no gradient is asked for them
+    dropout_mask, recurrent_dropout_mask = (None if t is None else t.detach().to(dt)
+                                            for t in (dropout_mask, recurrent_dropout_mask))
+    # torch.compile traces the op itself (its register_autograd formula); eager goes through the
+    # equivalent autograd.Function, which torch.func transforms accept
+    run = rnn_forward if torch.compiler.is_compiling() else _RNNFunction.apply
+    out, h, c, *_ = run(x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask,
+                        cell, bool(go_backwards), bool(time_major), activation, recurrent_activation,
+                        bool(zero_output_for_mask), bool(reset_after))
     return out, ([h, c] if cell == "lstm" else [h])

@@ -1,5 +1,6 @@
-"""fastrnn as the engine under Keras 3 (torch backend): drop-in ``LSTM``, ``GRU`` and ``SimpleRNN`` layers,
-and an opt-in switch that makes plain ``keras.layers.LSTM`` / ``keras.layers.GRU`` use fastrnn.
+"""fastrnn as the engine under Keras 3 (torch backend): drop-in ``LSTM``, ``GRU`` and ``SimpleRNN`` layers, an
+``RNN`` layer for any cell (nested inputs, outputs and states included), and an opt-in switch that makes plain
+``keras.layers.LSTM`` / ``keras.layers.GRU`` use fastrnn.
 
     import os; os.environ["KERAS_BACKEND"] = "torch"
     import keras, fastrnn.keras
@@ -10,6 +11,8 @@ and an opt-in switch that makes plain ``keras.layers.LSTM`` / ``keras.layers.GRU
 
     with fastrnn.keras.enabled():          # or fastrnn.keras.enable() ... fastrnn.keras.disable()
         keras.layers.LSTM(64)(x)           # runs on fastrnn through Keras's backend hook
+
+    outputs = fastrnn.keras.RNN(NestedCell(10, 20, 30))((input_1, input_2))   # the guide's nested cell
 
 **Layers.**  ``fastrnn.keras.LSTM/GRU/SimpleRNN`` subclass ``keras.layers.LSTM/GRU/SimpleRNN`` with the same
 constructor, config and weights (``set_weights`` / ``get_weights`` are interchangeable with the stock layers);
@@ -50,8 +53,33 @@ dropout is already applied to ``inputs``) and use their result unless they raise
 ``keras.src.backend.torch.rnn`` functions are re-exported there at import, so patching them would not take
 effect) with fastrnn hooks; ``disable()`` puts the saved originals back.  A fastrnn hook hands every call it
 cannot serve to the original hook (which serves cuDNN on CUDA and raises ``NotImplementedError`` where Keras's
-loop must run): besides the cases above, that includes any call with a mask, since the hook is not told the
-layer's ``zero_output_for_mask``.  ``SimpleRNN`` has no backend hook; use ``fastrnn.keras.SimpleRNN``.
+loop must run; Keras 3.15's torch hooks raise it for every mask).  ``SimpleRNN`` has no backend hook; use
+``fastrnn.keras.SimpleRNN``.
+
+**Masks through the hook.**  ``RNN.call`` uses the hook's ``(last_output, outputs, states)`` as they are:
+``outputs`` with return_sequences, else ``last_output``, and ``states`` -- no mask post-processing.  So the
+hook must return what Keras's loop returns for the layer, and that depends on the layer's
+``zero_output_for_mask`` (Bidirectional sets it to return_sequences; LSTM/GRU default False), which the
+hook is not given: at a masked step Keras's loop keeps the states and outputs the previous output (zeros
+before the first unmasked step) when it is False, zeros when True.  The two agree, and fastrnn serves the
+call (exactly Keras's loop, outputs and gradients), when in processing order (reversed time with
+``go_backwards``):
+
+- ``return_sequences=False``: every row's last processed step is unmasked, or the row is fully masked
+  (left padding and holes forwards; right padding and holes with go_backwards; no mask at all);
+- ``return_sequences=True``: every row is a run of masked steps then a run of unmasked steps (left
+  padding forwards, right padding with go_backwards; fully masked and unmasked rows included).
+
+Any other masked call (e.g. right padding forwards with return_sequences=False, holes with
+return_sequences=True) goes to Keras's loop, which alone knows the flag.  (TensorFlow's cuDNN hook, which
+these hooks mimic, answers right-padded masks only, with zeros at masked steps of ``outputs`` and the last
+state as ``last_output``: it does not match Keras's loop when zero_output_for_mask is False.)  The check
+reads the mask's values (one small reduction per call; CPU tensors, no tracing).  The mask must be
+(batch, timesteps) on the CPU; anything else falls back.
+
+**Any cell, nested structures (``RNN``).**  ``fastrnn.keras.RNN(cell)`` is ``keras.layers.RNN`` for cells
+Keras 3's own RNN layer cannot run: nested inputs / outputs and multi-dimensional states (the guide's
+NestedCell; see ``RNN``'s docstring for why Keras 3 fails).  Stock cells on one input run on fastrnn's kernels.
 """
 import contextlib
 import os
@@ -68,7 +96,7 @@ from keras.src import tree  # noqa: E402
 
 from fastrnn import _torch_autograd  # noqa: E402
 
-__all__ = ["LSTM", "GRU", "SimpleRNN", "enable", "disable", "enabled", "is_enabled"]
+__all__ = ["LSTM", "GRU", "SimpleRNN", "RNN", "enable", "disable", "enabled", "is_enabled"]
 
 _ACTIVATION_NAMES = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "softsign")
 _ACTIVATIONS = None
@@ -260,6 +288,309 @@ class SimpleRNN(_FastRNNMixin, keras.layers.SimpleRNN):
 
 
 # --------------------------------------------------------------------------------------------------------
+# RNN: any Keras cell, nested inputs / outputs / states
+
+
+_STOCK_CELLS = {keras.layers.LSTMCell: "lstm", keras.layers.GRUCell: "gru",
+                keras.layers.SimpleRNNCell: "simple_rnn"}
+
+
+def _is_shape(entry):
+    """A state size entry that is one multi-dimensional state: a non-empty list/tuple of positive ints."""
+    return (isinstance(entry, (list, tuple)) and len(entry) > 0
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in entry))
+
+
+def _state_shape(entry):
+    """(features...) of one state from its state_size entry: an int n -> (n,), a shape [d1, d2, ...] -> it."""
+    if isinstance(entry, int) and not isinstance(entry, bool) and entry > 0:
+        return (entry,)
+    if _is_shape(entry):
+        return tuple(entry)
+    raise ValueError(f"RNN: a state size must be a positive int or a list/tuple of positive ints (one "
+                     f"multi-dimensional state), got {entry!r}; a cell whose states are nested further "
+                     f"must define get_initial_state(batch_size)")
+
+
+def _time_mask(mask):
+    """The (B, T) step mask of a possibly nested mask argument: Keras uses one mask for every input, the
+    first one given (``RNN.compute_mask``: "time step masks must be the same for each input")."""
+    for m in tree.flatten(mask):
+        if m is not None:
+            return m
+    return None
+
+
+def _with_batch(tensor, batch, dtype=None):
+    """A KerasTensor of tensor's shape with the batch dimension replaced (dtype: tensor's by default)."""
+    dtype = keras.backend.standardize_dtype(tensor.dtype) if dtype is None else dtype
+    return keras.KerasTensor((batch,) + tuple(tensor.shape[1:]), dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="fastrnn")
+class RNN(_FastRNNMixin, keras.layers.RNN):
+    """``keras.layers.RNN`` for any Keras cell, including cells with nested inputs, outputs and states of any
+    rank (the guide's NestedCell), which Keras 3's own RNN layer cannot run.
+
+    ``RNN(cell, return_sequences=False, return_state=False, go_backwards=False, stateful=False,
+    unroll=False, zero_output_for_mask=False, **layer_kwargs)``; a list of cells is stacked
+    (``keras.layers.StackedRNNCells``), as in Keras.
+
+    **Call**: ``layer(sequences, initial_state=None, mask=None, training=False)``.
+
+    - ``sequences``: a tensor (B, T, ...) or any ``keras.tree`` structure (tuple, list, dict) of tensors
+      (B, T, ...) sharing B and T; the cell's ``call(inputs, states)`` receives the same structure with
+      the time axis removed, and its ``build`` the matching structure of step shapes ((B, ...) each).
+    - ``mask``: (B, T) bool, or a structure of them (one per input, as Keras collects them from the
+      inputs' ``_keras_mask``): the first non-None one is used for every input.  A masked step keeps the
+      previous states and repeats the previous output (zeros before the first unmasked step), or outputs
+      zeros with ``zero_output_for_mask=True`` -- Keras's rule, for every tensor of the nested structures.
+    - ``initial_state``: a list with one entry per state (the cell's order); default: the cell's
+      ``get_initial_state(batch_size)`` if it has one, else zeros of (B, *shape) per ``state_size`` entry.
+
+    **state_size**: an int (one state (B, n)), or a list/tuple with one entry per state, each an int n
+    ((B, n)) or a list/tuple of ints [d1, d2, ...] ((B, d1, d2, ...): Keras 2's ``tf.TensorShape``, e.g.
+    the guide's ``[[unit_1], [unit_2, unit_3]]``).  A flat list of ints is several vector states, as in
+    Keras.  ``output_size`` is not needed: output shapes are traced from one step of the cell.
+
+    **Returns**: the last output (the cell's output structure, each (B, ...)), or with
+    ``return_sequences`` every step's output ((B, T, ...) each, in processing order: reversed time with
+    ``go_backwards``, as Keras); with ``return_state`` a tuple ``(output, *final_states)``.
+
+    **Engine**: with one of Keras's stock cells (exactly ``LSTMCell``, ``GRUCell``, ``SimpleRNNCell``) and a
+    single input tensor, the sequence runs on fastrnn's compiled kernels through the same path as
+    ``fastrnn.keras.LSTM/GRU/SimpleRNN`` (``fastrnn._torch_autograd.rnn``, with its fallbacks listed in the
+    module docstring).  Every other cell runs a Python loop over the time steps calling the cell and
+    ``keras.ops`` (``where`` for the mask, ``stack`` for the sequences), differentiable under the torch
+    backend (the one tested; other backends need a time dimension known when the loop runs); it
+    calls the cell once per step and nothing else (Keras's torch loop calls it once more up front);
+    ``unroll`` is kept in the config for Keras compatibility and changes nothing (the loop is unrolled
+    in Python either way).
+
+    **Why not keras.layers.RNN** (Keras 3.15): its backend loop (``keras.src.backend.rnn``) handles nested
+    structures, but the layer around it takes the inputs as one tensor and sizes as ints: ``build`` builds
+    the cell with ``(shape[0],) + shape[2:]`` of the *tuple of shapes* (the guide's ``build`` then gets
+    ``((B, T, i1),)`` and raises IndexError); ``call`` reads ``sequences.shape[1]`` and slices
+    ``sequences[:, 0, :]`` (AttributeError on a tuple); ``get_initial_state`` makes ``zeros((B, d))`` per
+    state_size entry (TypeError for a shape list); ``compute_output_shape`` raises "output_size must be an
+    integer" (so no functional model), and reads a list entry of state_size as several vector states
+    (``[[4, 5]]`` gives (B, 4), (B, 5) instead of one (B, 4, 5)).  This class overrides exactly those.
+
+    ``stateful=True`` needs a static batch size, as in Keras; ``reset_state()`` zeroes every state
+    variable (nested too).  Serializable: ``get_config`` is Keras's (the cell is serialized with it; a
+    custom cell must be registered with ``keras.saving.register_keras_serializable``), registered as
+    ``fastrnn>RNN``.
+    """
+
+    def __init__(self, cell, return_sequences=False, return_state=False, go_backwards=False, stateful=False,
+                 unroll=False, zero_output_for_mask=False, **kwargs):
+        super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
+                         go_backwards=go_backwards, stateful=stateful, unroll=unroll,
+                         zero_output_for_mask=zero_output_for_mask, **kwargs)
+        if getattr(self.cell, "get_initial_state", None) is None:
+            for entry in self.state_size:  # fail at construction, not at the first call
+                _state_shape(entry)
+        # fastrnn's kernels serve the stock cells exactly (not subclasses, which may override call)
+        self._fastrnn_cell = _STOCK_CELLS.get(type(self.cell))
+        self._fastrnn_cell_class = type(self.cell) if self._fastrnn_cell else None
+        self._output_count = 1  # tensors in one step's output structure: set by every call / trace
+
+    # ---------------------------------------------------------------- structure
+    @staticmethod
+    def _input_shapes(sequences_shape):
+        shapes = []
+        tree.map_shape_structure(lambda s: shapes.append(tuple(s)), sequences_shape)
+        for s in shapes:
+            if len(s) < 3:
+                raise ValueError(f"RNN: every input must have shape (batch, timesteps, features...), got an "
+                                 f"input of shape {s} in {sequences_shape}")
+        for axis, what in ((0, "batch size"), (1, "number of timesteps")):
+            known = {s[axis] for s in shapes if s[axis] is not None}
+            if len(known) > 1:
+                raise ValueError(f"RNN: all inputs must share the {what}, got shapes {shapes}")
+        return shapes
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        shapes = self._input_shapes(sequences_shape)
+        step_shape = tree.map_shape_structure(lambda s: (s[0],) + tuple(s[2:]), sequences_shape)
+        if isinstance(self.cell, keras.layers.Layer) and not self.cell.built:
+            self.cell.build(step_shape)
+            self.cell.built = True
+        if self.stateful:
+            if self.states is not None:
+                self.reset_state()
+            else:
+                batch = shapes[0][0]
+                if batch is None:
+                    raise ValueError(f"RNN: stateful=True needs a static batch size (pass batch_size= to "
+                                     f"keras.Input), got input shapes {shapes}")
+                self._create_state_variables(batch)
+                self._expected_batch_size = batch
+
+    def get_initial_state(self, batch_size):
+        """The cell's ``get_initial_state(batch_size=...)`` as a list, else zeros (batch_size, *shape) in the
+        cell's compute dtype, one per ``state_size`` entry."""
+        fn = getattr(self.cell, "get_initial_state", None)
+        if fn is not None:
+            states = fn(batch_size=batch_size)
+            return list(states) if tree.is_nested(states) else [states]
+        dtype = getattr(self.cell, "compute_dtype", self.compute_dtype)
+        return [keras.ops.zeros((batch_size,) + _state_shape(entry), dtype=dtype) for entry in self.state_size]
+
+    def reset_state(self):
+        if self.states is not None:
+            for v in tree.flatten(self.states):
+                v.assign(keras.ops.zeros_like(v.value))
+
+    def compute_output_spec(self, sequences, initial_state=None, mask=None, training=False):
+        flat = tree.flatten(sequences)
+        batch, steps = flat[0].shape[0], flat[0].shape[1]
+        step = tree.map_structure(lambda t: keras.KerasTensor((t.shape[0],) + tuple(t.shape[2:]), t.dtype),
+                                  sequences)
+        if initial_state is None:
+            # shapes from one concrete state (batch 1), then the symbolic batch size
+            states = tree.map_structure(lambda s: _with_batch(s, batch), self.get_initial_state(1))
+        else:
+            states = list(initial_state) if tree.is_nested(initial_state) else [initial_state]
+        from keras.src import backend as keras_backend
+
+        output, new_states = keras_backend.compute_output_spec(
+            lambda x, s: self._cell_step(x, s, training), step, states)
+        self._output_count = len(tree.flatten(output))
+        dtype = self.compute_dtype
+        if self.return_sequences:
+            output = tree.map_structure(
+                lambda o: keras.KerasTensor((batch, steps) + tuple(o.shape[1:]), dtype), output)
+        else:
+            output = tree.map_structure(lambda o: _with_batch(o, batch, dtype), output)
+        if self.return_state:
+            new_states = tree.map_structure(lambda s: _with_batch(s, batch, dtype), new_states)
+            return (output, *new_states)
+        return output
+
+    def compute_output_shape(self, sequences_shape, initial_state_shape=None):
+        def spec(shape):
+            return keras.KerasTensor(shape, self.compute_dtype)
+
+        initial = None if initial_state_shape is None else tree.map_shape_structure(spec, initial_state_shape)
+        out = self.compute_output_spec(tree.map_shape_structure(spec, sequences_shape), initial)
+        return tree.map_structure(lambda t: tuple(t.shape), out)
+
+    def compute_mask(self, sequences, mask):
+        mask = _time_mask(mask)
+        output_mask = mask if self.return_sequences else None
+        output_masks = [output_mask] * self._output_count
+        if self.return_state:
+            # Keras zips tree.flatten(outputs) with this flat list: output tensors first, then the states (no
+            # mask); flatten(state_size) has at least one entry per state tensor and zip drops the excess
+            return output_masks + [None] * len(tree.flatten(self.state_size))
+        return output_masks[0] if self._output_count == 1 else output_masks
+
+    # ---------------------------------------------------------------- call
+    def _cell_step(self, inputs, states, training):
+        kwargs = {}
+        if isinstance(self.cell, keras.layers.Layer) and self.cell._call_has_training_arg:
+            kwargs["training"] = training
+        output, new_states = self.cell(inputs, states, **kwargs)
+        return output, (list(new_states) if tree.is_nested(new_states) else [new_states])
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        flat = tree.flatten(sequences)
+        steps = flat[0].shape[1]
+        if self.unroll and steps is None:
+            raise ValueError("RNN: cannot unroll a RNN whose time dimension is undefined")
+        if initial_state is None:
+            if self.stateful:
+                initial_state = self.states
+            else:
+                initial_state = self.get_initial_state(batch_size=keras.ops.shape(flat[0])[0])
+        if self.stateful:
+            batch = flat[0].shape[0]
+            if self._expected_batch_size is not None and batch is not None and batch != self._expected_batch_size:
+                raise ValueError(f"RNN: stateful layer built for batch size {self._expected_batch_size}, "
+                                 f"got inputs of batch size {batch}")
+        initial_state = list(initial_state) if tree.is_nested(initial_state) else [initial_state]
+        expected = len(self.state_size)
+        if len(initial_state) != expected:
+            raise ValueError(f"RNN: the cell has {expected} state(s), got initial_state with "
+                             f"{len(initial_state)} entries")
+        dtype = getattr(self.cell, "compute_dtype", self.compute_dtype)
+        initial_state = tree.map_structure(lambda s: keras.ops.convert_to_tensor(s, dtype=dtype), initial_state)
+        if not tree.is_nested(sequences):
+            # as Keras: draw the dropout masks of a DropoutRNNCell once per call, before the loop
+            self._maybe_config_dropout_masks(self.cell, sequences[:, 0, :], initial_state)
+        last_output, outputs, states = self.inner_loop(sequences=sequences, initial_state=initial_state,
+                                                       mask=_time_mask(mask), training=training)
+        self._maybe_reset_dropout_masks(self.cell)
+        cast = lambda x: keras.ops.cast(x, self.compute_dtype)  # noqa: E731
+        last_output, outputs = tree.map_structure(cast, last_output), tree.map_structure(cast, outputs)
+        states = tree.map_structure(cast, states)
+        if self.stateful:
+            for variable, state in zip(tree.flatten(self.states), tree.flatten(states)):
+                variable.assign(state)
+        output = outputs if self.return_sequences else last_output
+        if self.return_state:
+            return (output, *states)
+        return output
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        """``(last_output, outputs, states)`` as Keras's ``RNN.inner_loop``: outputs (B, T, ...) per output
+        tensor with return_sequences, else (B, 1, ...); fastrnn's kernels for a stock cell on one input."""
+        if self._fastrnn_cell is not None and not tree.is_nested(sequences):
+            out = self._fastrnn_loop(sequences, initial_state, mask, training)
+            if out is not None:
+                return out
+        return self._generic_loop(sequences, initial_state, mask, training)
+
+    def _generic_loop(self, sequences, initial_state, mask, training):
+        ops = keras.ops
+        flat_inputs = tree.flatten(sequences)
+        steps = flat_inputs[0].shape[1]
+        if not steps:
+            raise ValueError(f"RNN: the sequences need at least one timestep, got shapes "
+                             f"{[tuple(x.shape) for x in flat_inputs]}")
+        flat_states = tree.flatten(initial_state)
+        if self.stateful and keras.backend.backend() == "torch":
+            # the state variables are assigned in place after the loop: keep them out of the autograd graph
+            flat_states = [ops.copy(s) for s in flat_states]
+        if mask is not None:
+            mask = ops.cast(mask, "bool")
+            if tuple(mask.shape) != (flat_inputs[0].shape[0], steps):
+                raise ValueError(f"RNN: the mask must have shape (batch, timesteps) = "
+                                 f"{(flat_inputs[0].shape[0], steps)}, got {tuple(mask.shape)}")
+
+        def where(keep, new, old):  # keep (B,) broadcast over new's feature axes
+            return ops.where(ops.reshape(keep, (-1,) + (1,) * (len(new.shape) - 1)), new, old)
+
+        output_structure, previous, collected = None, None, []
+        for t in (range(steps - 1, -1, -1) if self.go_backwards else range(steps)):
+            step_inputs = tree.pack_sequence_as(sequences, [x[:, t] for x in flat_inputs])
+            output, new_states = self._cell_step(step_inputs, tree.pack_sequence_as(initial_state, flat_states),
+                                                 training)
+            flat_output, flat_new = tree.flatten(output), tree.flatten(new_states)
+            if len(flat_new) != len(flat_states):
+                raise ValueError(f"RNN: the cell returned {len(flat_new)} state tensor(s), its initial "
+                                 f"states have {len(flat_states)}")
+            if mask is not None:
+                keep = mask[:, t]
+                if previous is None or self.zero_output_for_mask:
+                    previous = [ops.zeros_like(o) for o in flat_output]
+                flat_output = [where(keep, o, p) for o, p in zip(flat_output, previous)]
+                flat_new = [where(keep, s, p) for s, p in zip(flat_new, flat_states)]
+            output_structure, previous, flat_states = output, flat_output, flat_new
+            if self.return_sequences:
+                collected.append(flat_output)
+        self._output_count = len(previous)
+        last_output = tree.pack_sequence_as(output_structure, previous)
+        if self.return_sequences:
+            outputs = tree.pack_sequence_as(
+                output_structure, [ops.stack([c[k] for c in collected], axis=1) for k in range(len(previous))])
+        else:
+            outputs = tree.map_structure(lambda o: ops.expand_dims(o, 1), last_output)
+        return last_output, outputs, tree.pack_sequence_as(initial_state, flat_states)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Backend hooks for plain keras.layers.LSTM / GRU
 
 
@@ -273,10 +604,32 @@ _lock = threading.Lock()
 _originals = {}  # "lstm"/"gru" -> the hook that was installed before enable()
 
 
+def _mask_independent_of_zero_output(mask, return_sequences, go_backwards):
+    """True when Keras's loop gives the same result for this (B, T) bool mask whatever the layer's
+    ``zero_output_for_mask`` (which the backend hook is not told).
+
+    Keras's loop (``keras.src.backend.torch.rnn``) outputs, at a masked step, the previous step's output
+    (``zero_output_for_mask=False``; zeros before the first unmasked step) or zeros (True); states ignore
+    the flag.  ``RNN.call`` returns the hook's ``outputs`` with return_sequences, else its
+    ``last_output`` -- the output of the last processed step -- without post-processing.  So, in
+    processing order (reversed time with go_backwards):
+
+    - return_sequences=False: the flag matters only for a row whose last processed step is masked after
+      an unmasked one (carried output vs zeros); served when every row ends unmasked or is fully masked;
+    - return_sequences=True: the flag matters at every masked step that follows an unmasked one; served
+      when every row is masked steps then unmasked steps (left padding forwards, right padding with
+      go_backwards; fully masked and unmasked rows included).
+    """
+    m = mask.flip(1) if go_backwards else mask
+    if not return_sequences:
+        return bool((m[:, -1] | ~m.any(dim=1)).all())
+    return bool((m[:, 1:] >= m[:, :-1]).all())  # no unmasked -> masked transition in any row
+
+
 def _serve_hook(cell_name, inputs, states, mask, kernel, recurrent_kernel, bias, activation,
                 recurrent_activation, return_sequences, go_backwards, reset_after=True, batch_first=True):
-    if mask is not None or not batch_first:
-        return None  # the hook is not told zero_output_for_mask: Keras's loop handles masks
+    if not batch_first:
+        return None
     activation = _activation_name(activation)
     recurrent_activation = _activation_name(recurrent_activation)
     if activation is None or recurrent_activation is None:
@@ -288,7 +641,15 @@ def _serve_hook(cell_name, inputs, states, mask, kernel, recurrent_kernel, bias,
         return None
     if inputs.ndim != 3 or inputs.shape[0] == 0 or inputs.shape[1] == 0:
         return None
-    return _run(cell_name, inputs, kernel, recurrent_kernel, bias, states, mask=None,
+    if mask is not None:
+        try:
+            mask = _as_bool_mask(mask, inputs.shape[0], inputs.shape[1])
+        except NotImplementedError:
+            return None
+        if not _mask_independent_of_zero_output(mask, return_sequences, go_backwards):
+            return None  # the answer depends on zero_output_for_mask, which the hook is not given
+    # zero_output_for_mask=False: with a served mask both values give the same result
+    return _run(cell_name, inputs, kernel, recurrent_kernel, bias, states, mask=mask,
                 go_backwards=go_backwards, activation=activation, recurrent_activation=recurrent_activation,
                 zero_output_for_mask=False, reset_after=reset_after, return_sequences=return_sequences)
 
@@ -333,8 +694,10 @@ def is_enabled():
 
 
 def enable():
-    """Make plain ``keras.layers.LSTM`` and ``keras.layers.GRU`` run on fastrnn (torch backend, CPU, no
-    mask, activations fastrnn compiles; anything else goes to Keras's original hook and loop).
+    """Make plain ``keras.layers.LSTM`` and ``keras.layers.GRU`` run on fastrnn (torch backend, CPU,
+    activations fastrnn compiles, no mask or a mask whose result does not depend on the layer's
+    ``zero_output_for_mask`` -- see "Masks through the hook" in the module docstring; anything else goes to
+    Keras's original hook and loop).
 
     Replaces ``keras.src.backend.lstm`` / ``gru`` (the hooks the layers' ``inner_loop`` calls) until
     ``disable()``; calling it again is a no-op.  Process-wide: affects every Keras model."""

@@ -13,6 +13,12 @@ returns, so they load each other's state_dict, train under DistributedDataParall
 (fastrnn/_weights.py) with differentiable torch ops and runs fastrnn._torch_autograd.rnn, so gradients
 reach the parameters, the input and hx through autograd; nothing here re-implements RNN math.
 
+torch.compile: the kernels are torch custom ops (torch.ops.fastrnn.rnn_forward / rnn_backward), so
+``torch.compile(lstm, fullgraph=True)`` traces the whole forward and backward, single- or multi-layer,
+bidirectional, batch_first or not, with or without hx.  A PackedSequence or ``lengths=`` input compiles
+with a graph break (the length checks read tensor values), so not under ``fullgraph=True``.
+``torch.func.functional_call`` / ``grad`` / ``vjp`` / ``vmap`` work too (see fastrnn/_torch_autograd.py).
+
 Variable lengths (PackedSequence or ``lengths=``) become a right-padded (B, T) mask, which the kernels
 handle natively: a masked step keeps the state, so h_n is each sequence's state at its own last step and
 padded outputs are zeros.  The reverse direction reads the padded sequence from the end (go_backwards):

@@ -311,7 +311,8 @@ def test_enable_routes_plain_keras_layers(name, options, calls):
     got = _run(stock, x, init)
     assert calls["n"] == 1
     _assert_same(got, expected)
-    # a mask is not served through the hook (it is not told zero_output_for_mask): Keras's loop runs
+    # MASK mixes left padding, holes and right padding: every option here makes the result depend on the
+    # layer's zero_output_for_mask, which the hook is not told, so Keras's loop runs (see the test below)
     _run(stock, x, init, mask=torch.tensor(MASK))
     assert calls["n"] == 1
     fk.disable()
@@ -336,3 +337,51 @@ def test_enabled_context_manager_and_dropout(calls):
     assert (keras_backend.lstm, keras_backend.gru) == originals and not fk.is_enabled()
     for a, b in zip(got, expected):
         _assert_same(a, b)
+
+
+HOOK_MASKS = {
+    "left": np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]], bool),
+    "right": np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0]], bool),
+    "holes": np.array([[1, 0, 1, 0, 1, 1], [1, 1, 0, 1, 1, 1], [1, 0, 0, 1, 1, 1], [1, 1, 1, 0, 1, 1]], bool),
+}
+#: (mask, return_sequences, go_backwards) the hook serves: those where Keras's loop gives the same result with
+#: zero_output_for_mask False and True (in processing order: rows end unmasked for the last output; rows are
+#: masked-then-unmasked for the sequences)
+HOOK_SERVED = {("left", False, False), ("left", True, False), ("right", False, True), ("right", True, True),
+               ("holes", False, False), ("holes", False, True)}
+
+
+# LSTM on the whole grid; GRU (same decision code, its own hook) on two served and two declined cases
+HOOK_CASES = [("LSTM", kind, seq, back) for kind in HOOK_MASKS for seq in (False, True) for back in (False, True)]
+HOOK_CASES += [("GRU", "left", True, False), ("GRU", "right", False, True), ("GRU", "holes", True, False),
+               ("GRU", "right", False, False)]
+
+
+@pytest.mark.parametrize("name,kind,return_sequences,go_backwards", HOOK_CASES, ids=[
+    f"{n}-{k}-{'seq' if s else 'last'}-{'bwd' if b else 'fwd'}" for n, k, s, b in HOOK_CASES])
+def test_enable_serves_masks_exactly_where_keras_ignores_zero_output(name, kind, return_sequences,
+                                                                     go_backwards, calls):
+    """Plain keras.layers.LSTM/GRU with a mask, zero_output_for_mask False and True: outputs, final states and
+    gradients (weights, inputs, initial states) with enable() equal Keras's own loop (disable()); the hook
+    runs fastrnn for exactly the HOOK_SERVED masks and hands the others to Keras's loop."""
+    mask = torch.tensor(HOOK_MASKS[kind])
+    x = _data(14)
+    rng = np.random.default_rng(15)
+    init = [rng.normal(size=(B, H)).astype(np.float32) for _ in range(N_STATES[name])]
+    layers = []
+    for zero_output in (False, True):
+        _, stock = _pair(name, return_sequences=return_sequences, return_state=True, go_backwards=go_backwards,
+                         zero_output_for_mask=zero_output)
+        layers.append(stock)
+    expected = [_run(layer, x, init, mask=mask) for layer in layers]
+    with fk.enabled():
+        got = [_run(layer, x, init, mask=mask) for layer in layers]
+    served = (kind, return_sequences, go_backwards) in HOOK_SERVED
+    assert calls["n"] == (2 if served else 0)
+    for a, b in zip(got, expected):
+        _assert_same(a, b)
+    # the served masks are exactly those where Keras's own answer does not depend on the flag
+    if served:
+        _assert_same(expected[0], expected[1])
+    else:
+        assert not np.allclose(expected[0][0][0], expected[1][0][0])
