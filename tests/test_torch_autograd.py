@@ -81,7 +81,8 @@ def test_backward_does_not_run_the_forward_again(monkeypatch):
 
     calls = []
     real = _compiled.engine.forward
-    monkeypatch.setattr(_compiled.engine, "forward", lambda ws, spec: (calls.append(spec.cell), real(ws, spec)))
+    monkeypatch.setattr(_compiled.engine, "forward",
+                        lambda ws, spec, *plan: (calls.append(spec.cell), real(ws, spec, *plan)))
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 5, 3, generator=g, requires_grad=True)
     k, r = torch.randn(3, 12, generator=g).requires_grad_(), torch.randn(4, 12, generator=g).requires_grad_()
