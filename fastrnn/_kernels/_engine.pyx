@@ -308,6 +308,8 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
 # it in its own cache.  Per step: gather the slice's pre-activations, add h_d @ R_k (vecmat), the gate
 # math on nu units, write h/c/out slices, then ONE barrier: the next step reads the whole h.  The state
 # slots of consecutive steps are different buffers (_slot), so no thread overwrites what another reads.
+# Step 0 reads h0 itself and the last step ends with the pool's own join, so a streaming step (T = 1)
+# has no barrier at all.
 
 ctypedef struct Job:
     Loop *L
@@ -459,7 +461,8 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
         if rdm != NULL:  # training only (plan): h_d of step 0, read by every slice's vecmat
             hdp = <floating *>L.hd + _row(L, 0, _time(L, 0)) * H
             _mul_rows(hdp + u0, H, hpp + u0, H, rdm + u0, 1, nu)
-    fr_pool_barrier(nth, &sense)
+    if rdm != NULL:   # without h_d, step 0 reads h0 itself (below), so no thread waits for the copies
+        fr_pool_barrier(nth, &sense)
 
     for s in range(T):
         t = _time(L, s)
@@ -468,7 +471,10 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
         if is_lstm:
             cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s, &ldc)
             cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s + 1, &ldc)
-        hdp = <floating *>L.hd + _row(L, 0, t) * H if rdm != NULL else hpp
+        if rdm != NULL:
+            hdp = <floating *>L.hd + _row(L, 0, t) * H
+        else:
+            hdp = <floating *>L.h0 if s == 0 else hpp
         if is_gru:
             auxp = <floating *>L.aux + (_row(L, 0, t) * H if L.training else 0)
         g = xp + _row(L, 0, t) * GH
@@ -519,7 +525,8 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
             if rdm != NULL and s + 1 < T:
                 _mul_rows(<floating *>L.hd + _row(L, 0, _time(L, s + 1)) * H + u0, H, hnp + u0, H,
                           rdm + u0, 1, nu)
-        fr_pool_barrier(nth, &sense)
+        if s + 1 < T:   # after the last step, fr_pool_run's own wait for all threads is the barrier
+            fr_pool_barrier(nth, &sense)
 
 
 cdef void _hsplit_task(void *arg, int tid, int nth) noexcept nogil:
@@ -895,6 +902,21 @@ cdef class StepKernel:
                 L.c0 = L.cT
                 L.cT = tmp
         self.flipped = not self.flipped
+
+    def step_copy(self, x):
+        """`step(x)` then a copy of the new h (B, H): the whole of Stream.step for one cell, in C.
+        Returns None, without stepping, unless x is a C-contiguous (B, I) ndarray of the workspace's
+        dtype: the caller then takes its checked path (which converts or explains)."""
+        cdef cnp.ndarray a
+        if not cnp.PyArray_CheckExact(x):
+            return None
+        a = <cnp.ndarray>x
+        if (cnp.PyArray_NDIM(a) != 2 or a.shape[0] != self.L.B or a.shape[1] != self.n_in
+                or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+                or cnp.PyArray_TYPE(a) != (cnp.NPY_FLOAT32 if self.f32 else cnp.NPY_FLOAT64)):
+            return None
+        self.step(a)
+        return cnp.PyArray_NewCopy(<cnp.ndarray>(self.ws.hT if self.flipped else self.ws.h0), cnp.NPY_CORDER)
 
     def current(self):
         """(h, c) arrays holding the state after the last step (c is None without a cell state)."""
