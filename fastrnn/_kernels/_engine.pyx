@@ -38,7 +38,8 @@ Packed R.  When the plan says so (fastrnn._dispatch.cpu_plan: float32 on AVX2, 2
 thread, H <= 512, T >= 2, not GRU reset_after=False), `forward` packs R once per call into 16-column
 panels (gates.h, fr_pack_panels_f32_avx2) before the loop, and the full per-step product h @ R runs on
 our own 6 x 16 FMA microkernel instead of sgemm, which repacks R on every call (OpenBLAS has no
-pack-once API).  Loop.Rp is NULL otherwise and matmul/BLAS runs.
+pack-once API).  `backward` does the same for its dG @ R^T with R^T packed (fr_pack_panels_t_f32_avx2).
+Loop.Rp holds the call's packed matrix (R forward, R^T backward); NULL means matmul/BLAS runs.
 
 Threads.  The plan also says how the loop is split over fastrnn's pool (pool.h): by batch rows (each
 thread runs the loop on its rows; forward and backward) or, for B == 1 forward, by hidden units with one
@@ -53,7 +54,7 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads, scipy_openblas_get_num_threads
-from fastrnn._kernels._gates cimport fr_pack_panels_f32_avx2, fr_gemm_packed_f32_avx2
+from fastrnn._kernels._gates cimport fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2, fr_gemm_packed_f32_avx2
 from fastrnn._kernels._pool cimport fr_task_fn, fr_pool_run, fr_pool_barrier
 from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row,
@@ -195,6 +196,20 @@ cdef inline void _rmatmul(const Loop *L, int M, int N, int K,
             fr_gemm_packed_f32_avx2(M, N, K, A, lda, <const float *>L.Rp, beta, C, ldc, <float *>L.Ap)
             return
     matmul(False, M, N, K, A, lda, R, ldr, beta, C, ldc)
+
+
+cdef inline void _rmatmul_t(const Loop *L, int M, int N, int K,
+                            const floating *A, int lda,   # IN  (M, K) rows lda apart (gate gradients)
+                            const floating *R, int ldr,   # IN  (N, K): the full recurrent kernel
+                            floating beta,
+                            floating *C, int ldc          # IN/OUT (M, N): C := A @ R^T + beta*C
+                            ) noexcept nogil:
+    """Backward's per-step product: on R^T packed by `backward` (in Loop.Rp) when the plan packs, else BLAS."""
+    if floating is float:
+        if L.Rp != NULL:
+            fr_gemm_packed_f32_avx2(M, N, K, A, lda, <const float *>L.Rp, beta, C, ldc, <float *>L.Ap)
+            return
+    matmul(True, M, N, K, A, lda, R, ldr, beta, C, ldc)
 
 
 cdef void _forward(Loop *L, floating *xp) noexcept nogil:
@@ -564,6 +579,25 @@ cdef class _HSplitBuffers:
         J.vec, J.vec_stride = cnp.PyArray_DATA(<cnp.ndarray>self.vec), self.vec_stride
 
 
+cdef object _pack_recurrent(Loop *L, Job *J, int n, bint transposed):
+    """Pack R (forward: K = H, N = G*H) or R^T (backward: K = G*H, N = H) once per call, before the loop
+    (so nothing allocates inside it), into Loop.Rp, with an A scratch per batch part in Job.Ap.
+    Returns the arrays, which the caller keeps alive for the loop."""
+    cdef int GH = L.G * L.H
+    cdef int K = GH if transposed else L.H, N = L.H if transposed else GH
+    cdef int per = (L.B + n - 1) // n
+    cdef cnp.ndarray packed = np.empty(((N + 15) // 16 * 16) * K, np.float32)
+    J.ap_stride = ((per + 5) // 6 * 6) * K
+    cdef cnp.ndarray scratch = np.empty(n * J.ap_stride, np.float32)
+    L.Rp, J.Ap = cnp.PyArray_DATA(packed), cnp.PyArray_DATA(scratch)
+    with nogil:
+        if transposed:
+            fr_pack_panels_t_f32_avx2(<const float *>L.R, K, N, GH, <float *>L.Rp)
+        else:
+            fr_pack_panels_f32_avx2(<const float *>L.R, K, N, GH, <float *>L.Rp)
+    return packed, scratch
+
+
 def forward(ws, spec, plan=None):
     """Run the forward time loop over the Workspace `ws` (arrays prepared by fastrnn.functional).
 
@@ -575,9 +609,8 @@ def forward(ws, spec, plan=None):
     """
     cdef Loop L
     cdef Job J
-    cdef cnp.ndarray packed, ascratch
     cdef _HSplitBuffers bufs
-    cdef int n = 1, per
+    cdef int n = 1
     cdef bint f32 = ws.xp.dtype == np.float32
     _fill(&L, ws, spec)
     _job_init(&J, &L, f32, False)
@@ -591,14 +624,7 @@ def forward(ws, spec, plan=None):
         _run(&J, n, _hsplit_task)
         return
     if plan is not None and plan.packed and f32 and fr_simd_level():
-        # R never changes in the loop: pack it once (before the loop, so no allocation inside it)
-        packed = np.empty(((L.G * L.H + 15) // 16 * 16) * L.H, np.float32)
-        per = (L.B + n - 1) // n
-        J.ap_stride = ((per + 5) // 6 * 6) * L.H
-        ascratch = np.empty(n * J.ap_stride, np.float32)
-        L.Rp, J.Ap = cnp.PyArray_DATA(packed), cnp.PyArray_DATA(ascratch)
-        with nogil:
-            fr_pack_panels_f32_avx2(<const float *>L.R, L.H, L.G * L.H, L.G * L.H, <float *>L.Rp)
+        keep = _pack_recurrent(&L, &J, n, False)
     J.nparts = n
     _run(&J, n, _batch_task)
 
@@ -709,9 +735,9 @@ cdef void _backward(Loop *L, floating *xp) noexcept nogil:
         else:
             dsrc = drec if (is_gru and L.reset_after) else dg
             if rdm == NULL:
-                matmul(True, B, H, GH, dsrc, ldg, R, GH, 1, dh, H)
+                _rmatmul_t(L, B, H, GH, dsrc, ldg, R, GH, 1, dh, H)
                 continue
-            matmul(True, B, H, GH, dsrc, ldg, R, GH, 0, dhd, H)
+            _rmatmul_t(L, B, H, GH, dsrc, ldg, R, GH, 0, dhd, H)
             dsrc = dhd
         for b in range(B):
             for j in range(H):
@@ -728,10 +754,13 @@ def backward(ws, spec, plan=None):
     cdef Job J
     cdef Loop L
     cdef int n = 1
+    cdef bint f32 = ws.xp.dtype == np.float32
     _fill(&L, ws, spec)
-    _job_init(&J, &L, ws.xp.dtype == np.float32, True)
+    _job_init(&J, &L, f32, True)
     if plan is not None and plan.backward_split == "batch":
         n = plan.threads
+    if plan is not None and plan.packed and f32 and fr_simd_level():
+        keep = _pack_recurrent(&L, &J, n, True)   # R^T for dG @ R^T, in Loop.Rp (forward's Rp is not used here)
     J.nparts = n
     _run(&J, n, _batch_task)
 

@@ -31,6 +31,7 @@ cdef extern from "gates.h" nogil:
     void fr_simple_fwd_row_f32(float *g, const float *bias, float *h, int H, int act)
     void fr_simple_fwd_row_f64(double *g, const double *bias, double *h, int H, int act)
     void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P)
+    void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P)
     void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const float *P, float beta,
                                  float *C, int ldc, float *work)
 

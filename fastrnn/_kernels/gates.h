@@ -92,6 +92,8 @@ FR_DECLARE(float, f32_avx2)
 #define FR_PACKED_SIZE(K, N) ((long)(K) * (((N) + 15) / 16) * 16)
 #define FR_PACKED_A_SIZE(M, K) ((long)(K) * (((M) + 5) / 6) * 6)
 void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P);
+/* The same panels for R^T (K, N), read from R (N, K) rows ldr apart (backward: dG @ R^T).  IN R; OUT P */
+void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const float *P, float beta,
                              float *C, int ldc, float *work);
 

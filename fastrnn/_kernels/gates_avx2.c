@@ -163,6 +163,23 @@ void fr_pack_panels_f32_avx2(const float *restrict R, int K, int N, int ldr, flo
     }
 }
 
+void fr_pack_panels_t_f32_avx2(const float *restrict R, int K, int N, int ldr, float *restrict P)
+{
+    /* the panels of R^T (K, N) from R (N, K) rows ldr apart: a strided gather, once per backward call */
+    int p, k, j, np = (N + FR_NR - 1) / FR_NR;
+    for (p = 0; p < np; p++) {
+        int n0 = p * FR_NR, w = N - n0 < FR_NR ? N - n0 : FR_NR;
+        float *dst = P + (long)p * K * FR_NR;
+        for (j = 0; j < FR_NR; j++) {
+            const float *src = R + (long)(n0 + j) * ldr;
+            if (j < w)
+                for (k = 0; k < K; k++) dst[(long)k * FR_NR + j] = src[k];
+            else
+                for (k = 0; k < K; k++) dst[(long)k * FR_NR + j] = 0.0f;
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void
 fr_store_row_f32(float *restrict c, __m256 v0, __m256 v1, float beta, int w)
 {
