@@ -72,7 +72,7 @@ class Workspace:
         alloc = np.zeros if zeroed else np.empty
         self.hp = alloc(seq, dt)
         self.cp = alloc(seq, dt) if spec.cell == "lstm" else None
-        self.hd = alloc(one, dt) if self.rdmask is not None else None
+        self.hd = alloc(seq, dt) if self.rdmask is not None else None
         self.aux = alloc(one, dt) if spec.cell == "gru" else None
         self.rec = np.empty((B, GH), dt) if spec.cell == "gru" and spec.reset_after else None
 

@@ -27,10 +27,11 @@ def _compiled_declines(spec):
 
 class CpuPlan(NamedTuple):
     """How the compiled CPU loops run one call (fastrnn/_kernels/_engine.pyx, "threads" and "Packed R")."""
-    threads: int          # fastrnn's thread count at the time of the call
-    forward_split: str    # "serial" | "batch" (rows per thread, no sync) | "hidden" (B == 1, a barrier a step)
-    backward_split: str   # "serial" | "batch"
-    packed: bool          # forward's per-step product on the packed-R microkernel, not BLAS
+    threads: int            # fastrnn's thread count at the time of the call
+    forward_split: str      # "serial" | "batch" (rows per thread, no sync) | "hidden" (units, a barrier a step)
+    backward_split: str     # "serial" | "batch"
+    forward_packed: bool    # forward's per-step product on the packed-R microkernel, not BLAS / vecmat
+    backward_packed: bool   # backward's dG @ R^T likewise (on R^T)
 
 
 # The packed-R microkernel beats sgemm's per-step repack only for few rows (1 thread, LSTM H = 256/512:
@@ -53,20 +54,29 @@ def packed_gemm(on=None):
 
 
 def cpu_plan(spec, training, threads=None):
-    """The CpuPlan for a compiled call of `spec` (training: the forward keeps what backward needs)."""
+    """The CpuPlan for a compiled call of `spec` (training: the forward keeps what backward needs).
+
+    Forward: B == 1 splits the hidden units (a bandwidth-bound vecmat per step), as does 2 <= B <= 16
+    when the microkernel can run the slices (whole row blocks per slice, each core keeping its share of
+    R in cache); larger batches split rows, with no synchronisation.  Backward always splits rows.  GRU
+    reset_after=False has two dependent products a step and never splits units.  The forward's plan does
+    not depend on `training`, so inference and training forwards give the same numbers."""
     from fastrnn._native import engine
 
     n = engine.get_num_threads() if threads is None else threads
-    rows = -(-spec.B // n) if n > 1 else spec.B  # batch rows per thread under a batch split
-    hidden = (n > 1 and spec.B == 1 and spec.H >= HIDDEN_SPLIT_MIN_H and spec.T >= 1
-              and not (spec.cell == "gru" and not spec.reset_after)       # two dependent products a step
-              and (training or not spec.has_recurrent_dropout))             # inference h_d has one buffer
-    forward = "hidden" if hidden else ("batch" if n > 1 and spec.B >= 2 else "serial")
+    packable = (_packed_enabled and spec.dtype == "float32" and engine.simd_level() == 1
+                and spec.H <= PACK_MAX_H and spec.T >= 2 and not (spec.cell == "gru" and not spec.reset_after))
+    units_ok = n > 1 and spec.H >= HIDDEN_SPLIT_MIN_H and not (spec.cell == "gru" and not spec.reset_after)
+    if units_ok and (spec.B == 1 or (packable and spec.B <= PACK_MAX_ROWS)):
+        forward, forward_rows = "hidden", spec.B
+    else:
+        forward = "batch" if n > 1 and spec.B >= 2 else "serial"
+        forward_rows = -(-spec.B // n) if forward == "batch" else spec.B
     backward = "batch" if n > 1 and spec.B >= 2 else "serial"
-    packed = (_packed_enabled and forward != "hidden" and spec.dtype == "float32" and engine.simd_level() == 1
-              and 2 <= rows <= PACK_MAX_ROWS and spec.H <= PACK_MAX_H and spec.T >= 2
-              and not (spec.cell == "gru" and not spec.reset_after))
-    return CpuPlan(n, forward, backward if training else "serial", packed)
+    backward_rows = -(-spec.B // n) if backward == "batch" else spec.B
+    return CpuPlan(n, forward, backward if training else "serial",
+                   packable and 2 <= forward_rows <= PACK_MAX_ROWS,
+                   training and packable and 2 <= backward_rows <= PACK_MAX_ROWS)
 
 
 def _kernel_name(spec, plan):
@@ -74,7 +84,7 @@ def _kernel_name(spec, plan):
     if spec.cell == "gru":
         parts.append("reset_after" if spec.reset_after else "reset_before")
     parts.append(str(spec.dtype))
-    if plan.packed:  # the per-step product (see _blas.pxd and _engine.pyx)
+    if plan.forward_packed:  # the per-step product (see _blas.pxd and _engine.pyx)
         parts.append("packed-microkernel")
     else:
         parts.append("simd-vecmat" if spec.B == 1 or plan.forward_split == "hidden" else "blas-gemm")

@@ -15,7 +15,18 @@ from fastrnn._native import engine
 from test_engine import VARIANT_IDS, VARIANTS, check_against_reference, make_case
 
 OPTIONS = list(itertools.product(["none", "holes", "fully_masked_row"], [False, True], [False, True]))
-SHAPES = {"hidden": [(9, 1, 17, 40), (1, 1, 5, 34)], "batch": [(6, 5, 17, 34), (5, 16, 9, 20)]}
+# B == 1 and small B split hidden units (small B on the microkernel: float32 only), larger B split rows
+SHAPES = [(9, 1, 17, 40), (1, 1, 5, 34), (6, 5, 17, 40), (5, 20, 9, 20)]
+
+
+def expected_split(cell, extra, shape, dtype, dropout, threads):
+    """The plan's rule, restated (fastrnn._dispatch.cpu_plan) for the inference call explain() describes."""
+    T, B, I, H = shape
+    units = not (cell == "gru" and not extra.get("reset_after", True))
+    packable = dtype == np.float32 and T >= 2 and not (cell == "gru" and not extra.get("reset_after", True))
+    if units and (B == 1 or (packable and B <= 16)):
+        return f"hidden-unit split over {threads} threads"
+    return f"batch split over {threads} threads" if B >= 2 else "(1 thread)"
 
 
 @pytest.fixture(params=[2, 3], ids=["2threads", "3threads"])
@@ -26,37 +37,36 @@ def threads(request):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
-@pytest.mark.parametrize("split", ["hidden", "batch"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"t{t}-b{b}-h{h}" for t, b, _, h in SHAPES])
 @pytest.mark.parametrize("mask,go_backwards,dropout", OPTIONS,
                          ids=[f"{m}-{'bw' if g else 'fw'}-{'drop' if d else 'nodrop'}" for m, g, d in OPTIONS])
-def test_split_matches_reference(threads, split, cell, extra, mask, go_backwards, dropout, dtype):
-    """Outputs, states (inference and training forward) and every gradient, for each shape of the split."""
-    for shape in SHAPES[split]:
-        T, B, I, H = shape
-        rng = np.random.default_rng(zlib.crc32(repr((threads, split, cell, extra, mask, go_backwards, dropout,
-                                                     shape)).encode()))
-        args, kw = make_case(rng, cell, extra, T, B, I, H, mask=mask, init=True, dropout=dropout,
-                             time_major=bool(rng.integers(2)), dtype=dtype)
-        kw["go_backwards"] = go_backwards
-        text = F.explain(cell, *args, **kw)
-        hidden_ok = not (cell == "gru" and not extra.get("reset_after", True))
-        if split == "batch":
-            assert f"batch split over {threads} threads" in text, text
-        elif hidden_ok and not dropout:  # inference with a recurrent dropout mask stays serial (_dispatch)
-            assert f"hidden-unit split over {threads} threads" in text, text
-        check_against_reference(cell, args, kw, np.dtype(dtype), rng)
+def test_split_matches_reference(threads, shape, cell, extra, mask, go_backwards, dropout, dtype):
+    """Outputs, states (inference and training forward) and every gradient, with the split the plan
+    names for this shape."""
+    T, B, I, H = shape
+    rng = np.random.default_rng(zlib.crc32(repr((threads, shape, cell, extra, mask, go_backwards,
+                                                 dropout)).encode()))
+    args, kw = make_case(rng, cell, extra, T, B, I, H, mask=mask, init=True, dropout=dropout,
+                         time_major=bool(rng.integers(2)), dtype=dtype)
+    kw["go_backwards"] = go_backwards
+    text = F.explain(cell, *args, **kw)
+    assert expected_split(cell, extra, shape, dtype, dropout, threads) in text, text
+    check_against_reference(cell, args, kw, np.dtype(dtype), rng)
 
 
 def test_plans_follow_the_thread_count():
     x1 = np.zeros((1, 4, 8), np.float32)
     x8 = np.zeros((8, 4, 8), np.float32)
+    x40 = np.zeros((40, 4, 8), np.float32)
     W, R = np.zeros((8, 256), np.float32), np.zeros((64, 256), np.float32)
     with fastrnn.threads(1):
-        assert "(1 thread)" in F.explain("lstm", x8, W, R)
-        assert "(1 thread)" in F.explain("lstm", x1, W, R)
+        for x in (x1, x8, x40):
+            assert "(1 thread)" in F.explain("lstm", x, W, R)
     with fastrnn.threads(2):
-        assert "batch split over 2 threads" in F.explain("lstm", x8, W, R)
         assert "hidden-unit split over 2 threads" in F.explain("lstm", x1, W, R)
+        assert "packed-microkernel (hidden-unit split over 2 threads)" in F.explain("lstm", x8, W, R)
+        assert "batch split over 2 threads" in F.explain("lstm", x40, W, R)
+        assert "batch split over 2 threads" in F.explain("lstm", x8.astype(np.float64), W, R)
     gru_rb = dict(reset_after=False)
     with fastrnn.threads(2):  # two dependent products a step: no hidden split
         W3, R3 = np.zeros((8, 192), np.float32), np.zeros((64, 192), np.float32)

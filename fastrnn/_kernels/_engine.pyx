@@ -18,7 +18,8 @@ is the "ld = T*G*H" trick: no transposes, and the hoisted input projection xp = 
                    The recurrent GEMM accumulates into it in place (beta = 1) where the cell allows.
     out  (N, H)    outputs in PROCESSING order: row(b, s) holds step s (s = T-1-t with go_backwards).
     hp   (N, H)    training: the state h entering the step at time t.  Inference: two (B, H) slots.
-    hd   (N, H)    hp * recurrent_dropout_mask (training, only with that mask; else hd is hp).
+    hd   (N, H)    hp * recurrent_dropout_mask (only with that mask; else hd is hp).  Inference: two
+                   (B, H) slots, like hp.
     cp   (N, H)    LSTM: the cell state entering the step at time t (like hp).
     aux  (N, H)    GRU: reset_after -> rh = h_d @ R_h + b_rh; otherwise r * h_d (the GEMM input).
 
@@ -161,6 +162,16 @@ cdef inline floating *_slot(const Loop *L, floating *seq, floating *final, float
     ld[0] = L.H
     return pingpong + (s % 2) * <Py_ssize_t>L.B * L.H
 
+cdef inline floating *_hd_slot(const Loop *L, floating *hd, int s, int *ld) noexcept nogil:
+    """Where h_d (the state times the recurrent dropout mask) of step s lives: the saved row of time
+    t(s) when training, else a ping-pong pair (so a step may write the next h_d while others read this)."""
+    if L.training:
+        ld[0] = _rs(L) * L.H
+        return hd + _row(L, 0, _time(L, s)) * L.H
+    ld[0] = L.H
+    return hd + (s % 2) * <Py_ssize_t>L.B * L.H
+
+
 cdef inline void _copy_rows(floating *dst, int ldd, const floating *src, int lds, int rows, int n) noexcept nogil:
     cdef int b
     for b in range(rows):
@@ -253,12 +264,7 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
 
         # h_d: the state as the recurrent matmul sees it
         if rdm != NULL:
-            if L.training:
-                hdp = <floating *>L.hd + _row(L, 0, t) * H
-                ldd = rs * H
-            else:
-                hdp = <floating *>L.hd
-                ldd = H
+            hdp = _hd_slot(L, <floating *>L.hd, s, &ldd)
             _mul_rows(hdp, ldd, hpp, ldp, rdm, B, H)
         else:
             hdp = hpp
@@ -317,14 +323,16 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
 # inside the loop; each thread's per-step product is a 1-thread sgemm, or the packed microkernel on the
 # shared packed R with its own A scratch.
 #
-# Hidden split (B == 1, forward).  The step is a vector-matrix product over all of R: bandwidth-bound,
-# so it is split by hidden units.  Slice k owns units [u0, u0 + nu) and the G*nu columns of R that feed
-# them, packed contiguously (H, G*nu) by its own thread, so each core streams only its share and keeps
-# it in its own cache.  Per step: gather the slice's pre-activations, add h_d @ R_k (vecmat), the gate
-# math on nu units, write h/c/out slices, then ONE barrier: the next step reads the whole h.  The state
-# slots of consecutive steps are different buffers (_slot), so no thread overwrites what another reads.
-# Step 0 reads h0 itself and the last step ends with the pool's own join, so a streaming step (T = 1)
-# has no barrier at all.
+# Hidden split (forward; B == 1, or 2 <= B <= 16 on the packed microkernel).  With few rows the step is
+# bandwidth-bound (B == 1: a vector-matrix product over all of R) or, split by rows, leaves each thread a
+# ragged row block (8 rows = a 6-row and a 2-row pass of the 6 x 16 microkernel).  So it is split by
+# hidden units: slice k owns units [u0, u0 + nu) and the G*nu columns of R that feed them, packed
+# (H, G*nu) by its own thread (row-major for the vecmat, or in panels), so each core streams only its
+# share and keeps it in its own cache.  Per step: gather the slice's pre-activations, add h_d @ R_k
+# (all B rows), the gate math on nu units per row, write h/c/out slices, then ONE barrier: the next step
+# reads the whole h.  The state slots of consecutive steps are different buffers (_slot), so no thread
+# overwrites what another reads.  Step 0 reads h0 itself and the last step ends with the pool's own
+# join, so a streaming step (T = 1) has no barrier at all.
 
 ctypedef struct Job:
     Loop *L
@@ -340,6 +348,7 @@ ctypedef struct Job:
     void *vec                  # per slice: gates, rec, bx, br (G*per each), vec_stride elements apart
     Py_ssize_t vec_stride
     bint pack                  # pack R_k (and W_k) and the bias slices first (False: packed already)
+    bint panels                # R_k in the microkernel's panels (B >= 2, float32) instead of row-major
     const void *xin            # streaming (StepKernel): the step's input x (1, n_in); NULL: use xp
     const void *W              # with xin: the input kernel (n_in, G*H), packed per slice below R_k
     int n_in
@@ -366,7 +375,7 @@ cdef void _sub_loop(const Loop *P, Loop *S, int b0, int nb, size_t item) noexcep
     S.xp, S.dxp, S.drec = _at(P.xp, r0 * GH, item), _at(P.dxp, r0 * GH, item), _at(P.drec, r0 * GH, item)
     S.out, S.dout = _at(P.out, r0 * H, item), _at(P.dout, r0 * H, item)
     S.hp, S.cp = _at(P.hp, seq * H, item), _at(P.cp, seq * H, item)
-    S.hd, S.aux = _at(P.hd, one * H, item), _at(P.aux, one * H, item)
+    S.hd, S.aux = _at(P.hd, seq * H, item), _at(P.aux, one * H, item)
     S.h0, S.c0, S.hT, S.cT = _at(P.h0, b0 * H, item), _at(P.c0, b0 * H, item), _at(P.hT, b0 * H, item), _at(P.cT, b0 * H, item)
     S.rdmask = _at(P.rdmask, b0 * H, item)
     S.rec, S.tmp = _at(P.rec, b0 * GH, item), _at(P.tmp, b0 * 2 * H, item)
@@ -418,28 +427,64 @@ cdef inline void _scatter(floating *dst, const floating *src, int G, int H, int 
         memcpy(dst + k * H + u0, src + k * nu, nu * sizeof(floating))
 
 
-cdef void _hsplit_pack(const Job *J, int sl, floating *pk, floating *vec) noexcept nogil:
-    """Slice sl's R_k (H, G*nu) (then W_k (n_in, G*nu) when streaming) and bias slices, packed from the
-    full R (W) and biases."""
+cdef inline floating *_vec(floating *vec, const Job *J, int sl, int part) noexcept nogil:
+    """Slice sl's scratch vectors (Job.vec): part 0 gates (B, G*per), 1 recurrent product (B, G*per),
+    2 bx and 3 br slices (G*per), 4 the packed product's A scratch."""
+    cdef Py_ssize_t B = J.L.B, gp = <Py_ssize_t>J.L.G * J.per
+    cdef Py_ssize_t offs[5]
+    offs[0], offs[1], offs[2], offs[3], offs[4] = 0, B * gp, 2 * B * gp, 2 * B * gp + gp, 2 * B * gp + 2 * gp
+    return vec + sl * J.vec_stride + offs[part]   # vec: J.vec, typed
+
+
+cdef inline Py_ssize_t _panel_set(int H, int nu) noexcept nogil:
+    """Floats in one gate block's panels of a slice: ceil(nu/16) panels of (H, 16)."""
+    return <Py_ssize_t>(nu + 15) // 16 * 16 * H
+
+
+cdef void _hsplit_pack(const Job *J, int sl, floating *pk) noexcept nogil:
+    """Slice sl's R_k (H, G*nu) (then W_k (n_in, G*nu) when streaming) and bias slices, from the full R
+    (W) and biases: row-major for the vecmat (B == 1), or, for the microkernel (Job.panels), each gate
+    block's nu columns in its own set of panels (a panel never straddles two gate blocks)."""
     cdef const Loop *L = J.L
     cdef int H = L.H, G = L.G, GH = L.G * L.H, u0 = sl * J.per, k
     cdef int nu = H - u0 if H - u0 < J.per else J.per
-    for k in range(H):
-        _gather(pk + <Py_ssize_t>k * G * nu, <const floating *>L.R + <Py_ssize_t>k * GH, G, H, u0, nu)
+    if J.panels:
+        if floating is float:
+            for k in range(G):
+                fr_pack_panels_f32_avx2(<const float *>L.R + k * H + u0, H, nu, GH, pk + k * _panel_set(H, nu))
+    else:
+        for k in range(H):
+            _gather(pk + <Py_ssize_t>k * G * nu, <const floating *>L.R + <Py_ssize_t>k * GH, G, H, u0, nu)
     if J.W != NULL:   # W_k right below R_k: (n_in, G*nu)
         for k in range(J.n_in):
             _gather(pk + <Py_ssize_t>(H + k) * G * nu, <const floating *>J.W + <Py_ssize_t>k * GH, G, H, u0, nu)
     if L.bx != NULL:
-        _gather(vec + 2 * G * J.per, <const floating *>L.bx, G, H, u0, nu)
+        _gather(_vec(<floating *>J.vec, J, sl, 2), <const floating *>L.bx, G, H, u0, nu)
     if L.br != NULL:
-        _gather(vec + 3 * G * J.per, <const floating *>L.br, G, H, u0, nu)
+        _gather(_vec(<floating *>J.vec, J, sl, 3), <const floating *>L.br, G, H, u0, nu)
+
+
+cdef inline void _hsplit_product(const Job *J, int sl, int nu, const floating *hdp, int ldd, floating beta,
+                                 floating *C) noexcept nogil:
+    """C (B, G*nu) := h_d (B, H) rows ldd apart @ R_k + beta*C: the slice's share of the step's product
+    (one microkernel call per gate block, or one vecmat / GEMM over the row-major R_k)."""
+    cdef const Loop *L = J.L
+    cdef int N = L.G * nu, k
+    cdef floating *pk = <floating *>J.pk + sl * J.pk_stride
+    if floating is float:
+        if J.panels:
+            for k in range(L.G):
+                fr_gemm_packed_f32_avx2(L.B, nu, L.H, hdp, ldd, pk + k * _panel_set(L.H, nu), beta, C + k * nu, N,
+                                        _vec(<floating *>J.vec, J, sl, 4))
+            return
+    matmul(False, L.B, N, L.H, hdp, ldd, pk, N, beta, C, N)
 
 
 cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept nogil:
-    """Thread tid's slices (tid, tid + nth, ...) of the B == 1 forward (see Hidden split above)."""
+    """Thread tid's slices (tid, tid + nth, ...) of the forward (see Hidden split above)."""
     cdef const Loop *L = J.L
-    cdef int T = L.T, H = L.H, G = L.G, GH = L.G * L.H, per = J.per
-    cdef int s, t, sl, u0, nu, ldp, ldn, ldc, sense = 0
+    cdef int T = L.T, B = L.B, H = L.H, G = L.G, GH = L.G * L.H, per = J.per, rs = _rs(L)
+    cdef int s, t, b, sl, u0, nu, ldp, ldn, ldcp, ldcn, ldd, lda, ldg = rs * GH, sense = 0
     cdef bint m, is_lstm = L.cell == CELL_LSTM, is_gru = L.cell == CELL_GRU
     cdef floating *rdm = <floating *>L.rdmask
     cdef floating *out = <floating *>L.out
@@ -450,7 +495,6 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
     cdef floating *hdp
     cdef floating *auxp = NULL
     cdef floating *g
-    cdef floating *pk
     cdef floating *loc
     cdef floating *lrec
     cdef floating *lbx
@@ -467,15 +511,16 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
         if nu <= 0:
             continue
         if J.pack:
-            _hsplit_pack(J, sl, <floating *>J.pk + sl * J.pk_stride, <floating *>J.vec + sl * J.vec_stride)
+            _hsplit_pack(J, sl, <floating *>J.pk + sl * J.pk_stride)
         hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, 0, &ldp)
-        memcpy(hpp + u0, <floating *>L.h0 + u0, nu * sizeof(floating))
+        _copy_rows(hpp + u0, ldp, <floating *>L.h0 + u0, H, B, nu)
         if is_lstm:
-            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, 0, &ldc)
-            memcpy(cpp + u0, <floating *>L.c0 + u0, nu * sizeof(floating))
-        if rdm != NULL:  # training only (plan): h_d of step 0, read by every slice's vecmat
-            hdp = <floating *>L.hd + _row(L, 0, _time(L, 0)) * H
-            _mul_rows(hdp + u0, H, hpp + u0, H, rdm + u0, 1, nu)
+            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, 0, &ldcp)
+            _copy_rows(cpp + u0, ldcp, <floating *>L.c0 + u0, H, B, nu)
+        if rdm != NULL:  # h_d of step 0, read by every slice's product
+            hdp = _hd_slot(L, <floating *>L.hd, 0, &ldd)
+            for b in range(B):   # row by row: the mask's rows are H apart, not nu
+                _mul_rows(hdp + b * ldd + u0, H, hpp + b * ldp + u0, H, rdm + b * H + u0, 1, nu)
     if rdm != NULL:   # without h_d, step 0 reads h0 itself (below), so no thread waits for the copies
         fr_pool_barrier(nth, &sense)
 
@@ -484,17 +529,20 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
         hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, s, &ldp)
         hnp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, s + 1, &ldn)
         if is_lstm:
-            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s, &ldc)
-            cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s + 1, &ldc)
+            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s, &ldcp)
+            cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s + 1, &ldcn)
         if rdm != NULL:
-            hdp = <floating *>L.hd + _row(L, 0, t) * H
+            hdp = _hd_slot(L, <floating *>L.hd, s, &ldd)
+        elif s == 0:
+            hdp = <floating *>L.h0
+            ldd = H
         else:
-            hdp = <floating *>L.h0 if s == 0 else hpp
+            hdp = hpp
+            ldd = ldp
         if is_gru:
             auxp = <floating *>L.aux + (_row(L, 0, t) * H if L.training else 0)
+            lda = rs * H if L.training else H
         g = xp + _row(L, 0, t) * GH
-        ob = out + _row(L, 0, s) * H
-        m = L.mask == NULL or L.mask[t] != 0
         sl = tid - nth
         while True:
             sl += nth
@@ -504,42 +552,50 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
             nu = H - u0 if H - u0 < per else per
             if nu <= 0:
                 continue
-            if not m:   # Keras: the state passes through, the output repeats (or is zero)
-                memcpy(hnp + u0, hpp + u0, nu * sizeof(floating))
-                if is_lstm:
-                    memcpy(cnp_ + u0, cpp + u0, nu * sizeof(floating))
-                if L.zero_output or s == 0:
-                    memset(ob + u0, 0, nu * sizeof(floating))
-                else:
-                    memcpy(ob + u0, out + _row(L, 0, s - 1) * H + u0, nu * sizeof(floating))
+            loc = _vec(<floating *>J.vec, J, sl, 0)
+            lrec = _vec(<floating *>J.vec, J, sl, 1)
+            lbx = _vec(<floating *>J.vec, J, sl, 2) if L.bx != NULL else NULL
+            lbr = _vec(<floating *>J.vec, J, sl, 3) if L.br != NULL else NULL
+            # the slice's pre-activations (every row: masked rows are computed and discarded)
+            if J.xin != NULL:   # streaming (B == 1): the input projection is split too (x @ W_k)
+                matmul(False, 1, G * nu, J.n_in, <const floating *>J.xin, J.n_in,
+                       <floating *>J.pk + sl * J.pk_stride + <Py_ssize_t>H * G * nu, G * nu, 0, loc, G * nu)
             else:
-                pk = <floating *>J.pk + sl * J.pk_stride
-                loc = <floating *>J.vec + sl * J.vec_stride
-                lrec = loc + G * per
-                lbx = loc + 2 * G * per if L.bx != NULL else NULL
-                lbr = loc + 3 * G * per if L.br != NULL else NULL
-                if J.xin != NULL:   # streaming: the input projection is split too (x @ W_k)
-                    matmul(False, 1, G * nu, J.n_in, <const floating *>J.xin, J.n_in,
-                           pk + <Py_ssize_t>H * G * nu, G * nu, 0, loc, G * nu)
+                for b in range(B):
+                    _gather(loc + b * G * nu, g + b * ldg, G, H, u0, nu)
+            if is_gru:   # reset_after (plan): the whole product first, then r * (h_d @ R_h + b)
+                _hsplit_product(J, sl, nu, hdp, ldd, 0, lrec)
+            else:
+                _hsplit_product(J, sl, nu, hdp, ldd, 1, loc)
+            for b in range(B):
+                m = L.mask == NULL or L.mask[<Py_ssize_t>b * T + t] != 0
+                ob = out + _row(L, b, s) * H + u0
+                if not m:   # Keras: the state passes through, the output repeats (or is zero)
+                    memcpy(hnp + b * ldn + u0, hpp + b * ldp + u0, nu * sizeof(floating))
+                    if is_lstm:
+                        memcpy(cnp_ + b * ldcn + u0, cpp + b * ldcp + u0, nu * sizeof(floating))
+                    if L.zero_output or s == 0:
+                        memset(ob, 0, nu * sizeof(floating))
+                    else:
+                        memcpy(ob, out + _row(L, b, s - 1) * H + u0, nu * sizeof(floating))
                 else:
-                    _gather(loc, g, G, H, u0, nu)
-                if is_lstm:
-                    matmul(False, 1, G * nu, H, hdp, H, pk, G * nu, 1, loc, G * nu)
-                    lstm_fwd_row(loc, lbx, cpp + u0, cnp_ + u0, hnp + u0, nu, L.act, L.ract)
-                elif is_gru:   # reset_after (plan): the whole product first, then r * (h_d @ R_h + b)
-                    matmul(False, 1, G * nu, H, hdp, H, pk, G * nu, 0, lrec, G * nu)
-                    gru_zr_row(loc, lrec, lbx, lbr, nu, L.ract)
-                    gru_reset_after_row(loc, lrec, lbx, lbr, auxp + u0, nu)
-                    gru_h_row(loc, <floating *>NULL, hpp + u0, hnp + u0, nu, L.act)
-                else:
-                    matmul(False, 1, G * nu, H, hdp, H, pk, G * nu, 1, loc, G * nu)
-                    simple_fwd_row(loc, lbx, hnp + u0, nu, L.act)
-                if L.training:   # backward reads the post-activation gates
-                    _scatter(g, loc, G, H, u0, nu)
-                memcpy(ob + u0, hnp + u0, nu * sizeof(floating))
-            if rdm != NULL and s + 1 < T:
-                _mul_rows(<floating *>L.hd + _row(L, 0, _time(L, s + 1)) * H + u0, H, hnp + u0, H,
-                          rdm + u0, 1, nu)
+                    if is_lstm:
+                        lstm_fwd_row(loc + b * G * nu, lbx, cpp + b * ldcp + u0, cnp_ + b * ldcn + u0,
+                                     hnp + b * ldn + u0, nu, L.act, L.ract)
+                    elif is_gru:
+                        gru_zr_row(loc + b * G * nu, lrec + b * G * nu, lbx, lbr, nu, L.ract)
+                        gru_reset_after_row(loc + b * G * nu, lrec + b * G * nu, lbx, lbr,
+                                            auxp + b * lda + u0, nu)
+                        gru_h_row(loc + b * G * nu, <floating *>NULL, hpp + b * ldp + u0, hnp + b * ldn + u0,
+                                  nu, L.act)
+                    else:
+                        simple_fwd_row(loc + b * G * nu, lbx, hnp + b * ldn + u0, nu, L.act)
+                    if L.training:   # backward reads the post-activation gates
+                        _scatter(g + b * ldg, loc + b * G * nu, G, H, u0, nu)
+                    memcpy(ob, hnp + b * ldn + u0, nu * sizeof(floating))
+                if rdm != NULL and s + 1 < T:
+                    _mul_rows(_hd_slot(L, <floating *>L.hd, s + 1, &ldd) + b * ldd + u0, H,
+                              hnp + b * ldn + u0, H, rdm + b * H + u0, 1, nu)
         if s + 1 < T:   # after the last step, fr_pool_run's own wait for all threads is the barrier
             fr_pool_barrier(nth, &sense)
 
@@ -559,22 +615,28 @@ cdef void _run(Job *J, int n, fr_task_fn task) noexcept:
 
 
 cdef class _HSplitBuffers:
-    """The hidden split's per-slice buffers (Job.pk, Job.vec): each slice's block starts on its own
-    64-byte line, so two threads never write one cache line."""
+    """The hidden split's per-slice buffers (Job.pk, Job.vec, see _vec): each slice's block starts on its
+    own 64-byte line, so two threads never write one cache line.  panels: R_k in the microkernel's
+    16-column panels (float32, B >= 2) rather than row-major for the vecmat."""
     cdef readonly object pk, vec
     cdef readonly int nslices, per
+    cdef readonly bint panels
     cdef readonly Py_ssize_t pk_stride, vec_stride
 
-    def __init__(self, int H, int G, int nslices, dtype, int n_in=0):
-        self.nslices = nslices
+    def __init__(self, int B, int H, int G, int nslices, dtype, bint panels, int n_in=0):
+        cdef Py_ssize_t gp, a_scratch
+        self.nslices, self.panels = nslices, panels
         self.per = ((H + nslices - 1) // nslices + 7) // 8 * 8   # whole SIMD vectors per slice
-        self.pk_stride = (<Py_ssize_t>(H + n_in) * G * self.per + 15) // 16 * 16
-        self.vec_stride = (4 * G * self.per + 15) // 16 * 16
+        gp = <Py_ssize_t>G * self.per
+        # row-major R_k (and W_k), or G panel sets of ceil(per/16) panels (H, 16)
+        self.pk_stride = ((H + n_in) * G * ((self.per + 15) // 16 * 16) + 15) // 16 * 16
+        a_scratch = ((B + 5) // 6 * 6) * H if panels else 0   # the microkernel's A scratch
+        self.vec_stride = (2 * B * gp + 2 * gp + a_scratch + 15) // 16 * 16
         self.pk = np.empty(self.pk_stride * nslices, dtype)
         self.vec = np.empty(self.vec_stride * nslices, dtype)
 
     cdef void fill(self, Job *J):
-        J.nslices, J.per = self.nslices, self.per
+        J.nslices, J.per, J.panels = self.nslices, self.per, self.panels
         J.pk, J.pk_stride = cnp.PyArray_DATA(<cnp.ndarray>self.pk), self.pk_stride
         J.vec, J.vec_stride = cnp.PyArray_DATA(<cnp.ndarray>self.vec), self.vec_stride
 
@@ -604,8 +666,8 @@ def forward(ws, spec, plan=None):
     IN ws.xp (N, G*H) = x @ W, ws.R, ws.bx, ws.br, ws.h0, ws.c0, ws.mask (B, T) uint8, ws.rdmask (B, H);
     OUT ws.out (N, H), ws.hT, ws.cT, and when ws.training the saved gates (in ws.xp), hp, hd, cp, aux.
     `plan` is fastrnn._dispatch.cpu_plan's choice: forward_split "serial" | "batch" | "hidden" over
-    plan.threads threads, and plan.packed (the packed-R microkernel for the per-step product; float32 on
-    AVX2 only).  None: serial, BLAS products.
+    plan.threads threads, and plan.forward_packed (the packed-R microkernel for the per-step product;
+    float32 on AVX2 only).  None: serial, BLAS products.
     """
     cdef Loop L
     cdef Job J
@@ -618,12 +680,12 @@ def forward(ws, spec, plan=None):
     if split != "serial":
         n = plan.threads
     if split == "hidden":
-        bufs = _HSplitBuffers(L.H, L.G, n, ws.xp.dtype)
+        bufs = _HSplitBuffers(L.B, L.H, L.G, n, ws.xp.dtype, plan.forward_packed and f32 and fr_simd_level())
         bufs.fill(&J)
         J.pack = True
         _run(&J, n, _hsplit_task)
         return
-    if plan is not None and plan.packed and f32 and fr_simd_level():
+    if plan is not None and plan.forward_packed and f32 and fr_simd_level():
         keep = _pack_recurrent(&L, &J, n, False)
     J.nparts = n
     _run(&J, n, _batch_task)
@@ -749,7 +811,8 @@ def backward(ws, spec, plan=None):
 
     IN ws.dout (N, H) (processing order, like ws.out); IN/OUT ws.dh, ws.dc (B, H): dL/d(final state) in,
     dL/d(initial state) out; OUT ws.dxp (N, G*H) pre-activation gradients (input side), ws.drec (GRU
-    reset_after: recurrent side).  `plan` as for `forward` (its backward split: "serial" or "batch").
+    reset_after: recurrent side).  `plan` as for `forward` (plan.backward_split: "serial" or "batch";
+    plan.backward_packed: dG @ R^T on the microkernel).
     """
     cdef Job J
     cdef Loop L
@@ -759,7 +822,7 @@ def backward(ws, spec, plan=None):
     _job_init(&J, &L, f32, True)
     if plan is not None and plan.backward_split == "batch":
         n = plan.threads
-    if plan is not None and plan.packed and f32 and fr_simd_level():
+    if plan is not None and plan.backward_packed and f32 and fr_simd_level():
         keep = _pack_recurrent(&L, &J, n, True)   # R^T for dG @ R^T, in Loop.Rp (forward's Rp is not used here)
     J.nparts = n
     _run(&J, n, _batch_task)
@@ -899,7 +962,9 @@ cdef class StepKernel:
         self.hidden = plan is not None and plan.forward_split == "hidden"
         self.threads = plan.threads if self.hidden else 1
         if self.hidden:
-            self.bufs = _HSplitBuffers(spec.H, spec.G, self.threads, ws.xp.dtype, spec.I)
+            if spec.B != 1:
+                raise ValueError("StepKernel: the hidden split streams one row (B == 1)")
+            self.bufs = _HSplitBuffers(1, spec.H, spec.G, self.threads, ws.xp.dtype, False, spec.I)
             (<_HSplitBuffers>self.bufs).fill(&self.J)
             self.J.pack = True
             self.J.W, self.J.n_in = self.W, spec.I

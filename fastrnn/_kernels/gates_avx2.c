@@ -143,6 +143,7 @@ void fr_matvec_f32_avx2(const float *restrict R, const float *restrict x, int M,
 #define FR_NR 16
 #define FR_MR 6
 #define FR_KC 256
+#define FR_PF 16 /* rows of a panel (64 B each) prefetched ahead: ~1 KB, several L3 latencies of work */
 
 void fr_pack_panels_f32_avx2(const float *restrict R, int K, int N, int ldr, float *restrict P)
 {
@@ -214,6 +215,8 @@ fr_micro_f32(const int mr, int K, const float *restrict A, const float *restrict
     int k;
     for (k = 0; k < K; k++) {
         const __m256 b0 = _mm256_loadu_ps(Pp + (long)k * FR_NR), b1 = _mm256_loadu_ps(Pp + (long)k * FR_NR + 8);
+        /* the panel streams from L3 when R is larger than L2: ask for it FR_PF rows ahead */
+        _mm_prefetch((const char *)(Pp + (long)(k + FR_PF) * FR_NR), _MM_HINT_T0);
 #define FR_FMA(i) if (i < mr) { const __m256 av = _mm256_broadcast_ss(A + (long)k * FR_MR + i);                  \
             c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0); c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1); }
         FR_ROW_DO(FR_FMA)
