@@ -41,6 +41,10 @@ PACK_MAX_ROWS = 16
 PACK_MAX_H = 512
 # The hidden split pays one barrier per step (~0.1-0.3 us between two cores): worth it from H = 32 on.
 HIDDEN_SPLIT_MIN_H = 32
+# ... and for small batches only.  Loop time, 2 threads, packed (bench/NOTES.md): B = 4, H = 512: hidden
+# 10.6 ms vs rows 15.3; B = 8 and 16, H = 256: equal.  Where they tie, rows win: no barrier, so a thread
+# descheduled by another process does not stall the other at every step.
+HIDDEN_SPLIT_MAX_B = 4
 _packed_enabled = True
 
 
@@ -56,9 +60,9 @@ def packed_gemm(on=None):
 def cpu_plan(spec, training, threads=None):
     """The CpuPlan for a compiled call of `spec` (training: the forward keeps what backward needs).
 
-    Forward: B == 1 splits the hidden units (a bandwidth-bound vecmat per step), as does 2 <= B <= 16
-    when the microkernel can run the slices (whole row blocks per slice, each core keeping its share of
-    R in cache); larger batches split rows, with no synchronisation.  Backward always splits rows.  GRU
+    Forward: B == 1 splits the hidden units (a bandwidth-bound vecmat per step), as does
+    2 <= B <= HIDDEN_SPLIT_MAX_B when the microkernel can run the slices (whole row blocks per slice, each
+    core keeping its share of R in cache); larger batches split rows, with no synchronisation.  Backward always splits rows.  GRU
     reset_after=False has two dependent products a step and never splits units.  The forward's plan does
     not depend on `training`, so inference and training forwards give the same numbers."""
     from fastrnn._native import engine
@@ -67,7 +71,7 @@ def cpu_plan(spec, training, threads=None):
     packable = (_packed_enabled and spec.dtype == "float32" and engine.simd_level() == 1
                 and spec.H <= PACK_MAX_H and spec.T >= 2 and not (spec.cell == "gru" and not spec.reset_after))
     units_ok = n > 1 and spec.H >= HIDDEN_SPLIT_MIN_H and not (spec.cell == "gru" and not spec.reset_after)
-    if units_ok and (spec.B == 1 or (packable and spec.B <= PACK_MAX_ROWS)):
+    if units_ok and (spec.B == 1 or (packable and spec.B <= HIDDEN_SPLIT_MAX_B)):
         forward, forward_rows = "hidden", spec.B
     else:
         forward = "batch" if n > 1 and spec.B >= 2 else "serial"

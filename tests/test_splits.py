@@ -15,8 +15,8 @@ from fastrnn._native import engine
 from test_engine import VARIANT_IDS, VARIANTS, check_against_reference, make_case
 
 OPTIONS = list(itertools.product(["none", "holes", "fully_masked_row"], [False, True], [False, True]))
-# B == 1 and small B split hidden units (small B on the microkernel: float32 only), larger B split rows
-SHAPES = [(9, 1, 17, 40), (1, 1, 5, 34), (6, 5, 17, 40), (5, 20, 9, 20)]
+# B == 1 and B <= 4 split hidden units (B > 1 on the microkernel: float32 only), larger B split rows
+SHAPES = [(9, 1, 17, 40), (1, 1, 5, 34), (6, 3, 17, 40), (5, 7, 9, 20), (4, 20, 9, 20)]
 
 
 def expected_split(cell, extra, shape, dtype, dropout, threads):
@@ -24,7 +24,7 @@ def expected_split(cell, extra, shape, dtype, dropout, threads):
     T, B, I, H = shape
     units = not (cell == "gru" and not extra.get("reset_after", True))
     packable = dtype == np.float32 and T >= 2 and not (cell == "gru" and not extra.get("reset_after", True))
-    if units and (B == 1 or (packable and B <= 16)):
+    if units and (B == 1 or (packable and B <= 4)):
         return f"hidden-unit split over {threads} threads"
     return f"batch split over {threads} threads" if B >= 2 else "(1 thread)"
 
@@ -56,7 +56,7 @@ def test_split_matches_reference(threads, shape, cell, extra, mask, go_backwards
 
 def test_plans_follow_the_thread_count():
     x1 = np.zeros((1, 4, 8), np.float32)
-    x8 = np.zeros((8, 4, 8), np.float32)
+    x8 = np.zeros((4, 4, 8), np.float32)
     x40 = np.zeros((40, 4, 8), np.float32)
     W, R = np.zeros((8, 256), np.float32), np.zeros((64, 256), np.float32)
     with fastrnn.threads(1):
@@ -67,6 +67,7 @@ def test_plans_follow_the_thread_count():
         assert "packed-microkernel (hidden-unit split over 2 threads)" in F.explain("lstm", x8, W, R)
         assert "batch split over 2 threads" in F.explain("lstm", x40, W, R)
         assert "batch split over 2 threads" in F.explain("lstm", x8.astype(np.float64), W, R)
+        assert "packed-microkernel (batch split over 2 threads)" in F.explain("lstm", x40[:16], W, R)
     gru_rb = dict(reset_after=False)
     with fastrnn.threads(2):  # two dependent products a step: no hidden split
         W3, R3 = np.zeros((8, 192), np.float32), np.zeros((64, 192), np.float32)
