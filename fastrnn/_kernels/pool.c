@@ -21,7 +21,9 @@ static inline void relax(int *spins)
     else FR_PAUSE();
 }
 
-#define FR_POOL_SPIN_NS 200000L /* 0.2 ms: covers the Python overhead between two streaming steps */
+#define FR_POOL_SPIN_NS 200000L        /* 0.2 ms of idle spinning: covers the Python between two steps */
+#define FR_POOL_CHECKIN_NS 100000L     /* covers a worker's wake-up from its condition variable */
+#define FR_POOL_CHECKIN_MIN_NS 20000L  /* the floor of that wait after repeated misses */
 
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;   /* one fr_pool_run at a time */
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;  /* guards sleeping workers */
@@ -31,12 +33,16 @@ static int n_workers;              /* created so far (tids 1..n_workers) */
 static long start_gen[FR_POOL_MAX]; /* the generation a worker was created in: it waits for the next */
 static int atfork_done;
 static volatile long generation;   /* bumped for every task; workers wait for a change */
-static volatile int job_nth;       /* threads in the current task */
+static volatile long reg;          /* check-in word of the current task: gen << 8 | closed << 7 | count */
+static volatile long go;           /* the generation whose participants may start (job_nth is final) */
+static volatile int job_want;      /* threads the caller asked for */
+static volatile int job_nth;       /* threads in the current task: the caller and the workers checked in */
 static fr_task_fn volatile job_fn;
 static void *volatile job_arg;
 static volatile int job_left;      /* workers still running the current task */
 static volatile int bar_count;     /* the task's barrier: arrivals this round */
 static volatile int bar_sense;     /* flips when a round completes; every thread's sense starts at 0 */
+static long checkin_ns = FR_POOL_CHECKIN_NS; /* how long the caller waits for workers (adaptive) */
 
 static long now_ns(void)
 {
@@ -54,8 +60,10 @@ static void *worker(void *p)
         int spins = 0;
         /* spin a while for the next task, then sleep */
         while ((gen = __atomic_load_n(&generation, __ATOMIC_ACQUIRE)) == seen) {
-            relax(&spins);
-            if (spins % 256 == 0 && now_ns() - start > FR_POOL_SPIN_NS) {
+            /* pause, never yield, here: nobody waits for an idle worker, and a streaming caller wants
+             * it to check in within a microsecond */
+            FR_PAUSE();
+            if (++spins % 256 == 0 && now_ns() - start > FR_POOL_SPIN_NS) {
                 pthread_mutex_lock(&wake_lock);
                 while ((gen = __atomic_load_n(&generation, __ATOMIC_ACQUIRE)) == seen)
                     pthread_cond_wait(&wake_cond, &wake_lock);
@@ -64,9 +72,27 @@ static void *worker(void *p)
             }
         }
         seen = gen;
-        if (tid < job_nth) {
-            job_fn(job_arg, tid, job_nth);
-            __atomic_sub_fetch(&job_left, 1, __ATOMIC_ACQ_REL);
+        /* check in: take the next tid of this task, unless it is full, closed or already over */
+        {
+            int mytid = 0;
+            long r = __atomic_load_n(&reg, __ATOMIC_ACQUIRE);
+            while ((r >> 8) == gen && !(r & 128) && (r & 127) < job_want - 1) {
+                if (__atomic_compare_exchange_n(&reg, &r, r + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                    mytid = (int)(r & 127) + 1;
+                    break;
+                }
+            }
+            if (mytid) {
+                int spins2 = 0, nth = job_want;
+                /* the last to check in completes the task's team: it knows nth and starts at once;
+                 * the others wait for the caller to say how many came */
+                if (mytid != nth - 1) {
+                    while (__atomic_load_n(&go, __ATOMIC_ACQUIRE) != gen) relax(&spins2);
+                    nth = job_nth;
+                }
+                job_fn(job_arg, mytid, nth);
+                __atomic_sub_fetch(&job_left, 1, __ATOMIC_ACQ_REL);
+            }
         }
     }
     return NULL;
@@ -118,14 +144,44 @@ int fr_pool_run(int n, fr_task_fn fn, void *arg)
     }
     job_fn = fn;
     job_arg = arg;
-    job_nth = n;
+    job_want = n;
     bar_count = 0;
     bar_sense = 0;
+    /* every potential worker counted now: one that checks in last may start, and finish, before the
+     * caller has seen it check in; the ones that never come are taken off at the close */
     __atomic_store_n(&job_left, n - 1, __ATOMIC_RELEASE);
-    pthread_mutex_lock(&wake_lock);  /* a worker between its check and its wait cannot miss this */
-    __atomic_add_fetch(&generation, 1, __ATOMIC_ACQ_REL);
-    pthread_cond_broadcast(&wake_cond);
-    pthread_mutex_unlock(&wake_lock);
+    {
+        long g = generation + 1, r, start;
+        int spins = 0, count;
+        __atomic_store_n(&reg, g << 8, __ATOMIC_RELEASE);   /* open, nobody in: before workers see g */
+        pthread_mutex_lock(&wake_lock);  /* a worker between its check and its wait cannot miss this */
+        __atomic_store_n(&generation, g, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&wake_cond);
+        pthread_mutex_unlock(&wake_lock);
+        /* wait for the workers to check in, but not for one the OS does not run now (another process's
+         * spinning threads, e.g. torch's OpenMP pool): after checkin_ns close the task to latecomers
+         * and run with those that came.  The plan's partition does not change, so neither do results. */
+        start = now_ns();
+        for (;;) {
+            r = __atomic_load_n(&reg, __ATOMIC_ACQUIRE);
+            if ((r & 127) == n - 1) break;
+            if (++spins % 64 == 0 && now_ns() - start > checkin_ns) {
+                if (__atomic_compare_exchange_n(&reg, &r, r | 128, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) break;
+                continue;
+            }
+            FR_PAUSE();
+        }
+        r = __atomic_load_n(&reg, __ATOMIC_ACQUIRE);
+        count = (int)(r & 127);
+        /* a worker that missed its turn was asleep or descheduled: wait less next time, and the full
+         * time again once they all come */
+        if (count == n - 1) checkin_ns = FR_POOL_CHECKIN_NS;
+        else if (checkin_ns > FR_POOL_CHECKIN_MIN_NS) checkin_ns /= 2;
+        if (count < n - 1) __atomic_sub_fetch(&job_left, n - 1 - count, __ATOMIC_ACQ_REL);
+        n = count + 1;
+        job_nth = n;
+        __atomic_store_n(&go, g, __ATOMIC_RELEASE);
+    }
     fn(arg, 0, n);
     {
         int spins = 0;

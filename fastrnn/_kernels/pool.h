@@ -8,9 +8,12 @@
  * regions (the hoisted GEMMs) OpenBLAS's own pool runs and these workers sleep.
  *
  * fr_pool_run(n, fn, arg) calls fn(arg, tid, nth) for tid = 0..nth-1 concurrently, tid 0 on the calling
- * thread, and returns when all have returned.  nth is n, or 1 when the pool is already serving another
- * call (a second Python thread): the caller then runs the whole task alone, so calls stay reentrant
- * and never wait for each other.  Tasks must therefore work for any nth they are given.
+ * thread, and returns when all have returned.  nth <= n: it is 1 when the pool is already serving another
+ * call (a second Python thread), so calls stay reentrant and never wait for each other; and workers
+ * must check in within a short, adaptive time (100 us, halved after each miss), so a worker that the OS
+ * does not run at the moment (another process's threads spinning on that core, e.g. torch's OpenMP
+ * pool) is left out instead of stalling the call.  Tasks must therefore work for any nth they are
+ * given; fastrnn's keep the plan's partition whatever nth is, so results do not change.
  *
  * Workers are created on first use and kept.  After a task a worker spins for FR_POOL_SPIN_NS before
  * sleeping on a condition variable, so back-to-back calls (streaming, one step per call) hand over in
