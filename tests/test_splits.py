@@ -137,3 +137,32 @@ def test_packed_toggle_is_a_plan_input():
             assert "packed-microkernel" not in F.explain("lstm", x, W, R)
         finally:
             _dispatch.packed_gemm(True)
+
+
+def test_results_do_not_depend_on_which_workers_turn_up():
+    """Workers that do not check in in time (another pool spinning on their core, here torch's) are left
+    out of a call (pool.h); the plan's partition stays, so results are bit-identical to a quiet run."""
+    import threading
+
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    cases = [make_case(rng, "lstm", {}, 30, B, 17, 40, mask="holes", init=True, dtype=np.float32)
+             for B in (1, 3, 24)]
+    with fastrnn.threads(2):
+        quiet = [F.lstm(*args, **kw)[0] for args, kw in cases]
+        stop = threading.Event()
+
+        def busy():  # keeps torch's intra-op threads working and spinning meanwhile
+            a = torch.randn(256, 256)
+            while not stop.is_set():
+                a @ a
+
+        noise = threading.Thread(target=busy)
+        noise.start()
+        try:
+            for _ in range(20):
+                for (args, kw), want in zip(cases, quiet):
+                    np.testing.assert_array_equal(F.lstm(*args, **kw)[0], want)
+        finally:
+            stop.set()
+            noise.join()
