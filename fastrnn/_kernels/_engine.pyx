@@ -56,7 +56,7 @@ from libc.string cimport memcpy, memset
 
 from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads, scipy_openblas_get_num_threads
 from fastrnn._kernels._gates cimport fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2, fr_gemm_packed_f32_avx2
-from fastrnn._kernels._pool cimport fr_task_fn, fr_pool_run, fr_pool_barrier
+from fastrnn._kernels._pool cimport fr_pool_run, fr_pool_parts, fr_pool_barrier
 from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row,
                                      fr_init_simd, fr_force_scalar, fr_simd_level)
@@ -316,16 +316,17 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------------
-# threads: batch split (B >= 2) and hidden split (B == 1) over fastrnn's pool (pool.h)
+# threads: batch split and hidden split over fastrnn's pool (pool.h); fastrnn._dispatch.cpu_plan picks
 #
-# Batch split.  Batch rows are independent, so each thread runs the whole time loop (forward or BPTT)
-# on its own rows: a sub-Loop whose pointers start at its first row (_sub_loop).  No synchronisation
-# inside the loop; each thread's per-step product is a 1-thread sgemm, or the packed microkernel on the
-# shared packed R with its own A scratch.
+# Batch split.  Batch rows are independent, so each part of the batch runs the whole time loop (forward
+# or BPTT) on its own rows: a sub-Loop whose pointers start at its first row (_sub_loop), claimed by
+# whichever thread comes first (fr_pool_parts).  No synchronisation inside the loop; each part's
+# per-step product is a 1-thread sgemm, or the packed microkernel on the shared packed R with the
+# part's own A scratch.
 #
-# Hidden split (forward; B == 1, or 2 <= B <= 16 on the packed microkernel).  With few rows the step is
-# bandwidth-bound (B == 1: a vector-matrix product over all of R) or, split by rows, leaves each thread a
-# ragged row block (8 rows = a 6-row and a 2-row pass of the 6 x 16 microkernel).  So it is split by
+# Hidden split (forward; B == 1, or 2 <= B <= 4 on the packed microkernel).  With few rows the step is
+# bandwidth-bound (B == 1: a vector-matrix product over all of R) or, split by rows, leaves each thread
+# one or two rows, whose microkernel passes stream all of R for little work.  So it is split by
 # hidden units: slice k owns units [u0, u0 + nu) and the G*nu columns of R that feed them, packed
 # (H, G*nu) by its own thread (row-major for the vecmat, or in panels), so each core streams only its
 # share and keeps it in its own cache.  Per step: gather the slice's pre-activations, add h_d @ R_k
@@ -385,32 +386,29 @@ cdef void _sub_loop(const Loop *P, Loop *S, int b0, int nb, size_t item) noexcep
         S.mask = P.mask + <Py_ssize_t>b0 * P.T
 
 
-cdef void _batch_task(void *arg, int tid, int nth) noexcept nogil:
-    """Thread tid of nth runs the loop on its parts of the batch: the plan's J.nparts row ranges, parts
-    tid, tid + nth, ...  The partition is the plan's, not the number of threads that turned up, so a
-    call that finds the pool busy (nth == 1) computes every row exactly as a parallel run does."""
+cdef void _batch_part(void *arg, int part) noexcept nogil:
+    """One part of the batch split: the loop on the plan's row range `part` of J.nparts.  The partition
+    is the plan's, whichever threads run the parts, so results never depend on who turned up."""
     cdef Job *J = <Job *>arg
     cdef Loop S
     cdef int B = J.L.B, per = (J.L.B + J.nparts - 1) // J.nparts
-    cdef int part = tid, b0, nb
-    while part < J.nparts:
-        b0 = part * per
-        nb = B - b0 if B - b0 < per else per
-        if nb > 0:
-            _sub_loop(J.L, &S, b0, nb, J.item)
-            if S.Rp != NULL:
-                S.Ap = _at(J.Ap, part * J.ap_stride, J.item)
-            if J.f32:
-                if J.backward:
-                    _backward[float](&S, <float *>S.xp)
-                else:
-                    _forward[float](&S, <float *>S.xp)
-            else:
-                if J.backward:
-                    _backward[double](&S, <double *>S.xp)
-                else:
-                    _forward[double](&S, <double *>S.xp)
-        part += nth
+    cdef int b0 = part * per
+    cdef int nb = B - b0 if B - b0 < per else per
+    if nb <= 0:
+        return
+    _sub_loop(J.L, &S, b0, nb, J.item)
+    if S.Rp != NULL:
+        S.Ap = _at(J.Ap, part * J.ap_stride, J.item)
+    if J.f32:
+        if J.backward:
+            _backward[float](&S, <float *>S.xp)
+        else:
+            _forward[float](&S, <float *>S.xp)
+    else:
+        if J.backward:
+            _backward[double](&S, <double *>S.xp)
+        else:
+            _forward[double](&S, <double *>S.xp)
 
 
 cdef inline void _gather(floating *dst, const floating *src, int G, int H, int u0, int nu) noexcept nogil:
@@ -608,10 +606,11 @@ cdef void _hsplit_task(void *arg, int tid, int nth) noexcept nogil:
         _hsplit_forward[double](J, tid, nth, <double *>J.L.xp)
 
 
-cdef void _run(Job *J, int n, fr_task_fn task) noexcept:
-    """Run `task` on fastrnn's pool with n threads (OpenBLAS stays on one: see "threads and SIMD")."""
+cdef void _run_batch(Job *J, int n) noexcept:
+    """The batch split: J.nparts = n row ranges as a parts task on fastrnn's pool (n == 1: inline)."""
+    J.nparts = n
     with nogil:
-        fr_pool_run(n, task, J)
+        fr_pool_parts(n, n, _batch_part, J)
 
 
 cdef class _HSplitBuffers:
@@ -683,12 +682,12 @@ def forward(ws, spec, plan=None):
         bufs = _HSplitBuffers(L.B, L.H, L.G, n, ws.xp.dtype, plan.forward_packed and f32 and fr_simd_level())
         bufs.fill(&J)
         J.pack = True
-        _run(&J, n, _hsplit_task)
+        with nogil:
+            fr_pool_run(n, _hsplit_task, &J)
         return
     if plan is not None and plan.forward_packed and f32 and fr_simd_level():
         keep = _pack_recurrent(&L, &J, n, False)
-    J.nparts = n
-    _run(&J, n, _batch_task)
+    _run_batch(&J, n)
 
 
 
@@ -824,8 +823,7 @@ def backward(ws, spec, plan=None):
         n = plan.threads
     if plan is not None and plan.backward_packed and f32 and fr_simd_level():
         keep = _pack_recurrent(&L, &J, n, True)   # R^T for dG @ R^T, in Loop.Rp (forward's Rp is not used here)
-    J.nparts = n
-    _run(&J, n, _batch_task)
+    _run_batch(&J, n)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -878,15 +876,12 @@ cdef void _gemm_part(const GemmJob *J, floating beta, int part) noexcept nogil:
             matmul(J.tb, J.M, cnt, J.K, A, J.lda, B, J.ldb, beta, C, J.ldc)
 
 
-cdef void _gemm_task(void *arg, int tid, int nth) noexcept nogil:
+cdef void _gemm_part_task(void *arg, int part) noexcept nogil:
     cdef GemmJob *J = <GemmJob *>arg
-    cdef int part = tid
-    while part < J.parts:   # the plan's parts, whatever nth the pool lends (see _batch_task)
-        if J.f32:
-            _gemm_part[float](J, <float>J.beta, part)
-        else:
-            _gemm_part[double](J, J.beta, part)
-        part += nth
+    if J.f32:
+        _gemm_part[float](J, <float>J.beta, part)
+    else:
+        _gemm_part[double](J, J.beta, part)
 
 
 # A GEMM is split over the pool from this many flops on (~50 us on one core): below it, waking the
@@ -921,7 +916,7 @@ def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, b
         # parts of at least 16 rows/columns (a BLAS microkernel's width), one per thread
         J.parts = max(1, min(_n_threads, (M if J.by_rows else N) // 16))
     with nogil:
-        fr_pool_run(J.parts, _gemm_task, &J)
+        fr_pool_parts(J.parts, J.parts, _gemm_part_task, &J)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -43,6 +43,24 @@ static volatile int job_left;      /* workers still running the current task */
 static volatile int bar_count;     /* the task's barrier: arrivals this round */
 static volatile int bar_sense;     /* flips when a round completes; every thread's sense starts at 0 */
 static long checkin_ns = FR_POOL_CHECKIN_NS; /* how long the caller waits for workers (adaptive) */
+static volatile int job_parts;     /* > 0: a parts task (fr_pool_parts) of this many parts; 0: a team task */
+static fr_part_fn volatile part_fn;
+static volatile long part_word;    /* gen << 16 | the next unclaimed part */
+static volatile int parts_done;
+
+/* Claim and run parts of the parts task of generation gen until none is left; returns when it is. */
+static void run_parts(long gen)
+{
+    long r = __atomic_load_n(&part_word, __ATOMIC_ACQUIRE);
+    while ((r >> 16) == gen && (r & 0xffff) < job_parts) {
+        if (__atomic_compare_exchange_n(&part_word, &r, r + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            /* the caller cannot return before this part is done, so job_arg is still its task's */
+            part_fn(job_arg, (int)(r & 0xffff));
+            __atomic_add_fetch(&parts_done, 1, __ATOMIC_ACQ_REL);
+            r = __atomic_load_n(&part_word, __ATOMIC_ACQUIRE);
+        }
+    }
+}
 
 static long now_ns(void)
 {
@@ -72,7 +90,11 @@ static void *worker(void *p)
             }
         }
         seen = gen;
-        /* check in: take the next tid of this task, unless it is full, closed or already over */
+        if (job_parts > 0) {   /* a parts task: take parts while there are any (none if it is over) */
+            if (tid < job_want) run_parts(gen);
+            continue;
+        }
+        /* a team task: check in, taking the next tid, unless it is full, closed or already over */
         {
             int mytid = 0;
             long r = __atomic_load_n(&reg, __ATOMIC_ACQUIRE);
@@ -145,6 +167,7 @@ int fr_pool_run(int n, fr_task_fn fn, void *arg)
     job_fn = fn;
     job_arg = arg;
     job_want = n;
+    job_parts = 0;
     bar_count = 0;
     bar_sense = 0;
     /* every potential worker counted now: one that checks in last may start, and finish, before the
@@ -204,4 +227,35 @@ void fr_pool_barrier(int nth, int *local_sense)
         int spins = 0;
         while (__atomic_load_n(&bar_sense, __ATOMIC_ACQUIRE) != s) relax(&spins);
     }
+}
+
+int fr_pool_parts(int n, int nparts, fr_part_fn fn, void *arg)
+{
+    int p;
+    long g;
+    if (n > FR_POOL_MAX) n = FR_POOL_MAX;
+    if (nparts > 0xffff) nparts = 0xffff; /* callers' plans stay far below */
+    if (n <= 1 || nparts <= 1 || pthread_mutex_trylock(&run_lock) != 0) {
+        for (p = 0; p < nparts; p++) fn(arg, p);
+        return 1;
+    }
+    if (grow(n - 1) + 1 < n) n = n_workers + 1;
+    job_arg = arg;
+    part_fn = fn;
+    job_want = n;
+    job_parts = nparts;
+    __atomic_store_n(&parts_done, 0, __ATOMIC_RELEASE);
+    g = generation + 1;
+    __atomic_store_n(&part_word, g << 16, __ATOMIC_RELEASE);  /* before any worker can see g */
+    pthread_mutex_lock(&wake_lock);
+    __atomic_store_n(&generation, g, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&wake_cond);
+    pthread_mutex_unlock(&wake_lock);
+    run_parts(g);   /* the caller works too, and takes every part no worker came for */
+    {
+        int spins = 0;
+        while (__atomic_load_n(&parts_done, __ATOMIC_ACQUIRE) != nparts) relax(&spins);
+    }
+    pthread_mutex_unlock(&run_lock);
+    return n;
 }

@@ -3,9 +3,9 @@
  * Design
  * ------
  * DESIGN section 4: one pool at a time.  The time loops split work across threads in two ways (batch
- * rows: no synchronisation inside the loop; hidden units: one barrier per time step), and while they
- * run OpenBLAS is pinned to one thread by the caller, so only this pool is active.  Outside those
- * regions (the hoisted GEMMs) OpenBLAS's own pool runs and these workers sleep.
+ * rows: no synchronisation inside the loop, a parts task; hidden units: one barrier per time step, a
+ * team task), and the hoisted GEMMs are parts tasks too.  OpenBLAS stays on one thread, so only this
+ * pool is ever active.
  *
  * fr_pool_run(n, fn, arg) calls fn(arg, tid, nth) for tid = 0..nth-1 concurrently, tid 0 on the calling
  * thread, and returns when all have returned.  nth <= n: it is 1 when the pool is already serving another
@@ -28,9 +28,17 @@
 #define FR_POOL_MAX 64
 
 typedef void (*fr_task_fn)(void *arg, int tid, int nth);
+typedef void (*fr_part_fn)(void *arg, int part);
 
-/* Run fn on up to n threads (n is clamped to [1, FR_POOL_MAX]).  Returns the number that ran. */
+/* A team task: fn on up to n threads at once (n is clamped to [1, FR_POOL_MAX]), for work whose threads
+ * meet at barriers.  Returns the number that ran. */
 int fr_pool_run(int n, fr_task_fn fn, void *arg);
+
+/* A parts task: fn(arg, part) for part = 0..nparts-1, each exactly once, on up to n threads, for
+ * independent parts (no barrier).  Parts are claimed one at a time: the caller starts at once and takes
+ * every part no worker has come for, so a worker the OS runs late joins late or not at all, and never
+ * holds the call back unless it is running a part.  Returns n, or 1 when the pool was busy. */
+int fr_pool_parts(int n, int nparts, fr_part_fn fn, void *arg);
 
 /* Inside a task: wait until all nth threads of the task have arrived (nth <= 1: returns at once, so
  * the busy-pool fallback never touches the barrier of the task that holds the pool).
