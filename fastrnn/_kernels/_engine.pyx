@@ -606,6 +606,11 @@ cdef void _hsplit_task(void *arg, int tid, int nth) noexcept nogil:
         _hsplit_forward[double](J, tid, nth, <double *>J.L.xp)
 
 
+cdef long _hsplit_work_ns(const Loop *L, int n_in) noexcept nogil:
+    """A floor on the single-thread time of a hidden-split forward: its products at 100 GFLOP/s."""
+    return <long>(2.0 * L.T * L.B * (L.H + n_in) * L.G * L.H / 100.0)
+
+
 cdef void _run_batch(Job *J, int n) noexcept:
     """The batch split: J.nparts = n row ranges as a parts task on fastrnn's pool (n == 1: inline)."""
     J.nparts = n
@@ -683,7 +688,7 @@ def forward(ws, spec, plan=None):
         bufs.fill(&J)
         J.pack = True
         with nogil:
-            fr_pool_run(n, _hsplit_task, &J)
+            fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
         return
     if plan is not None and plan.forward_packed and f32 and fr_simd_level():
         keep = _pack_recurrent(&L, &J, n, False)
@@ -940,6 +945,7 @@ cdef class StepKernel:
     cdef void *W
     cdef int n_in  # not `I`: complex.h defines I as a macro
     cdef int threads
+    cdef long work_ns
     cdef bint f32
     cdef bint flipped
     cdef bint hidden
@@ -963,6 +969,7 @@ cdef class StepKernel:
             (<_HSplitBuffers>self.bufs).fill(&self.J)
             self.J.pack = True
             self.J.W, self.J.n_in = self.W, spec.I
+            self.work_ns = _hsplit_work_ns(&self.L, spec.I)
 
     def step(self, cnp.ndarray x):
         """Advance every row by one step with input x (B, I)."""
@@ -973,7 +980,7 @@ cdef class StepKernel:
         with nogil:
             if self.hidden:
                 self.J.xin = xin
-                fr_pool_run(self.threads, _hsplit_task, &self.J)
+                fr_pool_run(self.threads, _hsplit_task, &self.J, self.work_ns)
                 self.J.pack = False
             elif self.f32:
                 matmul[float](False, L.B, GH, self.n_in, <float *>xin, self.n_in, <float *>self.W, GH, 0,

@@ -2,6 +2,6 @@
 cdef extern from "pool.h" nogil:
     ctypedef void (*fr_task_fn)(void *arg, int tid, int nth) noexcept nogil
     ctypedef void (*fr_part_fn)(void *arg, int part) noexcept nogil
-    int fr_pool_run(int n, fr_task_fn fn, void *arg)
+    int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns)
     int fr_pool_parts(int n, int nparts, fr_part_fn fn, void *arg)
     void fr_pool_barrier(int nth, int *local_sense)

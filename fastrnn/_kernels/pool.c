@@ -24,6 +24,7 @@ static inline void relax(int *spins)
 #define FR_POOL_SPIN_NS 200000L        /* 0.2 ms of idle spinning: covers the Python between two steps */
 #define FR_POOL_CHECKIN_NS 100000L     /* covers a worker's wake-up from its condition variable */
 #define FR_POOL_CHECKIN_MIN_NS 20000L  /* the floor of that wait after repeated misses */
+#define FR_POOL_CHECKIN_FLOOR_NS 2000L  /* a spinning worker checks in well within this */
 
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;   /* one fr_pool_run at a time */
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;  /* guards sleeping workers */
@@ -151,8 +152,9 @@ static int grow(int want)
     return n_workers;
 }
 
-int fr_pool_run(int n, fr_task_fn fn, void *arg)
+int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns)
 {
+    long wait_ns;
     if (n > FR_POOL_MAX) n = FR_POOL_MAX;
     if (n <= 1 || pthread_mutex_trylock(&run_lock) != 0) {
         fn(arg, 0, 1);
@@ -184,11 +186,14 @@ int fr_pool_run(int n, fr_task_fn fn, void *arg)
         /* wait for the workers to check in, but not for one the OS does not run now (another process's
          * spinning threads, e.g. torch's OpenMP pool): after checkin_ns close the task to latecomers
          * and run with those that came.  The plan's partition does not change, so neither do results. */
+        /* never wait for helpers longer than a quarter of the work they would share */
+        wait_ns = work_ns / 4 < checkin_ns ? work_ns / 4 : checkin_ns;
+        if (wait_ns < FR_POOL_CHECKIN_FLOOR_NS) wait_ns = FR_POOL_CHECKIN_FLOOR_NS;
         start = now_ns();
         for (;;) {
             r = __atomic_load_n(&reg, __ATOMIC_ACQUIRE);
             if ((r & 127) == n - 1) break;
-            if (++spins % 64 == 0 && now_ns() - start > checkin_ns) {
+            if (++spins % 64 == 0 && now_ns() - start > wait_ns) {
                 if (__atomic_compare_exchange_n(&reg, &r, r | 128, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) break;
                 continue;
             }

@@ -10,7 +10,8 @@
  * fr_pool_run(n, fn, arg) calls fn(arg, tid, nth) for tid = 0..nth-1 concurrently, tid 0 on the calling
  * thread, and returns when all have returned.  nth <= n: it is 1 when the pool is already serving another
  * call (a second Python thread), so calls stay reentrant and never wait for each other; and workers
- * must check in within a short, adaptive time (100 us, halved after each miss), so a worker that the OS
+ * must check in within a short, adaptive time (100 us, halved after each miss, and at most a quarter
+ * of the task's estimated time), so a worker that the OS
  * does not run at the moment (another process's threads spinning on that core, e.g. torch's OpenMP
  * pool) is left out instead of stalling the call.  Tasks must therefore work for any nth they are
  * given; fastrnn's keep the plan's partition whatever nth is, so results do not change.
@@ -31,8 +32,10 @@ typedef void (*fr_task_fn)(void *arg, int tid, int nth);
 typedef void (*fr_part_fn)(void *arg, int part);
 
 /* A team task: fn on up to n threads at once (n is clamped to [1, FR_POOL_MAX]), for work whose threads
- * meet at barriers.  Returns the number that ran. */
-int fr_pool_run(int n, fr_task_fn fn, void *arg);
+ * meet at barriers.  work_ns: the caller's estimate of the task's single-thread time; the caller waits
+ * for workers to check in at most a quarter of it (a streaming step does not wait 100 us for a worker
+ * that has gone to sleep).  Returns the number that ran. */
+int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns);
 
 /* A parts task: fn(arg, part) for part = 0..nparts-1, each exactly once, on up to n threads, for
  * independent parts (no barrier).  Parts are claimed one at a time: the caller starts at once and takes
