@@ -61,10 +61,11 @@ def cpu_plan(spec, training, threads=None):
     """The CpuPlan for a compiled call of `spec` (training: the forward keeps what backward needs).
 
     Forward: B == 1 splits the hidden units (a bandwidth-bound vecmat per step), as does
-    2 <= B <= HIDDEN_SPLIT_MAX_B when the microkernel can run the slices (whole row blocks per slice, each
-    core keeping its share of R in cache); larger batches split rows, with no synchronisation.  Backward always splits rows.  GRU
-    reset_after=False has two dependent products a step and never splits units.  The forward's plan does
-    not depend on `training`, so inference and training forwards give the same numbers."""
+    2 <= B <= HIDDEN_SPLIT_MAX_B when the microkernel can run the slices (whole row blocks per slice,
+    each core keeping its share of R in cache); larger batches split rows, with no synchronisation.
+    Backward always splits rows.  GRU reset_after=False has two dependent products a step and never
+    splits units.  The forward's plan does not depend on `training`, so inference and training forwards
+    give the same numbers."""
     from fastrnn._native import engine
 
     n = engine.get_num_threads() if threads is None else threads

@@ -1,11 +1,12 @@
 """Thread control: one pool at a time (DESIGN section 4).
 
-Two pools take turns, never both at once: OpenBLAS's runs the hoisted GEMMs (input projection, weight
-gradients), and fastrnn's own (fastrnn/_kernels/pool.h) runs the time loops split by batch rows or hidden
-units, with OpenBLAS pinned to one thread meanwhile.  One count sizes both.  It starts from OpenBLAS's,
-which honours OPENBLAS_NUM_THREADS / OMP_NUM_THREADS when the library loads; `set_num_threads` changes
-it for the process.  The kernels release the GIL, so several Python threads may run RNNs at once: the
-pool serves one call at a time and the others run their loops on their own thread.
+fastrnn's own pool (fastrnn/_kernels/pool.h) runs every parallel part: the time loops, split by batch
+rows or hidden units, and the large GEMMs around them, split into 1-thread BLAS calls.  OpenBLAS is
+pinned to one thread when the extension loads, so its pool never wakes.  The count starts from
+OpenBLAS's default, which honours OPENBLAS_NUM_THREADS / OMP_NUM_THREADS; `set_num_threads` changes it
+for the process (a Stream keeps the count it was made with).  The kernels release the GIL, so several
+Python threads may run RNNs at once: the pool serves one call at a time, the others run on their own
+thread, and results never depend on which.
 """
 import contextlib
 import operator

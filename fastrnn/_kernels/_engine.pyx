@@ -43,8 +43,8 @@ pack-once API).  `backward` does the same for its dG @ R^T with R^T packed (fr_p
 Loop.Rp holds the call's packed matrix (R forward, R^T backward); NULL means matmul/BLAS runs.
 
 Threads.  The plan also says how the loop is split over fastrnn's pool (pool.h): by batch rows (each
-thread runs the loop on its rows; forward and backward) or, for B == 1 forward, by hidden units with one
-barrier per step.  See the "threads" section below.
+part runs the loop on its rows; forward and backward) or, for the forward of B <= 4, by hidden units
+with one barrier per step.  See the "threads" section below.  OpenBLAS runs one thread, always.
 
 Backward does only the dh/dc recursion per step (one GEMM against R^T, two for GRU reset_after=False);
 dW, dR, dx and the bias gradient are single big GEMMs/reductions after the loop (`gemm_tn`, `gemm_nt`).
@@ -344,9 +344,9 @@ ctypedef struct Job:
     Py_ssize_t ap_stride       # ... this many elements apart
     # hidden split
     int nslices, per           # planned slices of `per` units (the last may be shorter)
-    void *pk                   # per slice: R_k (H, G*per), pk_stride elements apart
+    void *pk                   # per slice: R_k (row-major or panels; _hsplit_pack), pk_stride elements apart
     Py_ssize_t pk_stride
-    void *vec                  # per slice: gates, rec, bx, br (G*per each), vec_stride elements apart
+    void *vec                  # per slice: gates, product, bx, br, A scratch (_vec), vec_stride elements apart
     Py_ssize_t vec_stride
     bint pack                  # pack R_k (and W_k) and the bias slices first (False: packed already)
     bint panels                # R_k in the microkernel's panels (B >= 2, float32) instead of row-major
