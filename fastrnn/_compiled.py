@@ -86,17 +86,17 @@ def _outputs(spec, ws):
     return ws.out.reshape(shape)
 
 
-def forward(spec, arrays):
-    """Inference: (outputs, final_states)."""
+def forward(spec, arrays, plan=None):
+    """Inference: (outputs, final_states).  plan: fastrnn._dispatch's CpuPlan (None: made here)."""
     ws = Workspace(spec, arrays, training=False)
-    engine.forward(ws, spec, cpu_plan(spec, training=False))
+    engine.forward(ws, spec, plan or cpu_plan(spec, training=False))
     return _outputs(spec, ws), _states(spec, ws)
 
 
-def forward_vjp(spec, arrays):
+def forward_vjp(spec, arrays, plan=None):
     """Training forward: (outputs, final_states, backward) with backward(d_outputs, d_final_states)."""
     ws = Workspace(spec, arrays, training=True)
-    plan = cpu_plan(spec, training=True)
+    plan = plan or cpu_plan(spec, training=True)
     engine.forward(ws, spec, plan)
     outputs, states = _outputs(spec, ws), _states(spec, ws)
 

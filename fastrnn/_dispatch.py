@@ -13,7 +13,7 @@ ENGINES = ("auto", "compiled", "reference")
 
 class Choice(NamedTuple):
     engine: str  # "compiled" or "reference"
-    kernel: str  # human-readable name of the kernel that runs
+    plan: object  # the compiled engine's CpuPlan (None for the reference)
     reasons: tuple  # why faster paths were not taken (empty when the fastest path runs)
 
 
@@ -69,7 +69,7 @@ def cpu_plan(spec, training, threads=None):
     from fastrnn._native import engine
 
     n = engine.get_num_threads() if threads is None else threads
-    packable = (_packed_enabled and spec.dtype == "float32" and engine.simd_level() == 1
+    packable = (_packed_enabled and spec.dtype.char == "f" and engine.simd_level() == 1
                 and spec.H <= PACK_MAX_H and spec.T >= 2 and not (spec.cell == "gru" and not spec.reset_after))
     units_ok = n > 1 and spec.H >= HIDDEN_SPLIT_MIN_H and not (spec.cell == "gru" and not spec.reset_after)
     if units_ok and (spec.B == 1 or (packable and spec.B <= HIDDEN_SPLIT_MAX_B)):
@@ -98,25 +98,27 @@ def _kernel_name(spec, plan):
     return "compiled " + "/".join(parts) + f" ({split})"
 
 
-def select(spec, engine="auto"):
-    """Pick the engine for `spec`.  engine: "auto" (fastest that can), "compiled" (raise if it cannot),
-    "reference" (the NumPy oracle)."""
+def select(spec, engine="auto", training=False):
+    """Pick the engine for `spec`, and the compiled engine's plan.  engine: "auto" (fastest that can),
+    "compiled" (raise if it cannot), "reference" (the NumPy oracle).  training: the call keeps what its
+    backward needs (the plan then covers the backward too)."""
     if engine not in ENGINES:
         raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
     if engine == "reference":
-        return Choice("reference", "numpy reference", ("engine='reference' was asked for",))
+        return Choice("reference", None, ("engine='reference' was asked for",))
     declined = _compiled_declines(spec)
     if not declined:
-        return Choice("compiled", _kernel_name(spec, cpu_plan(spec, training=False)), ())
+        return Choice("compiled", cpu_plan(spec, training), ())
     if engine == "compiled":
         raise ValueError("engine='compiled' cannot run this call: " + "; ".join(declined))
-    return Choice("reference", "numpy reference", declined)
+    return Choice("reference", None, declined)
 
 
 def explain(spec, engine="auto"):
     """One paragraph: which kernel runs `spec` and why the faster ones (if any) do not."""
     choice = select(spec, engine)
-    text = f"{spec.id} ({spec.dtype}): runs on {choice.kernel}."
+    kernel = _kernel_name(spec, choice.plan) if choice.engine == "compiled" else "numpy reference"
+    text = f"{spec.id} ({spec.dtype}): runs on {kernel}."
     if choice.reasons:
         text += " Not faster because: " + "; ".join(choice.reasons) + "."
     return text

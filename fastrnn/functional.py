@@ -33,11 +33,11 @@ __all__ = ["lstm", "gru", "simple_rnn", "lstm_vjp", "gru_vjp", "simple_rnn_vjp",
 
 def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options):
     spec, arrays = build_spec(cell, x, kernel, recurrent_kernel, bias, **options)
-    choice = _dispatch.select(spec, engine)
+    choice = _dispatch.select(spec, engine, training=vjp)
     if choice.engine == "compiled":
         from fastrnn import _compiled
 
-        return (_compiled.forward_vjp if vjp else _compiled.forward)(spec, arrays)
+        return (_compiled.forward_vjp if vjp else _compiled.forward)(spec, arrays, choice.plan)
     fn = getattr(reference, f"{cell}_vjp" if vjp else cell)
     options = dict(options)
     options.update(initial_state=arrays.initial_state, mask=arrays.mask, dropout_mask=arrays.dropout_mask,
