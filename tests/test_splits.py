@@ -166,3 +166,29 @@ def test_results_do_not_depend_on_which_workers_turn_up():
         finally:
             stop.set()
             noise.join()
+
+
+def _forked_lstm(cases, queue):
+    with fastrnn.threads(2):
+        queue.put([F.lstm(*args, **kw)[0] for args, kw in cases])
+
+
+def test_pool_works_in_a_forked_child():
+    """A child forked after the pool started (torch DataLoader workers, multiprocessing's fork) has none
+    of the parent's worker threads: the pool starts afresh there instead of waiting for them."""
+    import multiprocessing
+
+    rng = np.random.default_rng(12)
+    cases = [make_case(rng, "lstm", {}, 20, B, 17, 40, mask="holes", init=True, dtype=np.float32)
+             for B in (1, 6)]  # a team task (hidden split) and a parts task (batch split)
+    with fastrnn.threads(2):
+        want = [F.lstm(*args, **kw)[0] for args, kw in cases]  # the parent's pool is running now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_forked_lstm, args=(cases, queue))
+    child.start()
+    got = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
