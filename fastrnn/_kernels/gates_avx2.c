@@ -227,6 +227,49 @@ fr_micro_f32(const int mr, int K, const float *restrict A, const float *restrict
 #undef FR_STORE
 }
 
+/* The remainder rows (mr <= 3) over npn panels at once (panel q at Pp + q*ps): with one panel, mr <= 3
+ * rows have 2*mr <= 6 accumulators, fewer than the ~10 independent FMA chains that hide the FMA latency
+ * on two pipes (a 2-row pass ran at the speed of a 6-row one: 8 rows per thread = 11 of 16 slots).
+ * mr <= 2 takes 3 panels (up to 12 accumulators), mr = 3 takes 2 (12).  nleft: the columns left from
+ * the first panel on, so the last panel of the matrix stores only its real columns. */
+#define FR_WIDE_J(j, q, h)                                                                             \
+    if (j < 2 * npn) {                                                                                 \
+        const __m256 bj = _mm256_loadu_ps(Pp + (long)(q) * ps + (long)k * FR_NR + (h));               \
+        c0##j = _mm256_fmadd_ps(a0, bj, c0##j);                                                        \
+        if (mr > 1) c1##j = _mm256_fmadd_ps(a1, bj, c1##j);                                            \
+        if (mr > 2) c2##j = _mm256_fmadd_ps(a2, bj, c2##j);                                            \
+    }
+static inline __attribute__((always_inline)) void
+fr_micro_wide_f32(const int mr, const int npn, int K, const float *restrict A, const float *restrict Pp, long ps,
+                  float beta, float *restrict C, int ldc, int nleft)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c04 = c00, c05 = c00;
+    __m256 c10 = c00, c11 = c00, c12 = c00, c13 = c00, c14 = c00, c15 = c00;
+    __m256 c20 = c00, c21 = c00, c22 = c00, c23 = c00, c24 = c00, c25 = c00;
+    int k, q;
+    for (k = 0; k < K; k++) {
+        const __m256 a0 = _mm256_broadcast_ss(A + (long)k * FR_MR);
+        const __m256 a1 = mr > 1 ? _mm256_broadcast_ss(A + (long)k * FR_MR + 1) : a0;
+        const __m256 a2 = mr > 2 ? _mm256_broadcast_ss(A + (long)k * FR_MR + 2) : a0;
+        FR_WIDE_J(0, 0, 0) FR_WIDE_J(1, 0, 8) FR_WIDE_J(2, 1, 0) FR_WIDE_J(3, 1, 8) FR_WIDE_J(4, 2, 0) FR_WIDE_J(5, 2, 8)
+    }
+    for (q = 0; q < npn; q++) {
+        int w = nleft - q * FR_NR < FR_NR ? nleft - q * FR_NR : FR_NR;
+        float *cq = C + q * FR_NR;
+        __m256 v[3][2];
+        v[0][0] = q == 0 ? c00 : q == 1 ? c02 : c04;
+        v[0][1] = q == 0 ? c01 : q == 1 ? c03 : c05;
+        v[1][0] = q == 0 ? c10 : q == 1 ? c12 : c14;
+        v[1][1] = q == 0 ? c11 : q == 1 ? c13 : c15;
+        v[2][0] = q == 0 ? c20 : q == 1 ? c22 : c24;
+        v[2][1] = q == 0 ? c21 : q == 1 ? c23 : c25;
+        fr_store_row_f32(cq, v[0][0], v[0][1], beta, w);
+        if (mr > 1) fr_store_row_f32(cq + ldc, v[1][0], v[1][1], beta, w);
+        if (mr > 2) fr_store_row_f32(cq + 2L * ldc, v[2][0], v[2][1], beta, w);
+    }
+}
+#undef FR_WIDE_J
+
 void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
                              float beta, float *restrict C, int ldc, float *restrict work)
 {
@@ -255,12 +298,33 @@ void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int l
             }
             Ap = work + (long)m * K + (long)k0 * FR_MR;
             switch (M - m) {
-            case 1: fr_micro_f32(1, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w); break;
-            case 2: fr_micro_f32(2, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w); break;
-            case 3: fr_micro_f32(3, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w); break;
             case 4: fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w); break;
             case 5: fr_micro_f32(5, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w); break;
-            default: break;
+            default: break; /* 1-3 rows: below, several panels at a time */
+            }
+        }
+        m = M - M % FR_MR;
+        if (M - m >= 1 && M - m <= 3) {
+            const int r = M - m, group = r == 3 ? 2 : 3;
+            const float *Ap = work + (long)m * K + (long)k0 * FR_MR;
+            const long ps = (long)K * FR_NR;
+            for (p = 0; p < np; p += group) {
+                int n0 = p * FR_NR, left = np - p;
+                const float *Pp = P + (long)p * K * FR_NR + (long)k0 * FR_NR;
+                float *Cm = C + (long)m * ldc + n0;
+                if (left >= group) {
+                    if (r == 1) fr_micro_wide_f32(1, 3, kc, Ap, Pp, ps, b, Cm, ldc, N - n0);
+                    else if (r == 2) fr_micro_wide_f32(2, 3, kc, Ap, Pp, ps, b, Cm, ldc, N - n0);
+                    else fr_micro_wide_f32(3, 2, kc, Ap, Pp, ps, b, Cm, ldc, N - n0);
+                } else {
+                    for (; p < np; p++) {  /* the last one or two panels */
+                        int n1 = p * FR_NR, w = N - n1 < FR_NR ? N - n1 : FR_NR;
+                        const float *Pq = P + (long)p * K * FR_NR + (long)k0 * FR_NR;
+                        if (r == 1) fr_micro_f32(1, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w);
+                        else if (r == 2) fr_micro_f32(2, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w);
+                        else fr_micro_f32(3, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w);
+                    }
+                }
             }
         }
     }
