@@ -29,7 +29,7 @@ class CpuPlan(NamedTuple):
     """How the compiled CPU loops run one call (fastrnn/_kernels/_engine.pyx, "threads" and "Packed R")."""
     threads: int            # fastrnn's thread count at the time of the call
     forward_split: str      # "serial" | "batch" (rows per thread, no sync) | "hidden" (units, a barrier a step)
-    backward_split: str     # "serial" | "batch"
+    backward_split: str     # "serial" | "batch" | "hidden" (B == 1)
     forward_packed: bool    # forward's per-step product on the packed-R microkernel, not BLAS / vecmat
     backward_packed: bool   # backward's dG @ R^T likewise (on R^T)
 
@@ -63,8 +63,8 @@ def cpu_plan(spec, training, threads=None):
     Forward: B == 1 splits the hidden units (a bandwidth-bound vecmat per step), as does
     2 <= B <= HIDDEN_SPLIT_MAX_B when the microkernel can run the slices (whole row blocks per slice,
     each core keeping its share of R in cache); larger batches split rows, with no synchronisation.
-    Backward always splits rows.  GRU reset_after=False has two dependent products a step and never
-    splits units.  The forward's plan does not depend on `training`, so inference and training forwards
+    Backward splits rows, or hidden units for B == 1.  GRU reset_after=False has two dependent products
+    a step and never splits units.  The forward's plan does not depend on `training`, so inference and training forwards
     give the same numbers."""
     from fastrnn._native import engine
 
@@ -77,7 +77,10 @@ def cpu_plan(spec, training, threads=None):
     else:
         forward = "batch" if n > 1 and spec.B >= 2 else "serial"
         forward_rows = -(-spec.B // n) if forward == "batch" else spec.B
-    backward = "batch" if n > 1 and spec.B >= 2 else "serial"
+    if units_ok and spec.B == 1:
+        backward = "hidden"   # a matvec over R per step, bandwidth-bound like the forward's
+    else:
+        backward = "batch" if n > 1 and spec.B >= 2 else "serial"
     backward_rows = -(-spec.B // n) if backward == "batch" else spec.B
     return CpuPlan(n, forward, backward if training else "serial",
                    packable and 2 <= forward_rows <= PACK_MAX_ROWS,

@@ -68,6 +68,13 @@ def test_plans_follow_the_thread_count():
         assert "batch split over 2 threads" in F.explain("lstm", x40, W, R)
         assert "batch split over 2 threads" in F.explain("lstm", x8.astype(np.float64), W, R)
         assert "packed-microkernel (batch split over 2 threads)" in F.explain("lstm", x40[:16], W, R)
+    from fastrnn._spec import build_spec
+
+    with fastrnn.threads(2):  # training: B == 1 splits the BPTT's units too, larger B its rows
+        assert _dispatch.cpu_plan(build_spec("lstm", x1, W, R)[0], training=True).backward_split == "hidden"
+        assert _dispatch.cpu_plan(build_spec("lstm", x8, W, R)[0], training=True).backward_split == "batch"
+    with fastrnn.threads(1):
+        assert _dispatch.cpu_plan(build_spec("lstm", x1, W, R)[0], training=True).backward_split == "serial"
     gru_rb = dict(reset_after=False)
     with fastrnn.threads(2):  # two dependent products a step: no hidden split
         W3, R3 = np.zeros((8, 192), np.float32), np.zeros((64, 192), np.float32)

@@ -598,12 +598,134 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
             fr_pool_barrier(nth, &sense)
 
 
+cdef void _hsplit_backward(const Job *J, int tid, int nth, floating *xp) noexcept nogil:
+    """Thread tid's slices of the B == 1 BPTT, split by hidden units like the forward.  Per step: the
+    gate gradients of the slice's units (they need only the slice's dh, dc, gates and states), written
+    into the step's dG row; ONE barrier; then dh[slice] += R[slice rows, :] @ dG (a matvec over the
+    slice's own contiguous rows of R, so nothing is packed).  The next step writes another dG row, so
+    it needs no second barrier.  A masked step adds nothing (its dG row is zero) and skips the product."""
+    cdef const Loop *L = J.L
+    cdef int T = L.T, H = L.H, G = L.G, GH = L.G * L.H, per = J.per
+    cdef int s, t, j, sl, u0, nu, ldp, ldcp, ldcn, ldd, sense = 0
+    cdef bint m, is_lstm = L.cell == CELL_LSTM, is_gru = L.cell == CELL_GRU
+    cdef floating *R = <floating *>L.R
+    cdef floating *rdm = <floating *>L.rdmask
+    cdef floating *dh = <floating *>L.dh
+    cdef floating *dc = <floating *>L.dc
+    cdef floating *dht = <floating *>L.dht
+    cdef floating *dhd = <floating *>L.dhd
+    cdef floating *dacc = <floating *>L.dacc
+    cdef floating *hpp
+    cdef floating *cpp = NULL
+    cdef floating *cnp_ = NULL
+    cdef floating *auxp = NULL
+    cdef floating *g
+    cdef floating *dg
+    cdef floating *drec = NULL
+    cdef floating *dsrc
+    cdef floating *ob
+    cdef floating *gl
+    cdef floating *dgl
+    cdef floating *wl
+
+    sl = tid - nth
+    while True:
+        sl += nth
+        if sl >= J.nslices:
+            break
+        u0 = sl * per
+        nu = H - u0 if H - u0 < per else per
+        if nu > 0:
+            memset(dacc + u0, 0, nu * sizeof(floating))
+    for s in range(T - 1, -1, -1):
+        t = _time(L, s)
+        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, s, &ldp)
+        if is_lstm:
+            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s, &ldcp)
+            cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s + 1, &ldcn)
+        if is_gru:
+            auxp = <floating *>L.aux + _row(L, 0, t) * H
+        g = xp + _row(L, 0, t) * GH
+        dg = <floating *>L.dxp + _row(L, 0, t) * GH
+        if L.drec != NULL:
+            drec = <floating *>L.drec + _row(L, 0, t) * GH
+        m = L.mask == NULL or L.mask[t] != 0
+        ob = <floating *>L.dout + _row(L, 0, s) * H
+        sl = tid - nth
+        while True:   # the slice's gate gradients
+            sl += nth
+            if sl >= J.nslices:
+                break
+            u0 = sl * per
+            nu = H - u0 if H - u0 < per else per
+            if nu <= 0:
+                continue
+            for j in range(u0, u0 + nu):
+                dht[j] = ob[j] + dacc[j]   # dL/d(output of step s), all paths
+            if not m:
+                for j in range(G):
+                    memset(dg + j * H + u0, 0, nu * sizeof(floating))
+                    if drec != NULL:
+                        memset(drec + j * H + u0, 0, nu * sizeof(floating))
+                if L.zero_output:
+                    memset(dacc + u0, 0, nu * sizeof(floating))
+                else:
+                    memcpy(dacc + u0, dht + u0, nu * sizeof(floating))
+                continue
+            memset(dacc + u0, 0, nu * sizeof(floating))
+            for j in range(u0, u0 + nu):
+                dht[j] += dh[j]
+            gl = _vec(<floating *>J.vec, J, sl, 0)
+            dgl = _vec(<floating *>J.vec, J, sl, 1)
+            wl = _vec(<floating *>J.vec, J, sl, 2)   # scratch: LSTM's 2*nu, GRU's recurrent-side grads
+            _gather(gl, g, G, H, u0, nu)
+            if is_lstm:
+                lstm_bwd_row(gl, cpp + u0, cnp_ + u0, dht + u0, dc + u0, dgl, wl, nu, L.act, L.ract)
+                memset(dh + u0, 0, nu * sizeof(floating))
+            elif is_gru:   # reset_after (plan)
+                gru_bwd_zh_row(gl, hpp + u0, dht + u0, dgl, dh + u0, nu, L.act, L.ract)
+                gru_bwd_r_row(gl, dgl + 2 * nu, auxp + u0, dgl, nu, L.ract)
+                memcpy(wl, dgl, 2 * nu * sizeof(floating))
+                for j in range(nu):
+                    wl[2 * nu + j] = dgl[2 * nu + j] * gl[nu + j]
+                _scatter(drec, wl, G, H, u0, nu)
+            else:
+                dact(L.act, dgl, gl, dht + u0, nu)
+                memset(dh + u0, 0, nu * sizeof(floating))
+            _scatter(dg, dgl, G, H, u0, nu)
+        fr_pool_barrier(nth, &sense)   # the step's dG (and dG_rec) row is whole
+        if not m:
+            continue
+        dsrc = drec if is_gru else dg
+        sl = tid - nth
+        while True:   # dL/dh_prev[slice] += dG @ R[slice rows]^T, through the recurrent dropout mask
+            sl += nth
+            if sl >= J.nslices:
+                break
+            u0 = sl * per
+            nu = H - u0 if H - u0 < per else per
+            if nu <= 0:
+                continue
+            if rdm == NULL:
+                matmul(True, 1, nu, GH, dsrc, GH, R + <Py_ssize_t>u0 * GH, GH, 1, dh + u0, nu)
+            else:
+                matmul(True, 1, nu, GH, dsrc, GH, R + <Py_ssize_t>u0 * GH, GH, 0, dhd + u0, nu)
+                for j in range(u0, u0 + nu):
+                    dh[j] += dhd[j] * rdm[j]
+
+
 cdef void _hsplit_task(void *arg, int tid, int nth) noexcept nogil:
     cdef Job *J = <Job *>arg
     if J.f32:
-        _hsplit_forward[float](J, tid, nth, <float *>J.L.xp)
+        if J.backward:
+            _hsplit_backward[float](J, tid, nth, <float *>J.L.xp)
+        else:
+            _hsplit_forward[float](J, tid, nth, <float *>J.L.xp)
     else:
-        _hsplit_forward[double](J, tid, nth, <double *>J.L.xp)
+        if J.backward:
+            _hsplit_backward[double](J, tid, nth, <double *>J.L.xp)
+        else:
+            _hsplit_forward[double](J, tid, nth, <double *>J.L.xp)
 
 
 cdef long _hsplit_work_ns(const Loop *L, int n_in) noexcept nogil:
@@ -815,15 +937,24 @@ def backward(ws, spec, plan=None):
 
     IN ws.dout (N, H) (processing order, like ws.out); IN/OUT ws.dh, ws.dc (B, H): dL/d(final state) in,
     dL/d(initial state) out; OUT ws.dxp (N, G*H) pre-activation gradients (input side), ws.drec (GRU
-    reset_after: recurrent side).  `plan` as for `forward` (plan.backward_split: "serial" or "batch";
-    plan.backward_packed: dG @ R^T on the microkernel).
+    reset_after: recurrent side).  `plan` as for `forward` (plan.backward_split: "serial", "batch" or
+    "hidden" (B == 1); plan.backward_packed: dG @ R^T on the microkernel).
     """
     cdef Job J
     cdef Loop L
     cdef int n = 1
     cdef bint f32 = ws.xp.dtype == np.float32
+    cdef _HSplitBuffers bufs
     _fill(&L, ws, spec)
     _job_init(&J, &L, f32, True)
+    if plan is not None and plan.backward_split == "hidden":
+        bufs = _HSplitBuffers(L.B, L.H, L.G, plan.threads, ws.xp.dtype, False)
+        bufs.fill(&J)
+        J.pk = NULL   # the product reads each slice's own rows of R in place
+        n = plan.threads
+        with nogil:
+            fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
+        return
     if plan is not None and plan.backward_split == "batch":
         n = plan.threads
     if plan is not None and plan.backward_packed and f32 and fr_simd_level():
