@@ -45,6 +45,9 @@ HIDDEN_SPLIT_MIN_H = 32
 # 10.6 ms vs rows 15.3; B = 8 and 16, H = 256: equal.  Where they tie, rows win: no barrier, so a thread
 # descheduled by another process does not stall the other at every step.
 HIDDEN_SPLIT_MAX_B = 4
+# The BPTT's split has more element-wise work per barrier; below this many multiply-adds a step (R's
+# size) it measured no faster than one thread (simple_rnn H=128, 16K: 0.343 vs 0.351 ms a backward).
+HIDDEN_SPLIT_MIN_BPTT_MACS = 32 * 1024
 _packed_enabled = True
 
 
@@ -77,7 +80,7 @@ def cpu_plan(spec, training, threads=None):
     else:
         forward = "batch" if n > 1 and spec.B >= 2 else "serial"
         forward_rows = -(-spec.B // n) if forward == "batch" else spec.B
-    if units_ok and spec.B == 1:
+    if units_ok and spec.B == 1 and spec.G * spec.H * spec.H >= HIDDEN_SPLIT_MIN_BPTT_MACS:
         backward = "hidden"   # a matvec over R per step, bandwidth-bound like the forward's
     else:
         backward = "batch" if n > 1 and spec.B >= 2 else "serial"

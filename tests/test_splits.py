@@ -16,7 +16,8 @@ from test_engine import VARIANT_IDS, VARIANTS, check_against_reference, make_cas
 
 OPTIONS = list(itertools.product(["none", "holes", "fully_masked_row"], [False, True], [False, True]))
 # B == 1 and B <= 4 split hidden units (B > 1 on the microkernel: float32 only), larger B split rows
-SHAPES = [(9, 1, 17, 40), (1, 1, 5, 34), (6, 3, 17, 40), (5, 7, 9, 20), (4, 20, 9, 20)]
+# (5, 1, 9, 184): large enough (G*H*H >= 32K for every cell) for the BPTT's hidden split too
+SHAPES = [(9, 1, 17, 40), (5, 1, 9, 184), (1, 1, 5, 34), (6, 3, 17, 40), (5, 7, 9, 20), (4, 20, 9, 20)]
 
 
 def expected_split(cell, extra, shape, dtype, dropout, threads):
@@ -70,8 +71,10 @@ def test_plans_follow_the_thread_count():
         assert "packed-microkernel (batch split over 2 threads)" in F.explain("lstm", x40[:16], W, R)
     from fastrnn._spec import build_spec
 
-    with fastrnn.threads(2):  # training: B == 1 splits the BPTT's units too, larger B its rows
-        assert _dispatch.cpu_plan(build_spec("lstm", x1, W, R)[0], training=True).backward_split == "hidden"
+    W2, R2 = np.zeros((8, 512), np.float32), np.zeros((128, 512), np.float32)
+    with fastrnn.threads(2):  # training: B == 1 splits the BPTT's units too (R big enough), larger B rows
+        assert _dispatch.cpu_plan(build_spec("lstm", x1, W2, R2)[0], training=True).backward_split == "hidden"
+        assert _dispatch.cpu_plan(build_spec("lstm", x1, W, R)[0], training=True).backward_split == "serial"
         assert _dispatch.cpu_plan(build_spec("lstm", x8, W, R)[0], training=True).backward_split == "batch"
     with fastrnn.threads(1):
         assert _dispatch.cpu_plan(build_spec("lstm", x1, W, R)[0], training=True).backward_split == "serial"
