@@ -12,7 +12,6 @@ import torch  # noqa: E402
 import keras  # noqa: E402
 from keras.src import backend as keras_backend  # noqa: E402
 
-import fastrnn._torch_autograd as bridge  # noqa: E402
 import fastrnn.keras as fk  # noqa: E402
 from fastrnn import functional  # noqa: E402
 
@@ -26,20 +25,6 @@ MASK = np.array([[0, 0, 1, 1, 1, 1],    # left padding
                  [1, 1, 1, 1, 0, 0],    # right padding
                  [1, 1, 1, 1, 1, 1]], dtype=bool)
 TOL = dict(rtol=2e-5, atol=2e-5)
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    """Counts the calls into fastrnn's torch bridge (proof that fastrnn, not Keras's loop, ran)."""
-    count = {"n": 0}
-    real = bridge.rnn
-
-    def counting(*args, **kwargs):
-        count["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(bridge, "rnn", counting)
-    return count
 
 
 @pytest.fixture(autouse=True)

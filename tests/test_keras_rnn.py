@@ -13,7 +13,6 @@ import torch  # noqa: E402
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
-import fastrnn._torch_autograd as bridge  # noqa: E402
 import fastrnn.keras as fk  # noqa: E402
 from fastrnn import layers as np_layers  # noqa: E402
 
@@ -90,20 +89,6 @@ class MinimalRNNCell(keras.layers.Layer):
     def call(self, inputs, states):
         output = ops.tanh(ops.matmul(inputs, self.kernel) + ops.matmul(states[0], self.recurrent_kernel))
         return output, [output]
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    """Counts the calls into fastrnn's torch bridge (proof that fastrnn's kernels ran)."""
-    count = {"n": 0}
-    real = bridge.rnn
-
-    def counting(*args, **kwargs):
-        count["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(bridge, "rnn", counting)
-    return count
 
 
 def _nested_data(seed=0, batch=B, steps=T):

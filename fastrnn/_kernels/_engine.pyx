@@ -223,6 +223,22 @@ cdef inline void _rmatmul_t(const Loop *L, int M, int N, int K,
     matmul(True, M, N, K, A, lda, R, ldr, beta, C, ldc)
 
 
+cdef inline void _masked_step(const Loop *L, int s, int b, int u0, int n,
+                              floating *out,                                     # OUT the step's output
+                              const floating *hp, floating *hn,                  # IN h_prev row; OUT h row
+                              const floating *cp, floating *cn) noexcept nogil:  # LSTM c likewise (or NULL)
+    """A masked step of row b, units [u0, u0 + n) (Keras): the state passes through and the output
+    repeats the previous step's (zeros at s == 0, or always with zero_output_for_mask)."""
+    cdef floating *ob = out + _row(L, b, s) * L.H + u0
+    memcpy(hn + u0, hp + u0, n * sizeof(floating))
+    if cn != NULL:
+        memcpy(cn + u0, cp + u0, n * sizeof(floating))
+    if L.zero_output or s == 0:
+        memset(ob, 0, n * sizeof(floating))
+    else:
+        memcpy(ob, out + _row(L, b, s - 1) * L.H + u0, n * sizeof(floating))
+
+
 cdef void _forward(Loop *L, floating *xp) noexcept nogil:
     """outputs, states := RNN(xp, R, bias, h0, c0, mask, rdmask); xp := post-activation gates."""
     cdef int T = L.T, B = L.B, H = L.H, GH = L.G * L.H, rs = _rs(L)
@@ -293,13 +309,8 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
             m = L.mask == NULL or L.mask[<Py_ssize_t>b * T + t] != 0
             ob = out + _row(L, b, s) * H
             if not m:
-                memcpy(hnp + b * ldn, hpp + b * ldp, H * sizeof(floating))
-                if is_lstm:
-                    memcpy(cnp_ + b * ldcn, cpp + b * ldcp, H * sizeof(floating))
-                if L.zero_output or s == 0:
-                    memset(ob, 0, H * sizeof(floating))
-                else:
-                    memcpy(ob, out + _row(L, b, s - 1) * H, H * sizeof(floating))
+                _masked_step(L, s, b, 0, H, out, hpp + b * ldp, hnp + b * ldn,
+                             cpp + b * ldcp if is_lstm else NULL, cnp_ + b * ldcn if is_lstm else NULL)
                 continue
             gb = g + b * ldg
             if is_lstm:
@@ -434,6 +445,19 @@ cdef inline floating *_vec(floating *vec, const Job *J, int sl, int part) noexce
     return vec + sl * J.vec_stride + offs[part]   # vec: J.vec, typed
 
 
+cdef inline bint _next_slice(const Job *J, int nth, int *sl, int *u0, int *nu) noexcept nogil:
+    """Advance *sl to this thread's next non-empty slice (a thread of nth owns slices tid, tid + nth, ...;
+    start with *sl = tid - nth) and set its units [*u0, *u0 + *nu).  False when none is left."""
+    while True:
+        sl[0] += nth
+        if sl[0] >= J.nslices:
+            return False
+        u0[0] = sl[0] * J.per
+        nu[0] = J.L.H - u0[0] if J.L.H - u0[0] < J.per else J.per
+        if nu[0] > 0:
+            return True
+
+
 cdef inline Py_ssize_t _panel_set(int H, int nu) noexcept nogil:
     """Floats in one gate block's panels of a slice: ceil(nu/16) panels of (H, 16)."""
     return <Py_ssize_t>(nu + 15) // 16 * 16 * H
@@ -481,7 +505,7 @@ cdef inline void _hsplit_product(const Job *J, int sl, int nu, const floating *h
 cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept nogil:
     """Thread tid's slices (tid, tid + nth, ...) of the forward (see Hidden split above)."""
     cdef const Loop *L = J.L
-    cdef int T = L.T, B = L.B, H = L.H, G = L.G, GH = L.G * L.H, per = J.per, rs = _rs(L)
+    cdef int T = L.T, B = L.B, H = L.H, G = L.G, GH = L.G * L.H, rs = _rs(L)
     cdef int s, t, b, sl, u0, nu, ldp, ldn, ldcp, ldcn, ldd, lda, ldg = rs * GH, sense = 0
     cdef bint m, is_lstm = L.cell == CELL_LSTM, is_gru = L.cell == CELL_GRU
     cdef floating *rdm = <floating *>L.rdmask
@@ -500,14 +524,7 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
     cdef floating *ob
 
     sl = tid - nth
-    while True:   # this thread's slices: tid, tid + nth, ...
-        sl += nth
-        if sl >= J.nslices:
-            break
-        u0 = sl * per
-        nu = H - u0 if H - u0 < per else per
-        if nu <= 0:
-            continue
+    while _next_slice(J, nth, &sl, &u0, &nu):   # this thread's slices: tid, tid + nth, ...
         if J.pack:
             _hsplit_pack(J, sl, <floating *>J.pk + sl * J.pk_stride)
         hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, 0, &ldp)
@@ -542,14 +559,7 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
             lda = rs * H if L.training else H
         g = xp + _row(L, 0, t) * GH
         sl = tid - nth
-        while True:
-            sl += nth
-            if sl >= J.nslices:
-                break
-            u0 = sl * per
-            nu = H - u0 if H - u0 < per else per
-            if nu <= 0:
-                continue
+        while _next_slice(J, nth, &sl, &u0, &nu):
             loc = _vec(<floating *>J.vec, J, sl, 0)
             lrec = _vec(<floating *>J.vec, J, sl, 1)
             lbx = _vec(<floating *>J.vec, J, sl, 2) if L.bx != NULL else NULL
@@ -568,14 +578,9 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
             for b in range(B):
                 m = L.mask == NULL or L.mask[<Py_ssize_t>b * T + t] != 0
                 ob = out + _row(L, b, s) * H + u0
-                if not m:   # Keras: the state passes through, the output repeats (or is zero)
-                    memcpy(hnp + b * ldn + u0, hpp + b * ldp + u0, nu * sizeof(floating))
-                    if is_lstm:
-                        memcpy(cnp_ + b * ldcn + u0, cpp + b * ldcp + u0, nu * sizeof(floating))
-                    if L.zero_output or s == 0:
-                        memset(ob, 0, nu * sizeof(floating))
-                    else:
-                        memcpy(ob, out + _row(L, b, s - 1) * H + u0, nu * sizeof(floating))
+                if not m:
+                    _masked_step(L, s, b, u0, nu, out, hpp + b * ldp, hnp + b * ldn,
+                                 cpp + b * ldcp if is_lstm else NULL, cnp_ + b * ldcn if is_lstm else NULL)
                 else:
                     if is_lstm:
                         lstm_fwd_row(loc + b * G * nu, lbx, cpp + b * ldcp + u0, cnp_ + b * ldcn + u0,
@@ -605,7 +610,7 @@ cdef void _hsplit_backward(const Job *J, int tid, int nth, floating *xp) noexcep
     slice's own contiguous rows of R, so nothing is packed).  The next step writes another dG row, so
     it needs no second barrier.  A masked step adds nothing (its dG row is zero) and skips the product."""
     cdef const Loop *L = J.L
-    cdef int T = L.T, H = L.H, G = L.G, GH = L.G * L.H, per = J.per
+    cdef int T = L.T, H = L.H, G = L.G, GH = L.G * L.H
     cdef int s, t, j, sl, u0, nu, ldp, ldcp, ldcn, ldd, sense = 0
     cdef bint m, is_lstm = L.cell == CELL_LSTM, is_gru = L.cell == CELL_GRU
     cdef floating *R = <floating *>L.R
@@ -629,14 +634,8 @@ cdef void _hsplit_backward(const Job *J, int tid, int nth, floating *xp) noexcep
     cdef floating *wl
 
     sl = tid - nth
-    while True:
-        sl += nth
-        if sl >= J.nslices:
-            break
-        u0 = sl * per
-        nu = H - u0 if H - u0 < per else per
-        if nu > 0:
-            memset(dacc + u0, 0, nu * sizeof(floating))
+    while _next_slice(J, nth, &sl, &u0, &nu):
+        memset(dacc + u0, 0, nu * sizeof(floating))
     for s in range(T - 1, -1, -1):
         t = _time(L, s)
         hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, s, &ldp)
@@ -652,14 +651,7 @@ cdef void _hsplit_backward(const Job *J, int tid, int nth, floating *xp) noexcep
         m = L.mask == NULL or L.mask[t] != 0
         ob = <floating *>L.dout + _row(L, 0, s) * H
         sl = tid - nth
-        while True:   # the slice's gate gradients
-            sl += nth
-            if sl >= J.nslices:
-                break
-            u0 = sl * per
-            nu = H - u0 if H - u0 < per else per
-            if nu <= 0:
-                continue
+        while _next_slice(J, nth, &sl, &u0, &nu):   # the slice's gate gradients
             for j in range(u0, u0 + nu):
                 dht[j] = ob[j] + dacc[j]   # dL/d(output of step s), all paths
             if not m:
@@ -698,14 +690,8 @@ cdef void _hsplit_backward(const Job *J, int tid, int nth, floating *xp) noexcep
             continue
         dsrc = drec if is_gru else dg
         sl = tid - nth
-        while True:   # dL/dh_prev[slice] += dG @ R[slice rows]^T, through the recurrent dropout mask
-            sl += nth
-            if sl >= J.nslices:
-                break
-            u0 = sl * per
-            nu = H - u0 if H - u0 < per else per
-            if nu <= 0:
-                continue
+        # dL/dh_prev[slice] += dG @ R[slice rows]^T, through the recurrent dropout mask
+        while _next_slice(J, nth, &sl, &u0, &nu):
             if rdm == NULL:
                 matmul(True, 1, nu, GH, dsrc, GH, R + <Py_ssize_t>u0 * GH, GH, 1, dh + u0, nu)
             else:
