@@ -34,11 +34,16 @@ class CpuPlan(NamedTuple):
     backward_packed: bool   # backward's dG @ R^T likewise (on R^T)
 
 
-# The packed-R microkernel beats sgemm's per-step repack only for few rows (1 thread, LSTM H = 256/512:
-# 2 rows 2.2x, 4: 1.6x, 8: 1.25x, 16: 1.1-1.2x, 32: 0.93x; bench/NOTES.md) and while the packed R stays
-# in cache (H = 1024: 0.93x).
+# The packed-R microkernel against sgemm (which repacks R on every call), loop time, same process
+# (bench/NOTES.md 7, 19).  Forward: wins at <= 16 rows a thread (2 rows 2.2x ... 16 rows 1.1-1.2x) and,
+# since its C tiles are prefetched and K is not blocked, at any row count once a row of the product
+# has G*H >= 512 columns (LSTM H=512, 64 rows: 1.1x; GRU H=1024: 1.3x; SimpleRNN H=512: 1.1x).  With
+# fewer columns its per-step copy of A into row blocks is not paid back: SimpleRNN H=256, 64 rows,
+# sgemm 1.2-1.5x faster.  Backward (dG @ R^T, K = G*H): wins at every row count measured (1.0-1.3x).
+# H <= 1024: at H = 2048 the two tie (R^T no longer fits L3), and the packed copy costs memory.
 PACK_MAX_ROWS = 16
-PACK_MAX_H = 512
+PACK_MIN_COLUMNS = 512
+PACK_MAX_H = 1024
 # The hidden split pays one barrier per step (~0.1-0.3 us between two cores): worth it from H = 32 on.
 HIDDEN_SPLIT_MIN_H = 32
 # ... and for small batches only.  Loop time, 2 threads, packed (bench/NOTES.md): B = 4, H = 512: hidden
@@ -85,9 +90,10 @@ def cpu_plan(spec, training, threads=None):
     else:
         backward = "batch" if n > 1 and spec.B >= 2 else "serial"
     backward_rows = -(-spec.B // n) if backward == "batch" else spec.B
+    wide = spec.G * spec.H >= PACK_MIN_COLUMNS
     return CpuPlan(n, forward, backward if training else "serial",
-                   packable and 2 <= forward_rows <= PACK_MAX_ROWS,
-                   training and packable and 2 <= backward_rows <= PACK_MAX_ROWS)
+                   packable and 2 <= forward_rows and (forward_rows <= PACK_MAX_ROWS or wide),
+                   training and packable and 2 <= backward_rows)
 
 
 def _kernel_name(spec, plan):

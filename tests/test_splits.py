@@ -16,8 +16,10 @@ from test_engine import VARIANT_IDS, VARIANTS, check_against_reference, make_cas
 
 OPTIONS = list(itertools.product(["none", "holes", "fully_masked_row"], [False, True], [False, True]))
 # B == 1 and B <= 4 split hidden units (B > 1 on the microkernel: float32 only), larger B split rows
-# (5, 1, 9, 184): large enough (G*H*H >= 32K for every cell) for the BPTT's hidden split too
-SHAPES = [(9, 1, 17, 40), (5, 1, 9, 184), (1, 1, 5, 34), (6, 3, 17, 40), (5, 7, 9, 20), (4, 20, 9, 20)]
+# (5, 1, 9, 184): large enough (G*H*H >= 32K for every cell) for the BPTT's hidden split too;
+# (4, 16, 9, 20) at 2 threads: 8 rows a part, the microkernel's 4 + 4 row blocks
+SHAPES = [(9, 1, 17, 40), (5, 1, 9, 184), (1, 1, 5, 34), (6, 3, 17, 40), (5, 7, 9, 20), (4, 20, 9, 20),
+          (4, 16, 9, 20)]
 
 
 def expected_split(cell, extra, shape, dtype, dropout, threads):
@@ -82,6 +84,34 @@ def test_plans_follow_the_thread_count():
     with fastrnn.threads(2):  # two dependent products a step: no hidden split
         W3, R3 = np.zeros((8, 192), np.float32), np.zeros((64, 192), np.float32)
         assert "(1 thread)" in F.explain("gru", x1, W3, R3, **gru_rb)
+
+
+def test_packed_plan_rules():
+    """Where the plan puts the per-step product on the packed microkernel (fastrnn._dispatch, PACK_*):
+    forward at <= 16 rows a thread, or at any row count once G*H >= 512 columns; backward at any row
+    count; float32 with H <= 1024 only."""
+    from fastrnn._spec import build_spec
+
+    if engine.simd_level() != 1:
+        pytest.skip("the packed microkernel needs AVX2/FMA")
+
+    def plan(cell, B, H, dtype=np.float32, threads=2):
+        G = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
+        x, W, R = np.zeros((B, 3, 4), dtype), np.zeros((4, G * H), dtype), np.zeros((H, G * H), dtype)
+        b = np.zeros((2, G * H), dtype) if cell == "gru" else None
+        return _dispatch.cpu_plan(build_spec(cell, x, W, R, b)[0], training=True, threads=threads)
+
+    assert plan("lstm", 32, 64).forward_packed                      # 16 rows a thread
+    assert not plan("lstm", 64, 64).forward_packed                  # 32 rows, G*H = 256
+    assert plan("lstm", 64, 64).backward_packed
+    assert plan("lstm", 128, 128).forward_packed                    # G*H = 512
+    assert not plan("simple_rnn", 128, 256).forward_packed          # G*H = 256
+    assert plan("simple_rnn", 128, 512).forward_packed
+    assert plan("gru", 64, 1024).forward_packed
+    assert not plan("lstm", 64, 2048).forward_packed                # H > 1024
+    assert not plan("lstm", 64, 2048).backward_packed
+    assert not plan("lstm", 64, 512, np.float64).forward_packed
+    assert plan("lstm", 200, 512, threads=1).forward_packed
 
 
 def test_openblas_stays_on_one_thread():

@@ -134,16 +134,18 @@ void fr_matvec_f32_avx2(const float *restrict R, const float *restrict x, int M,
  * A, twelve FMAs.  Panels are the outer loop, so one panel (K*64 bytes) stays in L1/L2 while every
  * row block of A streams over it; A (B x K) is small and stays in cache across panels.
  * Each step also copies A into 6-row k-interleaved blocks (`work`: B*K floats, 1/N of the flops) so
- * the six broadcasts of a k hit one cache line, and K runs in blocks of 256 so the panel slice in use
- * (16 KB) stays in L1 when K is large (H = 512, 1024).
+ * the six broadcasts of a k hit one cache line.  K runs in blocks of FR_KC = 1024: blocking K at 256
+ * (so a panel slice stays in L1) measured 5% slower at K = 512 than one block, which writes C once.
+ * The rows of C are a step's rows of xp, far apart and cold (the input GEMM wrote them long before):
+ * each tile prefetches its C rows before its K loop (M = 64: 55 -> 74 GFLOP/s, bench/NOTES.md 19).
  * Remainder rows (M % 6) go through the same code with fewer live accumulators (MR is a compile-time
  * constant per instantiation); remainder columns are computed on the zero padding and stored through
  * a stack tile.  beta is 0 (C is not read) or 1; A and C may be strided (lda, ldc).
  * ------------------------------------------------------------------------------------------------ */
 #define FR_NR 16
 #define FR_MR 6
-#define FR_KC 256
-#define FR_PF 16 /* rows of a panel (64 B each) prefetched ahead: ~1 KB, several L3 latencies of work */
+#define FR_KC 1024
+#define FR_PF 64 /* rows of a panel (64 B each) prefetched ahead: 4 KB, several L3 latencies of work */
 
 void fr_pack_panels_f32_avx2(const float *restrict R, int K, int N, int ldr, float *restrict P)
 {
@@ -182,6 +184,13 @@ void fr_pack_panels_t_f32_avx2(const float *restrict R, int K, int N, int ldr, f
 }
 
 static inline __attribute__((always_inline)) void
+fr_prefetch_row_f32(const float *c, int w)
+{
+    _mm_prefetch((const char *)c, _MM_HINT_T0);
+    _mm_prefetch((const char *)(c + w - 1), _MM_HINT_T0);   /* the row's second line when unaligned */
+}
+
+static inline __attribute__((always_inline)) void
 fr_store_row_f32(float *restrict c, __m256 v0, __m256 v1, float beta, int w)
 {
     if (w == FR_NR) {
@@ -213,6 +222,11 @@ fr_micro_f32(const int mr, int K, const float *restrict A, const float *restrict
     FR_ROW_DO(FR_DECL)
 #undef FR_DECL
     int k;
+    /* C's rows are far apart (a step's rows of xp, T*G*H apart batch-major) and were last touched by the
+     * input GEMM, so they come from L3 or DRAM: ask for them now, the K loop hides the wait */
+#define FR_PF_C(i) if (i < mr && beta != 0.0f) fr_prefetch_row_f32(C + (long)i * ldc, w);
+    FR_ROW_DO(FR_PF_C)
+#undef FR_PF_C
     for (k = 0; k < K; k++) {
         const __m256 b0 = _mm256_loadu_ps(Pp + (long)k * FR_NR), b1 = _mm256_loadu_ps(Pp + (long)k * FR_NR + 8);
         /* the panel streams from L3 when R is larger than L2: ask for it FR_PF rows ahead */
@@ -247,6 +261,12 @@ fr_micro_wide_f32(const int mr, const int npn, int K, const float *restrict A, c
     __m256 c10 = c00, c11 = c00, c12 = c00, c13 = c00, c14 = c00, c15 = c00;
     __m256 c20 = c00, c21 = c00, c22 = c00, c23 = c00, c24 = c00, c25 = c00;
     int k, q;
+    if (beta != 0.0f)
+        for (q = 0; q < npn; q++) {
+            int w = nleft - q * FR_NR < FR_NR ? nleft - q * FR_NR : FR_NR;
+            if (w <= 0) break;
+            for (k = 0; k < mr; k++) fr_prefetch_row_f32(C + (long)k * ldc + q * FR_NR, w);
+        }
     for (k = 0; k < K; k++) {
         const __m256 a0 = _mm256_broadcast_ss(A + (long)k * FR_MR);
         const __m256 a1 = mr > 1 ? _mm256_broadcast_ss(A + (long)k * FR_MR + 1) : a0;
@@ -270,21 +290,34 @@ fr_micro_wide_f32(const int mr, const int npn, int K, const float *restrict A, c
 }
 #undef FR_WIDE_J
 
+static inline void fr_pack_rows_f32(const float *restrict A, int lda, int mr, int K, float *restrict dst)
+{
+    int i, k;
+    for (i = 0; i < mr; i++) {
+        const float *src = A + (long)i * lda;
+        for (k = 0; k < K; k++) dst[(long)k * FR_MR + i] = src[k];
+    }
+}
+
 void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
                              float beta, float *restrict C, int ldc, float *restrict work)
 {
-    int p, m, k, i, k0, np = (N + FR_NR - 1) / FR_NR;
-    /* A -> row blocks of FR_MR rows, k-major (work[blk*FR_MR*K + k*FR_MR + i]), so each k's broadcasts
-     * come from one cache line, whatever lda is (ld = T*H in training) */
-    for (m = 0; m < M; m += FR_MR) {
-        int mr = M - m < FR_MR ? M - m : FR_MR;
-        float *dst = work + (long)m * K;
-        for (i = 0; i < mr; i++) {
-            const float *src = A + (long)(m + i) * lda;
-            for (k = 0; k < K; k++) dst[(long)k * FR_MR + i] = src[k];
-        }
+    int p, m, k0, np = (N + FR_NR - 1) / FR_NR;
+    /* Row blocks: 6 rows each, then the rest.  M = 6q + 2 (8, 14, ...) ends in two 4-row blocks instead
+     * of 6 + 2: a 4-row pass keeps 8 FMA chains busy, the 2-row pass over 3 panels measured slower
+     * (M = 8: 67 -> 84 GFLOP/s, bench/NOTES.md 19).  Every block sits at work + (its index)*FR_MR*K. */
+    const int four = M % FR_MR == 2 && M >= 8;
+    const int m6 = four ? M - 8 : M - M % FR_MR;   /* rows in 6-row blocks */
+    /* A -> row blocks, k-major (block[k*FR_MR + i]), so each k's broadcasts come from one cache line,
+     * whatever lda is (ld = T*H in training) */
+    for (m = 0; m < m6; m += FR_MR) fr_pack_rows_f32(A + (long)m * lda, lda, FR_MR, K, work + (long)m * K);
+    if (four) {
+        fr_pack_rows_f32(A + (long)m6 * lda, lda, 4, K, work + (long)m6 * K);
+        fr_pack_rows_f32(A + (long)(m6 + 4) * lda, lda, 4, K, work + (long)(m6 + FR_MR) * K);
+    } else if (M > m6) {
+        fr_pack_rows_f32(A + (long)m6 * lda, lda, M - m6, K, work + (long)m6 * K);
     }
-    /* K in blocks of FR_KC so a panel's slice (FR_KC*64 bytes) stays in L1 across all row blocks */
+    /* K in blocks of FR_KC (see the top: one block up to K = 1024) */
     for (k0 = 0; k0 < K || k0 == 0; k0 += FR_KC) {
         int kc = K - k0 < FR_KC ? K - k0 : FR_KC;
         float b = k0 == 0 ? beta : 1.0f;
@@ -292,19 +325,24 @@ void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int l
             int n0 = p * FR_NR, w = N - n0 < FR_NR ? N - n0 : FR_NR;
             const float *Pp = P + (long)p * K * FR_NR + (long)k0 * FR_NR;
             const float *Ap;
-            for (m = 0; m + FR_MR <= M; m += FR_MR) {
+            for (m = 0; m < m6; m += FR_MR) {
                 Ap = work + (long)m * K + (long)k0 * FR_MR;
                 fr_micro_f32(FR_MR, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w);
             }
-            Ap = work + (long)m * K + (long)k0 * FR_MR;
-            switch (M - m) {
-            case 4: fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w); break;
-            case 5: fr_micro_f32(5, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w); break;
+            Ap = work + (long)m6 * K + (long)k0 * FR_MR;
+            if (four) {
+                fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w);
+                fr_micro_f32(4, kc, Ap + (long)FR_MR * K, Pp, b, C + (long)(m6 + 4) * ldc + n0, ldc, w);
+                continue;
+            }
+            switch (M - m6) {
+            case 4: fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w); break;
+            case 5: fr_micro_f32(5, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w); break;
             default: break; /* 1-3 rows: below, several panels at a time */
             }
         }
-        m = M - M % FR_MR;
-        if (M - m >= 1 && M - m <= 3) {
+        m = m6;
+        if (!four && M - m >= 1 && M - m <= 3) {
             const int r = M - m, group = r == 3 ? 2 : 3;
             const float *Ap = work + (long)m * K + (long)k0 * FR_MR;
             const long ps = (long)K * FR_NR;
