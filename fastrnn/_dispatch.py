@@ -50,9 +50,13 @@ HIDDEN_SPLIT_MIN_H = 32
 # 10.6 ms vs rows 15.3; B = 8 and 16, H = 256: equal.  Where they tie, rows win: no barrier, so a thread
 # descheduled by another process does not stall the other at every step.
 HIDDEN_SPLIT_MAX_B = 4
-# The BPTT's split has more element-wise work per barrier; below this many multiply-adds a step (R's
-# size) it measured no faster than one thread (simple_rnn H=128, 16K: 0.343 vs 0.351 ms a backward).
-HIDDEN_SPLIT_MIN_BPTT_MACS = 32 * 1024
+# At B == 1 a step's matvec over R must be big enough to pay for the barrier each step.  Forward,
+# T = 300, 1 vs 2 threads, two runs (bench/NOTES.md 20): simple_rnn H=64 (4K multiply-adds a step)
+# 0.72-1.0x, H=128 (16K) 0.89-1.05x; gru H=64 (12K) 1.0-1.12x, H=128 (48K) 1.07-1.49x; lstm H=64 (16K)
+# 0.69-1.18x, H=128 (64K) 1.56-1.68x.  The BPTT's split, with more element-wise work per barrier:
+# simple_rnn H=128 (16K) 0.343 vs 0.351 ms a backward.  Below 32K the split is a coin toss that a busy
+# machine loses, so both keep one thread there.
+HIDDEN_SPLIT_MIN_MACS = 32 * 1024
 _packed_enabled = True
 
 
@@ -68,24 +72,26 @@ def packed_gemm(on=None):
 def cpu_plan(spec, training, threads=None):
     """The CpuPlan for a compiled call of `spec` (training: the forward keeps what backward needs).
 
-    Forward: B == 1 splits the hidden units (a bandwidth-bound vecmat per step), as does
-    2 <= B <= HIDDEN_SPLIT_MAX_B when the microkernel can run the slices (whole row blocks per slice,
-    each core keeping its share of R in cache); larger batches split rows, with no synchronisation.
-    Backward splits rows, or hidden units for B == 1.  GRU reset_after=False has two dependent products
-    a step and never splits units.  The forward's plan does not depend on `training`, so inference and training forwards
-    give the same numbers."""
+    Forward: B == 1 splits the hidden units (a bandwidth-bound vecmat per step) once R has
+    HIDDEN_SPLIT_MIN_MACS multiply-adds, as does 2 <= B <= HIDDEN_SPLIT_MAX_B when the microkernel can
+    run the slices (whole row blocks per slice, each core keeping its share of R in cache); larger
+    batches split rows, with no synchronisation.  Backward splits rows, or hidden units for B == 1.
+    GRU reset_after=False has two dependent products a step and never splits units.  The forward's
+    plan does not depend on `training`, so inference and training forwards give the same numbers."""
     from fastrnn._native import engine
 
     n = engine.get_num_threads() if threads is None else threads
     packable = (_packed_enabled and spec.dtype.char == "f" and engine.simd_level() == 1
                 and spec.H <= PACK_MAX_H and spec.T >= 2 and not (spec.cell == "gru" and not spec.reset_after))
     units_ok = n > 1 and spec.H >= HIDDEN_SPLIT_MIN_H and not (spec.cell == "gru" and not spec.reset_after)
-    if units_ok and (spec.B == 1 or (packable and spec.B <= HIDDEN_SPLIT_MAX_B)):
+    macs = spec.G * spec.H * spec.H   # R's multiply-adds per row and step
+    if units_ok and ((spec.B == 1 and macs >= HIDDEN_SPLIT_MIN_MACS)
+                     or (packable and 2 <= spec.B <= HIDDEN_SPLIT_MAX_B)):
         forward, forward_rows = "hidden", spec.B
     else:
         forward = "batch" if n > 1 and spec.B >= 2 else "serial"
         forward_rows = -(-spec.B // n) if forward == "batch" else spec.B
-    if units_ok and spec.B == 1 and spec.G * spec.H * spec.H >= HIDDEN_SPLIT_MIN_BPTT_MACS:
+    if units_ok and spec.B == 1 and macs >= HIDDEN_SPLIT_MIN_MACS:
         backward = "hidden"   # a matvec over R per step, bandwidth-bound like the forward's
     else:
         backward = "batch" if n > 1 and spec.B >= 2 else "serial"

@@ -15,10 +15,11 @@ from fastrnn._native import engine
 from test_engine import VARIANT_IDS, VARIANTS, check_against_reference, make_case
 
 OPTIONS = list(itertools.product(["none", "holes", "fully_masked_row"], [False, True], [False, True]))
-# B == 1 and B <= 4 split hidden units (B > 1 on the microkernel: float32 only), larger B split rows
-# (5, 1, 9, 184): large enough (G*H*H >= 32K for every cell) for the BPTT's hidden split too;
+# B == 1 (R of >= 32K multiply-adds) and B <= 4 split hidden units (B > 1 on the microkernel: float32
+# only), larger B split rows; (9, 1, 17, 120): the split for LSTM and GRU, one thread for SimpleRNN;
+# (5, 1, 9, 184): large enough (G*H*H >= 32K) for every cell; (1, 1, 5, 34): too small to split;
 # (4, 16, 9, 20) at 2 threads: 8 rows a part, the microkernel's 4 + 4 row blocks
-SHAPES = [(9, 1, 17, 40), (5, 1, 9, 184), (1, 1, 5, 34), (6, 3, 17, 40), (5, 7, 9, 20), (4, 20, 9, 20),
+SHAPES = [(9, 1, 17, 120), (5, 1, 9, 184), (1, 1, 5, 34), (6, 3, 17, 40), (5, 7, 9, 20), (4, 20, 9, 20),
           (4, 16, 9, 20)]
 
 
@@ -27,7 +28,8 @@ def expected_split(cell, extra, shape, dtype, dropout, threads):
     T, B, I, H = shape
     units = not (cell == "gru" and not extra.get("reset_after", True))
     packable = dtype == np.float32 and T >= 2 and not (cell == "gru" and not extra.get("reset_after", True))
-    if units and (B == 1 or (packable and B <= 4)):
+    G = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
+    if units and ((B == 1 and G * H * H >= 32 * 1024) or (packable and 2 <= B <= 4)):
         return f"hidden-unit split over {threads} threads"
     return f"batch split over {threads} threads" if B >= 2 else "(1 thread)"
 
@@ -62,18 +64,20 @@ def test_plans_follow_the_thread_count():
     x8 = np.zeros((4, 4, 8), np.float32)
     x40 = np.zeros((40, 4, 8), np.float32)
     W, R = np.zeros((8, 256), np.float32), np.zeros((64, 256), np.float32)
+    W2, R2 = np.zeros((8, 512), np.float32), np.zeros((128, 512), np.float32)
     with fastrnn.threads(1):
         for x in (x1, x8, x40):
             assert "(1 thread)" in F.explain("lstm", x, W, R)
     with fastrnn.threads(2):
-        assert "hidden-unit split over 2 threads" in F.explain("lstm", x1, W, R)
+        assert "hidden-unit split over 2 threads" in F.explain("lstm", x1, W2, R2)
+        # too small a matvec to pay for a barrier a step (HIDDEN_SPLIT_MIN_MACS): one thread
+        assert "(1 thread)" in F.explain("lstm", x1, W, R)
         assert "packed-microkernel (hidden-unit split over 2 threads)" in F.explain("lstm", x8, W, R)
         assert "batch split over 2 threads" in F.explain("lstm", x40, W, R)
         assert "batch split over 2 threads" in F.explain("lstm", x8.astype(np.float64), W, R)
         assert "packed-microkernel (batch split over 2 threads)" in F.explain("lstm", x40[:16], W, R)
     from fastrnn._spec import build_spec
 
-    W2, R2 = np.zeros((8, 512), np.float32), np.zeros((128, 512), np.float32)
     with fastrnn.threads(2):  # training: B == 1 splits the BPTT's units too (R big enough), larger B rows
         assert _dispatch.cpu_plan(build_spec("lstm", x1, W2, R2)[0], training=True).backward_split == "hidden"
         assert _dispatch.cpu_plan(build_spec("lstm", x1, W, R)[0], training=True).backward_split == "serial"
@@ -147,15 +151,18 @@ def test_split_gemm(threads, trans_a, trans_b, dtype):
         np.testing.assert_allclose(C, C1, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-4)
 
 
-@pytest.mark.parametrize("make", [lambda: layers.LSTM(40), lambda: layers.GRU(40),
-                                  lambda: layers.SimpleRNN(40, activation="relu")], ids=["lstm", "gru", "simple"])
-def test_streaming_hidden_split(threads, make):
+@pytest.mark.parametrize("name,make", [("lstm", lambda: layers.LSTM(96)), ("gru", lambda: layers.GRU(112)),
+                                       ("simple_rnn", lambda: layers.SimpleRNN(184, activation="relu"))],
+                         ids=["lstm", "gru", "simple"])
+def test_streaming_hidden_split(threads, name, make):
     """B == 1 streaming runs the hidden split with the input projection split too: equal to the whole
     sequence on 1 thread, over enough steps that both state buffers and the packing are exercised."""
     rng = np.random.default_rng(3)
     layer = make()
     x = rng.normal(size=(1, 12, 17)).astype(np.float32)
     layer(x)  # builds it
+    kw = {"activation": "relu"} if name == "simple_rnn" else {}
+    assert "hidden-unit split" in F.explain(name, x, layer.cell.kernel, layer.cell.recurrent_kernel, **kw)
     with fastrnn.threads(1):
         whole = layers.RNN(layer.cell, return_sequences=True)(x)
     stream = layer.stream(1)
@@ -186,7 +193,7 @@ def test_results_do_not_depend_on_which_workers_turn_up():
 
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(11)
-    cases = [make_case(rng, "lstm", {}, 30, B, 17, 40, mask="holes", init=True, dtype=np.float32)
+    cases = [make_case(rng, "lstm", {}, 30, B, 17, 96, mask="holes", init=True, dtype=np.float32)
              for B in (1, 3, 24)]
     with fastrnn.threads(2):
         quiet = [F.lstm(*args, **kw)[0] for args, kw in cases]
@@ -219,7 +226,7 @@ def test_pool_works_in_a_forked_child():
     import multiprocessing
 
     rng = np.random.default_rng(12)
-    cases = [make_case(rng, "lstm", {}, 20, B, 17, 40, mask="holes", init=True, dtype=np.float32)
+    cases = [make_case(rng, "lstm", {}, 20, B, 17, 96, mask="holes", init=True, dtype=np.float32)
              for B in (1, 6)]  # a team task (hidden split) and a parts task (batch split)
     with fastrnn.threads(2):
         want = [F.lstm(*args, **kw)[0] for args, kw in cases]  # the parent's pool is running now
@@ -232,3 +239,29 @@ def test_pool_works_in_a_forked_child():
     assert child.exitcode == 0
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def _team_probe(threads, rounds, sleep_us=0, tries=200):
+    """engine._pool_probe until a team of `threads` ran (a worker that misses its check-in leaves the
+    call to the caller alone; retried so the test does not depend on the OS's timing)."""
+    for _ in range(tries):
+        if engine._pool_probe(threads, rounds, sleep_us) == threads:
+            return True
+    return False
+
+
+def test_stall_guard_runs_alone_after_a_stalled_team_then_tries_again():
+    """pool.h, "Stall guard": a team task whose member is late at every barrier (as if the OS had taken
+    its core) makes the next calls run on the caller alone; after the solo period the team runs again,
+    and clean team tasks wind the guard down."""
+    with fastrnn.threads(2):
+        for _ in range(10):   # clean team tasks: no solo period left from earlier tests
+            _team_probe(2, 20)
+        assert engine.pool_stats()["backoff_calls"] == 0
+        assert _team_probe(2, 8, sleep_us=300), "no team of 2 ran the stalled task"
+        stats = engine.pool_stats()
+        assert stats["backoff_calls"] >= 2
+        assert engine._pool_probe(2, 4) == 1                 # alone now: the guard's solo period
+        assert engine.pool_stats()["solo_calls"] == stats["solo_calls"] + 1
+        assert _team_probe(2, 20, tries=300)                 # the team is tried again, and runs clean
+        assert engine.pool_stats()["backoff_calls"] < stats["backoff_calls"]

@@ -53,10 +53,11 @@ import numpy as np
 cimport numpy as cnp
 from cython cimport floating
 from libc.string cimport memcpy, memset
+from posix.unistd cimport usleep
 
 from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads, scipy_openblas_get_num_threads
 from fastrnn._kernels._gates cimport fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2, fr_gemm_packed_f32_avx2
-from fastrnn._kernels._pool cimport fr_pool_run, fr_pool_parts, fr_pool_barrier
+from fastrnn._kernels._pool cimport fr_pool_run, fr_pool_parts, fr_pool_barrier, fr_pool_stats
 from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row,
                                      fr_init_simd, fr_force_scalar, fr_simd_level)
@@ -1156,6 +1157,39 @@ def set_num_threads(int n):
 
 def get_num_threads():
     return _n_threads
+
+def pool_stats():
+    """{"solo_calls": team calls the pool's stall guard ran on the caller alone, "backoff_calls": its
+    current solo period in calls (0: none; a clean team task halves it)} (pool.h, "Stall guard")."""
+    cdef long solo = 0, backoff = 0
+    fr_pool_stats(&solo, &backoff)
+    return {"solo_calls": solo, "backoff_calls": backoff}
+
+
+ctypedef struct _ProbeJob:
+    int rounds
+    int sleep_us   # > 0: tid 1 sleeps this long before each barrier (a team member off its core)
+
+
+cdef void _probe_task(void *arg, int tid, int nth) noexcept nogil:
+    cdef _ProbeJob *P = <_ProbeJob *>arg
+    cdef int sense = 0, r
+    for r in range(P.rounds):
+        if tid == 1 and P.sleep_us > 0:
+            usleep(P.sleep_us)
+        fr_pool_barrier(nth, &sense)
+
+
+def _pool_probe(int threads, int rounds, int sleep_us=0):
+    """Test hook: a team task of `rounds` barriers on up to `threads` threads; sleep_us > 0 makes tid 1
+    late at every barrier, as if the OS had taken its core.  Returns the number of threads that ran."""
+    cdef _ProbeJob P
+    cdef int n
+    P.rounds, P.sleep_us = rounds, sleep_us
+    with nogil:
+        n = fr_pool_run(threads, _probe_task, &P, 1000000)
+    return n
+
 
 def get_blas_threads():
     """OpenBLAS's own thread count: always 1 (see above; a test checks it)."""

@@ -21,6 +21,37 @@ static inline void relax(int *spins)
     else FR_PAUSE();
 }
 
+/* Stall guard for team tasks.  A wait in a team task that outlasts the pause phase (tens of
+ * microseconds) means a thread of the team was not running: another process, or another runtime's
+ * spinning pool in this process (onnxruntime's, torch's OpenMP), has its core.  A team then runs at
+ * the speed of its slowest member's time slices, often slower than one thread alone.  When such waits
+ * (at barriers and the final join, summed over the team) took a quarter or more of a team task's
+ * time, fr_pool_run runs the next calls on the caller alone (2 calls, doubling on each stalled task
+ * up to 128; a clean team task halves the period), then tries the team again: a retry under lasting
+ * contention costs at most one slow call in 128.  Counted in calls, not time, so long and short calls
+ * (a whole sequence, a streaming step) retry at the same rate.  Results do not change: a task keeps
+ * the plan's partition whatever nth it gets. */
+#define FR_STALL_BACKOFF_MIN 2
+#define FR_STALL_BACKOFF_MAX 128
+static volatile long stall_ns;     /* time the current team task's threads waited past the pause phase */
+static long backoff;               /* the current solo period in calls (0: none) */
+static long solo_left;             /* calls fr_pool_run still runs alone */
+static long n_solo_calls;          /* calls the guard ran alone (fr_pool_stats) */
+
+static long now_ns(void);
+
+/* relax(), timing the part of the wait past the pause phase: *since is 0 until the wait gets there */
+static inline void relax_timed(int *spins, long *since)
+{
+    if (*spins == FR_SPIN_YIELD) *since = now_ns();
+    relax(spins);
+}
+
+static inline void add_stall(long since)
+{
+    if (since) __atomic_add_fetch(&stall_ns, now_ns() - since, __ATOMIC_RELAXED);
+}
+
 #define FR_POOL_SPIN_NS 200000L        /* 0.2 ms of idle spinning: covers the Python between two steps */
 #define FR_POOL_CHECKIN_NS 100000L     /* covers a worker's wake-up from its condition variable */
 #define FR_POOL_CHECKIN_MIN_NS 20000L  /* the floor of that wait after repeated misses */
@@ -128,6 +159,7 @@ static void after_fork_child(void)
     pthread_mutex_init(&wake_lock, NULL);
     pthread_cond_init(&wake_cond, NULL);
     n_workers = 0;
+    solo_left = backoff = 0;
 }
 
 static int grow(int want)
@@ -154,9 +186,16 @@ static int grow(int want)
 
 int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns)
 {
-    long wait_ns;
+    long wait_ns, t_start, join_since = 0;
     if (n > FR_POOL_MAX) n = FR_POOL_MAX;
     if (n <= 1 || pthread_mutex_trylock(&run_lock) != 0) {
+        fn(arg, 0, 1);
+        return 1;
+    }
+    if (solo_left > 0) {   /* the stall guard's solo period */
+        solo_left--;
+        n_solo_calls++;
+        pthread_mutex_unlock(&run_lock);
         fn(arg, 0, 1);
         return 1;
     }
@@ -166,6 +205,8 @@ int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns)
         fn(arg, 0, 1);
         return 1;
     }
+    stall_ns = 0;
+    t_start = now_ns();
     job_fn = fn;
     job_arg = arg;
     job_want = n;
@@ -213,10 +254,26 @@ int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns)
     fn(arg, 0, n);
     {
         int spins = 0;
-        while (__atomic_load_n(&job_left, __ATOMIC_ACQUIRE) != 0) relax(&spins);
+        while (__atomic_load_n(&job_left, __ATOMIC_ACQUIRE) != 0) relax_timed(&spins, &join_since);
+        add_stall(join_since);
+    }
+    if (n > 1) {   /* every worker has returned: stall_ns is final */
+        if (4 * __atomic_load_n(&stall_ns, __ATOMIC_ACQUIRE) >= now_ns() - t_start) {
+            backoff = backoff ? 2 * backoff : FR_STALL_BACKOFF_MIN;
+            if (backoff > FR_STALL_BACKOFF_MAX) backoff = FR_STALL_BACKOFF_MAX;
+            solo_left = backoff;
+        } else {
+            backoff /= 2;
+        }
     }
     pthread_mutex_unlock(&run_lock);
     return n;
+}
+
+void fr_pool_stats(long *solo_calls, long *backoff_calls)
+{
+    *solo_calls = n_solo_calls;
+    *backoff_calls = backoff;
 }
 
 void fr_pool_barrier(int nth, int *local_sense)
@@ -230,7 +287,9 @@ void fr_pool_barrier(int nth, int *local_sense)
         __atomic_store_n(&bar_sense, s, __ATOMIC_RELEASE);
     } else {
         int spins = 0;
-        while (__atomic_load_n(&bar_sense, __ATOMIC_ACQUIRE) != s) relax(&spins);
+        long since = 0;
+        while (__atomic_load_n(&bar_sense, __ATOMIC_ACQUIRE) != s) relax_timed(&spins, &since);
+        add_stall(since);
     }
 }
 

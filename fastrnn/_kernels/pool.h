@@ -22,6 +22,10 @@
  *
  * The barrier (one per pool: only one multi-threaded task runs at a time) is a sense-reversing counter:
  * one atomic add per thread per wait, spinning with pause.
+ *
+ * Stall guard: when waits past the pause phase (a team member off its core) took a quarter or more of
+ * a team task's time, the next calls run on the caller alone (2 calls, doubling while it recurs, up to
+ * 128), then the team is tried again (pool.c).
  */
 #ifndef FASTRNN_POOL_H
 #define FASTRNN_POOL_H
@@ -47,5 +51,9 @@ int fr_pool_parts(int n, int nparts, fr_part_fn fn, void *arg);
  * the busy-pool fallback never touches the barrier of the task that holds the pool).
  * IN nth (the task's); IN/OUT local_sense: each thread's own flag, 0 before its first wait. */
 void fr_pool_barrier(int nth, int *local_sense);
+
+/* OUT solo_calls: team calls the stall guard has run on the caller alone so far; OUT backoff_calls:
+ * its current solo period in calls (0: none; a clean team task halves it). */
+void fr_pool_stats(long *solo_calls, long *backoff_calls);
 
 #endif
