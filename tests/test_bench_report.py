@@ -1,0 +1,38 @@
+"""bench/report.py's target table: the issue's target per row, and whether it needs more than the peak."""
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_target_of(report):
+    assert report.target_of("lstm-t100-b16-i256-h256", "forward") == 1.5
+    assert report.target_of("lstm-t100-b1-i128-h128", "forward") == 1.5
+    assert report.target_of("lstm-t50-b64-i512-h512", "forward") == 1.0
+    assert report.target_of("gru-t50-b64-i512-h512", "training") == 1.3
+
+
+def test_targets_table_flags_needs_above_the_peak(report):
+    def eng(fr_ms, peer_ms, flops):
+        return {"fastrnn": {"median": fr_ms / 1e3, "gflops": flops / fr_ms / 1e6},
+                "torch": {"median": peer_ms / 1e3, "gflops": flops / peer_ms / 1e6}}
+
+    rows = {("lstm", "lstm-t50-b64-i512-h512", "training", 2): eng(300.0, 340.0, 40.3e9),  # torch 118.5 GFLOP/s
+            ("lstm", "lstm-t28-b64-i28-h64", "training", 2): eng(2.0, 3.0, 0.1e9),
+            ("gru", "gru-t50-b64-i512-h512", "forward", 2): eng(100.0, 90.0, 10e9)}
+    text = report.targets_table(rows, {2: {"numpy": 140.0}})
+    lines = {tuple(line.split(" | ")[:2]): line for line in text.splitlines()[2:]}
+    assert lines[("| lstm", "t50-b64-i512-h512")].endswith("| no (above peak) |")  # 1.3 * 118.5 = 154 > 140
+    assert lines[("| lstm", "t28-b64-i28-h64")].endswith("| yes |")                # 1.5x >= 1.3x
+    gru = lines[("| gru", "t50-b64-i512-h512")]
+    assert "| 1.0x | 0.90x |" in gru and gru.endswith("| no |")                     # slower, within the peak
