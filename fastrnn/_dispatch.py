@@ -44,7 +44,8 @@ class CpuPlan(NamedTuple):
 PACK_MAX_ROWS = 16
 PACK_MIN_COLUMNS = 512
 PACK_MAX_H = 1024
-# The hidden split pays one barrier per step (~0.1-0.3 us between two cores): worth it from H = 32 on.
+# The hidden split pays one barrier per step (~0.1-0.3 us between two quiet cores, a time slice when one
+# is taken): never below H = 32, and at B == 1 only from HIDDEN_SPLIT_MIN_MACS (below).
 HIDDEN_SPLIT_MIN_H = 32
 # ... and for small batches only.  Loop time, 2 threads, packed (bench/NOTES.md): B = 4, H = 512: hidden
 # 10.6 ms vs rows 15.3; B = 8 and 16, H = 256: equal.  Where they tie, rows win: no barrier, so a thread
