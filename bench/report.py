@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Summarise pytest-benchmark JSON files from ``pytest bench --benchmark-json=...``.
 
-    python bench/report.py bench/results/t2.json [bench/results/t1.json ...] [--long] [--targets]
+    python bench/report.py bench/results/t2.json [bench/results/t1.json ...] [--long] [--targets] [--best]
                                                                    [--plot out.png | --no-plot]
 
 Prints markdown: per (cell, problem, mode, threads) the median ms of every engine, fastrnn's GFLOP/s and
 % of the sgemm peak measured in the same session, the fastest peer (any engine but fastrnn) and
 ``speedup = best peer median / fastrnn median`` (> 1: fastrnn is faster).  ``--long`` adds one row per
 engine with its GFLOP/s, % of peak and ratio to the fastest peer; ``--targets`` the issue's target
-speedup per row and the share of the measured peak it would need.  Draws a PNG of the speedups when
+speedup per row and the share of the measured peak it would need; ``--best`` over several runs of the
+same cases keeps each engine's lowest median.  Draws a PNG of the speedups when
 matplotlib is installed.
 """
 from __future__ import annotations
@@ -26,8 +27,10 @@ CELL_ORDER = ["lstm", "gru", "simple_rnn"]
 MODE_ORDER = ["forward", "training"]
 
 
-def load(paths):
-    """-> (rows, peaks): rows[(cell, problem, mode, threads)] = {engine: info}; peaks[threads] = {impl: GFLOP/s}."""
+def load(paths, best=False):
+    """-> (rows, peaks): rows[(cell, problem, mode, threads)] = {engine: info}; peaks[threads] = {impl: GFLOP/s}.
+    An engine timed in several files keeps the last file's entry, or with `best` its lowest median (the
+    same rule for every engine: on a shared machine, the run least disturbed by other work)."""
     rows, peaks = OrderedDict(), {}
     for path in paths:
         with open(path) as f:
@@ -45,6 +48,9 @@ def load(paths):
                 cur[impl] = max(cur.get(impl, 0.0), gflops)
                 continue
             key = (ex["cell"], ex["problem"], ex["mode"], threads)
+            seen = rows.get(key, {}).get(ex["engine"])
+            if best and seen is not None and seen["median"] <= median:
+                continue
             rows.setdefault(key, {})[ex["engine"]] = {
                 "median": median, "gflops": gflops, "rounds": bm["stats"].get("rounds"),
                 "flops": ex["flops"], "load": ex.get("loadavg1"),
@@ -239,11 +245,13 @@ def main(argv=None):
     ap.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s)")
     ap.add_argument("--long", action="store_true", help="also one row per engine")
     ap.add_argument("--targets", action="store_true", help="also the issue's target per row and what it needs")
+    ap.add_argument("--best", action="store_true",
+                    help="several runs of the same cases: each engine's lowest median (default: the last file's)")
     ap.add_argument("--plot", help="PNG path (default: speedup.png next to the first JSON)")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
 
-    rows, peaks = load(args.json)
+    rows, peaks = load(args.json, best=args.best)
     if not rows:
         print("no fastrnn benchmark entries (extra_info) in " + ", ".join(args.json), file=sys.stderr)
         return 1

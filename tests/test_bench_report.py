@@ -36,3 +36,21 @@ def test_targets_table_flags_needs_above_the_peak(report):
     assert lines[("| lstm", "t28-b64-i28-h64")].endswith("| yes |")                # 1.5x >= 1.3x
     gru = lines[("| gru", "t50-b64-i512-h512")]
     assert "| 1.0x | 0.90x |" in gru and gru.endswith("| no |")                     # slower, within the peak
+
+
+def test_best_keeps_each_engines_lowest_median(report, tmp_path):
+    import json
+
+    def run(path, fr, peer):
+        bms = [{"stats": {"median": m}, "extra_info": {"engine": e, "flops": 1e9, "threads": 2, "cell": "lstm",
+                                                        "problem": "lstm-t2-b1-i3-h4", "mode": "forward"}}
+               for e, m in (("fastrnn", fr), ("torch", peer))]
+        path.write_text(json.dumps({"benchmarks": bms}))
+        return str(path)
+
+    a, b = run(tmp_path / "a.json", 1.0, 3.0), run(tmp_path / "b.json", 2.0, 1.5)
+    key = ("lstm", "lstm-t2-b1-i3-h4", "forward", 2)
+    last, _ = report.load([a, b])
+    best, _ = report.load([a, b], best=True)
+    assert (last[key]["fastrnn"]["median"], last[key]["torch"]["median"]) == (2.0, 1.5)
+    assert (best[key]["fastrnn"]["median"], best[key]["torch"]["median"]) == (1.0, 1.5)
