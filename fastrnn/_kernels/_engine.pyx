@@ -39,8 +39,9 @@ Packed R.  When the plan says so (fastrnn._dispatch.cpu_plan: float32 on AVX2, H
 GRU reset_after=False, and for the forward 2..16 batch rows per thread or G*H >= 512 columns), `forward`
 packs R once per call into 16-column panels (gates.h, fr_pack_panels_f32_avx2) before the loop, and the
 full per-step product h @ R runs on our own 6 x 16 FMA microkernel instead of sgemm, which repacks R on
-every call (OpenBLAS has no pack-once API).  `backward` does the same for its dG @ R^T with R^T packed (fr_pack_panels_t_f32_avx2).
-Loop.Rp holds the call's packed matrix (R forward, R^T backward); NULL means matmul/BLAS runs.
+every call (OpenBLAS has no pack-once API).  `backward` does the same for its dG @ R^T with R^T packed
+(fr_pack_panels_t_f32_avx2).  Loop.Rp holds the call's packed matrix (R forward, R^T backward); NULL
+means matmul/BLAS runs.
 
 Threads.  The plan also says how the loop is split over fastrnn's pool (pool.h): by batch rows (each
 part runs the loop on its rows; forward and backward) or, for the forward of B <= 4, by hidden units
