@@ -152,9 +152,9 @@ cdef inline int _time(const Loop *L, int s) noexcept nogil:
     """Input time read by processing step s."""
     return L.T - 1 - s if L.go_backwards else s
 
-cdef inline floating *_slot(const Loop *L, floating *seq, floating *final, floating *pingpong, int s,
-                            int *ld) noexcept nogil:
-    """Where the state entering step s lives (s == T: the final state); its row stride goes to ld."""
+cdef inline floating *_slot(const Loop *L, floating *seq, floating *final, int s, int *ld) noexcept nogil:
+    """Where the state entering step s lives (s == T: the final state); its row stride goes to ld.
+    seq: the saved sequence (training) or a ping-pong pair of B rows (inference)."""
     if s == L.T:
         ld[0] = L.H
         return final
@@ -162,7 +162,7 @@ cdef inline floating *_slot(const Loop *L, floating *seq, floating *final, float
         ld[0] = _rs(L) * L.H
         return seq + _row(L, 0, _time(L, s)) * L.H
     ld[0] = L.H
-    return pingpong + (s % 2) * <Py_ssize_t>L.B * L.H
+    return seq + (s % 2) * <Py_ssize_t>L.B * L.H
 
 cdef inline floating *_hd_slot(const Loop *L, floating *hd, int s, int *ld) noexcept nogil:
     """Where h_d (the state times the recurrent dropout mask) of step s lives: the saved row of time
@@ -265,19 +265,19 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
     cdef bint is_lstm = L.cell == CELL_LSTM, is_gru = L.cell == CELL_GRU
 
     # the state entering step 0 is the initial state (copied into its slot so every step reads a slot)
-    hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, 0, &ldp)
+    hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, 0, &ldp)
     _copy_rows(hpp, ldp, <floating *>L.h0, H, B, H)
     if is_lstm:
-        cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, 0, &ldcp)
+        cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, 0, &ldcp)
         _copy_rows(cpp, ldcp, <floating *>L.c0, H, B, H)
 
     for s in range(T):
         t = _time(L, s)
-        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, s, &ldp)
-        hnp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, s + 1, &ldn)
+        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, s, &ldp)
+        hnp = _slot(L, <floating *>L.hp, <floating *>L.hT, s + 1, &ldn)
         if is_lstm:
-            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s, &ldcp)
-            cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s + 1, &ldcn)
+            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, s, &ldcp)
+            cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, s + 1, &ldcn)
         g = xp + _row(L, 0, t) * GH
 
         # h_d: the state as the recurrent matmul sees it
@@ -529,10 +529,10 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
     while _next_slice(J, nth, &sl, &u0, &nu):   # this thread's slices: tid, tid + nth, ...
         if J.pack:
             _hsplit_pack(J, sl, <floating *>J.pk + sl * J.pk_stride)
-        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, 0, &ldp)
+        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, 0, &ldp)
         _copy_rows(hpp + u0, ldp, <floating *>L.h0 + u0, H, B, nu)
         if is_lstm:
-            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, 0, &ldcp)
+            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, 0, &ldcp)
             _copy_rows(cpp + u0, ldcp, <floating *>L.c0 + u0, H, B, nu)
         if rdm != NULL:  # h_d of step 0, read by every slice's product
             hdp = _hd_slot(L, <floating *>L.hd, 0, &ldd)
@@ -543,11 +543,11 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
 
     for s in range(T):
         t = _time(L, s)
-        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, s, &ldp)
-        hnp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, s + 1, &ldn)
+        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, s, &ldp)
+        hnp = _slot(L, <floating *>L.hp, <floating *>L.hT, s + 1, &ldn)
         if is_lstm:
-            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s, &ldcp)
-            cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s + 1, &ldcn)
+            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, s, &ldcp)
+            cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, s + 1, &ldcn)
         if rdm != NULL:
             hdp = _hd_slot(L, <floating *>L.hd, s, &ldd)
         elif s == 0:
@@ -640,10 +640,10 @@ cdef void _hsplit_backward(const Job *J, int tid, int nth, floating *xp) noexcep
         memset(dacc + u0, 0, nu * sizeof(floating))
     for s in range(T - 1, -1, -1):
         t = _time(L, s)
-        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, s, &ldp)
+        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, s, &ldp)
         if is_lstm:
-            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s, &ldcp)
-            cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s + 1, &ldcn)
+            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, s, &ldcp)
+            cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, s + 1, &ldcn)
         if is_gru:
             auxp = <floating *>L.aux + _row(L, 0, t) * H
         g = xp + _row(L, 0, t) * GH
@@ -842,10 +842,10 @@ cdef void _backward(Loop *L, floating *xp) noexcept nogil:
     memset(dacc, 0, <Py_ssize_t>B * H * sizeof(floating))
     for s in range(T - 1, -1, -1):
         t = _time(L, s)
-        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, <floating *>L.hp, s, &ldp)
+        hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, s, &ldp)
         if is_lstm:
-            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s, &ldcp)
-            cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, <floating *>L.cp, s + 1, &ldcn)
+            cpp = _slot(L, <floating *>L.cp, <floating *>L.cT, s, &ldcp)
+            cnp_ = _slot(L, <floating *>L.cp, <floating *>L.cT, s + 1, &ldcn)
         if rdm != NULL:
             hdp = <floating *>L.hd + _row(L, 0, t) * H
             ldd = rs * H
