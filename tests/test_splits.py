@@ -255,8 +255,10 @@ def test_stall_guard_runs_alone_after_a_stalled_team_then_tries_again():
     its core) makes the next calls run on the caller alone; after the solo period the team runs again,
     and clean team tasks wind the guard down."""
     with fastrnn.threads(2):
-        for _ in range(10):   # clean team tasks: no solo period left from earlier tests
-            _team_probe(2, 20)
+        for _ in range(200):   # clean team tasks wind down any solo period left from earlier tests (or
+            _team_probe(2, 20)  # from a team the OS stalled just now, on a busy machine)
+            if engine.pool_stats()["backoff_calls"] == 0:
+                break
         assert engine.pool_stats()["backoff_calls"] == 0
         assert _team_probe(2, 8, sleep_us=300), "no team of 2 ran the stalled task"
         stats = engine.pool_stats()

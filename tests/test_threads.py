@@ -95,8 +95,11 @@ def test_same_results_at_1_and_2_threads(cell, dtype, training):
     with fastrnn.threads(2):
         two = run(cell, problem, training)
     for a, b in zip(one, two):
-        if dtype == np.float64:  # OpenBLAS's dgemm sums in the same order at any thread count
-            np.testing.assert_array_equal(a, b)
+        if dtype == np.float64:
+            # A 2-thread plan splits the batch, so each part's per-step dgemm has half the rows, and
+            # OpenBLAS's AVX-512 (SKYLAKEX) build picks its small-matrix kernel, another summation
+            # order, by size: measured 1.6e-15 here (the AVX2 builds sum alike at any size).
+            assert np.abs(a - b).max() <= 1e-13 * np.abs(b).max()
         else:
             # OpenBLAS's sgemm picks another kernel (another summation order) with 2 threads: measured
             # up to 1.3e-6 of the array's largest magnitude here (a few float32 ulps after T steps)

@@ -37,8 +37,13 @@ void FN(fr_dact)(int kind, T *dx, const T *y, const T *dy, int n)
     }
 }
 
+#ifdef FR_OWN_LSTM_FWD /* gates_avx2.c fuses the default activations and calls this for the others */
+static void FN(fr_lstm_fwd_row_generic)(T *restrict g, const T *restrict bias, const T *restrict c_prev,
+                                        T *restrict c, T *restrict h, int H, int act, int ract)
+#else
 void FN(fr_lstm_fwd_row)(T *restrict g, const T *restrict bias, const T *restrict c_prev, T *restrict c,
                          T *restrict h, int H, int act, int ract)
+#endif
 {
     int j;
     if (bias)

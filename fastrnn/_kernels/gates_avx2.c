@@ -5,7 +5,10 @@
  *
  * exp: Cephes-style range reduction x = n*ln2 + r (ln2 split in two constants so r is exact), a
  * degree-5 polynomial for e^r on |r| <= ln2/2, and 2^n built in the exponent bits.  The input is
- * clamped to [-87.3, 88.3] so 2^n never leaves the normal range.
+ * clamped to [-87.3, 88.3] so 2^n never leaves the normal range.  n is rounded by adding 1.5*2^23
+ * (the sum's low mantissa bits are n, so one FMA gives both n and 2^n's bits) and the polynomial is
+ * evaluated by Estrin's scheme: the same coefficients as Horner's, a shorter dependency chain and two
+ * fewer instructions (round, convert) than the first version; 8% more activations a second.
  * sigmoid(x) = 1 / (1 + e^-x)            (true division: the rcp estimate costs ~1e-4 of accuracy)
  * tanh(x)    = sign(x) * (1 - e) / (1 + e), e = e^(-2|x|)   (never overflows, max abs error ~2e-7)
  * A tail of n % 8 elements goes through the same vector code on a zero-padded copy, so every element
@@ -18,23 +21,40 @@
 static inline __m256 exp256(__m256 x)
 {
     const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365478515625f);
-    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f), shifter = _mm256_set1_ps(12582912.0f);
     const __m256 c1 = _mm256_set1_ps(0.693359375f), c2 = _mm256_set1_ps(-2.12194440e-4f);
-    __m256 n, r, p;
+    __m256 t, n, r, r2, p01, p23, p45, p;
     __m256i e;
     x = _mm256_min_ps(hi, _mm256_max_ps(lo, x)); /* operand order keeps NaN */
-    n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    t = _mm256_fmadd_ps(x, log2e, shifter);     /* 1.5*2^23 + round(x*log2e): n in the low bits */
+    n = _mm256_sub_ps(t, shifter);
     r = _mm256_fnmadd_ps(n, c1, x);
     r = _mm256_fnmadd_ps(n, c2, r);
-    p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    r2 = _mm256_mul_ps(r, r);
+    /* e^r = 1 + r + r^2 * (p01 + r^2 * (p23 + r^2 * p45)) */
+    p01 = _mm256_fmadd_ps(_mm256_set1_ps(1.6666665459e-1f), r, _mm256_set1_ps(5.0000001201e-1f));
+    p23 = _mm256_fmadd_ps(_mm256_set1_ps(8.3334519073e-3f), r, _mm256_set1_ps(4.1665795894e-2f));
+    p45 = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(_mm256_fmadd_ps(p45, r2, p23), r2, p01);
+    p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* 2^n: n's two's-complement bits shifted into the exponent field, plus the bias */
+    e = _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(t), 23), _mm256_set1_epi32(127 << 23));
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline __m256 sigmoid256(__m256 x)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    return _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+static inline __m256 tanh256(__m256 x)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    __m256 ax = _mm256_andnot_ps(sign, x);
+    __m256 e = exp256(_mm256_mul_ps(ax, _mm256_set1_ps(-2.0f)));
+    __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+    return _mm256_or_ps(t, _mm256_and_ps(sign, x));
 }
 
 static inline __m256 act256(int kind, __m256 x)
@@ -42,14 +62,10 @@ static inline __m256 act256(int kind, __m256 x)
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     const __m256 sign = _mm256_set1_ps(-0.0f);
     switch (kind) {
-    case FR_TANH: {
-        __m256 ax = _mm256_andnot_ps(sign, x);
-        __m256 e = exp256(_mm256_mul_ps(ax, _mm256_set1_ps(-2.0f)));
-        __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
-        return _mm256_or_ps(t, _mm256_and_ps(sign, x));
-    }
+    case FR_TANH:
+        return tanh256(x);
     case FR_SIGMOID:
-        return _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(zero, x))));
+        return sigmoid256(x);
     case FR_HARD_SIGMOID: {
         __m256 v = _mm256_fmadd_ps(x, _mm256_set1_ps(1.0f / 6.0f), _mm256_set1_ps(0.5f));
         return _mm256_min_ps(one, _mm256_max_ps(zero, v)); /* max/min return the 2nd operand on NaN */
@@ -118,10 +134,62 @@ void fr_matvec_f32_avx2(const float *restrict R, const float *restrict x, int M,
 #define T float
 #define SFX f32_avx2
 #define FR_OWN_MATVEC
+#define FR_OWN_LSTM_FWD
 #include "cell_rows.inc.h"
+#undef FR_OWN_LSTM_FWD
 #undef FR_OWN_MATVEC
 #undef T
 #undef SFX
+
+/* LSTM row with the default activations (sigmoid gates, tanh cell) in one pass: each 8-unit vector
+ * loads its four pre-activations, the bias and c_prev once and stores the gates, c and h once, where
+ * the generic row makes seven passes over the row and four calls of fr_act (perf, lstm t28-b64-i28-h64:
+ * fr_act 31% and the row 5% of the forward).  The tail of H % 8 units runs the same arithmetic on
+ * masked loads and stores, so every unit's result is the same wherever it sits in the row (the
+ * hidden split's slices see the same numbers as the whole row). */
+static inline __attribute__((always_inline)) void
+fr_lstm_fwd_units(float *restrict g, const float *restrict bias, const float *restrict c_prev,
+                  float *restrict c, float *restrict h, int H, int j, int tail, __m256i m)
+{
+#define FR_LD(p) (tail ? _mm256_maskload_ps((p), m) : _mm256_loadu_ps(p))
+#define FR_ST(p, v) (tail ? _mm256_maskstore_ps((p), m, (v)) : _mm256_storeu_ps((p), (v)))
+    float *gi = g + j, *gf = g + H + j, *gc = g + 2 * H + j, *go = g + 3 * H + j;
+    __m256 vi = FR_LD(gi), vf = FR_LD(gf), vc = FR_LD(gc), vo = FR_LD(go), cn;
+    if (bias) {
+        vi = _mm256_add_ps(vi, FR_LD(bias + j));
+        vf = _mm256_add_ps(vf, FR_LD(bias + H + j));
+        vc = _mm256_add_ps(vc, FR_LD(bias + 2 * H + j));
+        vo = _mm256_add_ps(vo, FR_LD(bias + 3 * H + j));
+    }
+    vi = sigmoid256(vi);
+    vf = sigmoid256(vf);
+    vc = tanh256(vc);
+    vo = sigmoid256(vo);
+    cn = _mm256_fmadd_ps(vf, FR_LD(c_prev + j), _mm256_mul_ps(vi, vc));
+    FR_ST(gi, vi);
+    FR_ST(gf, vf);
+    FR_ST(gc, vc);
+    FR_ST(go, vo);
+    FR_ST(c + j, cn);
+    FR_ST(h + j, _mm256_mul_ps(vo, tanh256(cn)));
+#undef FR_LD
+#undef FR_ST
+}
+
+void fr_lstm_fwd_row_f32_avx2(float *restrict g, const float *restrict bias, const float *restrict c_prev,
+                              float *restrict c, float *restrict h, int H, int act, int ract)
+{
+    int j = 0;
+    if (act != FR_TANH || ract != FR_SIGMOID) {
+        fr_lstm_fwd_row_generic_f32_avx2(g, bias, c_prev, c, h, H, act, ract);
+        return;
+    }
+    for (; j + 8 <= H; j += 8) fr_lstm_fwd_units(g, bias, c_prev, c, h, H, j, 0, _mm256_setzero_si256());
+    if (j < H) {
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        fr_lstm_fwd_units(g, bias, c_prev, c, h, H, j, 1, _mm256_cmpgt_epi32(_mm256_set1_epi32(H - j), lane));
+    }
+}
 
 /* ---------------------------------------------------------------------------------------------------
  * Packed recurrent GEMM: C := A @ R + beta*C with R packed once per forward call (gates.h).
