@@ -59,7 +59,7 @@ from posix.unistd cimport usleep
 from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads, scipy_openblas_get_num_threads
 from fastrnn._kernels._gates cimport fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2, fr_gemm_packed_f32_avx2
 from fastrnn._kernels._pool cimport fr_pool_run, fr_pool_parts, fr_pool_barrier, fr_pool_stats
-from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_row,
+from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row,
                                      fr_init_simd, fr_force_scalar, fr_simd_level)
 
@@ -318,9 +318,8 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
             if is_lstm:
                 lstm_fwd_row(gb, bx, cpp + b * ldcp, cnp_ + b * ldcn, hnp + b * ldn, H, L.act, L.ract)
             elif is_gru and L.reset_after:
-                gru_zr_row(gb, rec + b * GH, bx, br, H, L.ract)
-                gru_reset_after_row(gb, rec + b * GH, bx, br, auxp + b * lda, H)
-                gru_h_row(gb, <floating *>NULL, hpp + b * ldp, hnp + b * ldn, H, L.act)
+                gru_reset_after_fwd_row(gb, rec + b * GH, bx, br, auxp + b * lda, hpp + b * ldp, hnp + b * ldn,
+                                        H, L.act, L.ract)
             elif is_gru:
                 gru_h_row(gb, bx + 2 * H if bx != NULL else NULL, hpp + b * ldp, hnp + b * ldn, H, L.act)
             else:
@@ -588,11 +587,8 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
                         lstm_fwd_row(loc + b * G * nu, lbx, cpp + b * ldcp + u0, cnp_ + b * ldcn + u0,
                                      hnp + b * ldn + u0, nu, L.act, L.ract)
                     elif is_gru:
-                        gru_zr_row(loc + b * G * nu, lrec + b * G * nu, lbx, lbr, nu, L.ract)
-                        gru_reset_after_row(loc + b * G * nu, lrec + b * G * nu, lbx, lbr,
-                                            auxp + b * lda + u0, nu)
-                        gru_h_row(loc + b * G * nu, <floating *>NULL, hpp + b * ldp + u0, hnp + b * ldn + u0,
-                                  nu, L.act)
+                        gru_reset_after_fwd_row(loc + b * G * nu, lrec + b * G * nu, lbx, lbr, auxp + b * lda + u0,
+                                                hpp + b * ldp + u0, hnp + b * ldn + u0, nu, L.act, L.ract)
                     else:
                         simple_fwd_row(loc + b * G * nu, lbx, hnp + b * ldn + u0, nu, L.act)
                     if L.training:   # backward reads the post-activation gates

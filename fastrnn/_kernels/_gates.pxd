@@ -20,6 +20,8 @@ cdef extern from "gates.h" nogil:
     void fr_gru_reset_after_row_f64(double *g, const double *rec, const double *bx, const double *br, double *rh, int H)
     void fr_gru_h_row_f32(float *g, const float *b_h, const float *h_prev, float *h, int H, int act)
     void fr_gru_h_row_f64(double *g, const double *b_h, const double *h_prev, double *h, int H, int act)
+    void fr_gru_reset_after_fwd_row_f32(float *g, const float *rec, const float *bx, const float *br, float *rh, const float *h_prev, float *h, int H, int act, int ract)
+    void fr_gru_reset_after_fwd_row_f64(double *g, const double *rec, const double *bx, const double *br, double *rh, const double *h_prev, double *h, int H, int act, int ract)
     void fr_gru_bwd_zh_row_f32(const float *g, const float *h_prev, const float *dh, float *dg, float *dh_direct, int H, int act, int ract)
     void fr_gru_bwd_zh_row_f64(const double *g, const double *h_prev, const double *dh, double *dg, double *dh_direct, int H, int act, int ract)
     void fr_gru_bwd_r_row_f32(const float *g, const float *a, const float *b, float *dg, int H, int ract)
@@ -56,15 +58,16 @@ cdef inline void gru_zr_row(floating *g, const floating *rec, const floating *bx
     if floating is float: fr_gru_zr_row_f32(g, rec, bx, br, H, ract)
     else: fr_gru_zr_row_f64(g, rec, bx, br, H, ract)
 
-cdef inline void gru_reset_after_row(floating *g, const floating *rec, const floating *bx,
-                                     const floating *br, floating *rh, int H) noexcept nogil:
-    if floating is float: fr_gru_reset_after_row_f32(g, rec, bx, br, rh, H)
-    else: fr_gru_reset_after_row_f64(g, rec, bx, br, rh, H)
-
 cdef inline void gru_h_row(floating *g, const floating *b_h, const floating *h_prev, floating *h, int H,
                            int act) noexcept nogil:
     if floating is float: fr_gru_h_row_f32(g, b_h, h_prev, h, H, act)
     else: fr_gru_h_row_f64(g, b_h, h_prev, h, H, act)
+
+cdef inline void gru_reset_after_fwd_row(floating *g, const floating *rec, const floating *bx,
+                                         const floating *br, floating *rh, const floating *h_prev,
+                                         floating *h, int H, int act, int ract) noexcept nogil:
+    if floating is float: fr_gru_reset_after_fwd_row_f32(g, rec, bx, br, rh, h_prev, h, H, act, ract)
+    else: fr_gru_reset_after_fwd_row_f64(g, rec, bx, br, rh, h_prev, h, H, act, ract)
 
 cdef inline void gru_bwd_zh_row(const floating *g, const floating *h_prev, const floating *dh,
                                 floating *dg, floating *dh_direct, int H, int act, int ract) noexcept nogil:

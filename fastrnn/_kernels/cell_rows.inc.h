@@ -62,9 +62,15 @@ void FN(fr_lstm_fwd_row)(T *restrict g, const T *restrict bias, const T *restric
     }
 }
 
+#ifdef FR_OWN_LSTM_BWD /* likewise */
+static void FN(fr_lstm_bwd_row_generic)(const T *restrict g, const T *restrict c_prev, const T *restrict c,
+                                        const T *restrict dh, T *restrict dc, T *restrict dg,
+                                        T *restrict tmp, int H, int act, int ract)
+#else
 void FN(fr_lstm_bwd_row)(const T *restrict g, const T *restrict c_prev, const T *restrict c,
                          const T *restrict dh, T *restrict dc, T *restrict dg, T *restrict tmp, int H,
                          int act, int ract)
+#endif
 {
     const T *gi = g, *gf = g + H, *gc = g + 2 * H, *go = g + 3 * H;
     /* one restrict pointer per block: with dg[k*H + j] gcc keeps the loop scalar */
@@ -120,6 +126,22 @@ void FN(fr_gru_h_row)(T *restrict g, const T *restrict b_h, const T *restrict h_
         for (j = 0; j < H; j++) gh[j] += b_h[j];
     FN(fr_act)(act, gh, gh, H);
     for (j = 0; j < H; j++) h[j] = z[j] * h_prev[j] + ((T)1 - z[j]) * gh[j];
+}
+
+#ifdef FR_OWN_GRU_FWD /* gates_avx2.c fuses the default activations and calls this for the others */
+static void FN(fr_gru_reset_after_fwd_row_generic)(T *restrict g, const T *restrict rec, const T *restrict bx,
+                                                   const T *restrict br, T *restrict rh,
+                                                   const T *restrict h_prev, T *restrict h, int H, int act,
+                                                   int ract)
+#else
+void FN(fr_gru_reset_after_fwd_row)(T *restrict g, const T *restrict rec, const T *restrict bx,
+                                    const T *restrict br, T *restrict rh, const T *restrict h_prev,
+                                    T *restrict h, int H, int act, int ract)
+#endif
+{
+    FN(fr_gru_zr_row)(g, rec, bx, br, H, ract);
+    FN(fr_gru_reset_after_row)(g, rec, bx, br, rh, H);
+    FN(fr_gru_h_row)(g, (const T *)0, h_prev, h, H, act);
 }
 
 void FN(fr_gru_bwd_zh_row)(const T *restrict g, const T *restrict h_prev, const T *restrict dh,

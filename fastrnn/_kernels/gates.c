@@ -98,6 +98,8 @@ FR_PICK(fr_gru_reset_after_row, (float *g, const float *rec, const float *bx, co
         (g, rec, bx, br, rh, H))
 FR_PICK(fr_gru_h_row, (float *g, const float *b_h, const float *h_prev, float *h, int H, int act),
         (g, b_h, h_prev, h, H, act))
+FR_PICK(fr_gru_reset_after_fwd_row, (float *g, const float *rec, const float *bx, const float *br, float *rh, const float *h_prev, float *h, int H, int act, int ract),
+        (g, rec, bx, br, rh, h_prev, h, H, act, ract))
 FR_PICK(fr_gru_bwd_zh_row, (const float *g, const float *h_prev, const float *dh, float *dg, float *dh_direct, int H, int act, int ract),
         (g, h_prev, dh, dg, dh_direct, H, act, ract))
 FR_PICK(fr_gru_bwd_r_row, (const float *g, const float *a, const float *b, float *dg, int H, int ract),

@@ -61,6 +61,10 @@ int fr_simd_level(void);
     /* GRU state: hh := act(g_h + b_h); h := z*h_prev + (1-z)*hh.                                     \
      * IN/OUT g (3H); IN b_h (H or NULL), h_prev; OUT h */                                             \
     void fr_gru_h_row_##SFX(T *g, const T *b_h, const T *h_prev, T *h, int H, int act);                \
+    /* GRU reset_after=True, a whole row: zr_row, reset_after_row, then h_row with no b_h (the biases \
+     * are bx and br).  IN/OUT g (3H); IN rec (3H), bx, br (3H or NULL), h_prev; OUT rh (H), h */       \
+    void fr_gru_reset_after_fwd_row_##SFX(T *g, const T *rec, const T *bx, const T *br, T *rh,           \
+                                          const T *h_prev, T *h, int H, int act, int ract);             \
     /* GRU backward of the z and candidate paths.  IN g (post-act z,r,hh), h_prev, dh;                 \
      * OUT dg_z, dg_h (in dg, 3H layout; dg_r untouched), dh_direct := z*dh */                         \
     void fr_gru_bwd_zh_row_##SFX(const T *g, const T *h_prev, const T *dh, T *dg, T *dh_direct, int H, \

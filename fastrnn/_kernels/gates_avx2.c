@@ -135,7 +135,11 @@ void fr_matvec_f32_avx2(const float *restrict R, const float *restrict x, int M,
 #define SFX f32_avx2
 #define FR_OWN_MATVEC
 #define FR_OWN_LSTM_FWD
+#define FR_OWN_LSTM_BWD
+#define FR_OWN_GRU_FWD
 #include "cell_rows.inc.h"
+#undef FR_OWN_GRU_FWD
+#undef FR_OWN_LSTM_BWD
 #undef FR_OWN_LSTM_FWD
 #undef FR_OWN_MATVEC
 #undef T
@@ -188,6 +192,102 @@ void fr_lstm_fwd_row_f32_avx2(float *restrict g, const float *restrict bias, con
     if (j < H) {
         const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         fr_lstm_fwd_units(g, bias, c_prev, c, h, H, j, 1, _mm256_cmpgt_epi32(_mm256_set1_epi32(H - j), lane));
+    }
+}
+
+/* The LSTM backward row with the default activations in one pass, likewise (the generic row makes
+ * eight passes): per 8 units, with ac = tanh(c) recomputed,
+ *   d := dc + dh*o*(1 - ac^2);  dg_i := d*cand*i(1-i);  dg_f := d*c_prev*f(1-f);  dg_c := d*i*(1-cand^2);
+ *   dg_o := dh*ac*o(1-o);  dc := d*f.   tmp is not used. */
+static inline __attribute__((always_inline)) void
+fr_lstm_bwd_units(const float *restrict g, const float *restrict c_prev, const float *restrict c,
+                  const float *restrict dh, float *restrict dc, float *restrict dg, int H, int j, int tail,
+                  __m256i m)
+{
+#define FR_LD(p) (tail ? _mm256_maskload_ps((p), m) : _mm256_loadu_ps(p))
+#define FR_ST(p, v) (tail ? _mm256_maskstore_ps((p), m, (v)) : _mm256_storeu_ps((p), (v)))
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 vi = FR_LD(g + j), vf = FR_LD(g + H + j), vc = FR_LD(g + 2 * H + j), vo = FR_LD(g + 3 * H + j);
+    __m256 vdh = FR_LD(dh + j), ac = tanh256(FR_LD(c + j));
+    __m256 dct = _mm256_mul_ps(_mm256_mul_ps(vdh, vo), _mm256_fnmadd_ps(ac, ac, one));
+    __m256 d = _mm256_add_ps(FR_LD(dc + j), dct);
+    FR_ST(dg + j, _mm256_mul_ps(_mm256_mul_ps(d, vc), _mm256_mul_ps(vi, _mm256_sub_ps(one, vi))));
+    FR_ST(dg + H + j, _mm256_mul_ps(_mm256_mul_ps(d, FR_LD(c_prev + j)), _mm256_mul_ps(vf, _mm256_sub_ps(one, vf))));
+    FR_ST(dg + 2 * H + j, _mm256_mul_ps(_mm256_mul_ps(d, vi), _mm256_fnmadd_ps(vc, vc, one)));
+    FR_ST(dg + 3 * H + j, _mm256_mul_ps(_mm256_mul_ps(vdh, ac), _mm256_mul_ps(vo, _mm256_sub_ps(one, vo))));
+    FR_ST(dc + j, _mm256_mul_ps(d, vf));
+#undef FR_LD
+#undef FR_ST
+}
+
+void fr_lstm_bwd_row_f32_avx2(const float *restrict g, const float *restrict c_prev, const float *restrict c,
+                              const float *restrict dh, float *restrict dc, float *restrict dg,
+                              float *restrict tmp, int H, int act, int ract)
+{
+    int j = 0;
+    if (act != FR_TANH || ract != FR_SIGMOID) {
+        fr_lstm_bwd_row_generic_f32_avx2(g, c_prev, c, dh, dc, dg, tmp, H, act, ract);
+        return;
+    }
+    for (; j + 8 <= H; j += 8) fr_lstm_bwd_units(g, c_prev, c, dh, dc, dg, H, j, 0, _mm256_setzero_si256());
+    if (j < H) {
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        fr_lstm_bwd_units(g, c_prev, c, dh, dc, dg, H, j, 1, _mm256_cmpgt_epi32(_mm256_set1_epi32(H - j), lane));
+    }
+}
+
+/* The GRU (reset_after=True) row with the default activations in one pass, likewise (the generic row
+ * is three functions, six passes): per 8 units
+ *   z, r := sigmoid(g + rec + bx + br);  rh := rec_h + br_h;  hh := tanh(g_h + (r*rh + bx_h));
+ *   h := z*h_prev + (1-z)*hh,  with g := z, r, hh and rh kept for backward. */
+static inline __attribute__((always_inline)) __m256
+fr_gru_pre(const float *restrict g, const float *restrict rec, const float *restrict bx,
+           const float *restrict br, int o, int tail, __m256i m)
+{
+#define FR_LD(p) (tail ? _mm256_maskload_ps((p), m) : _mm256_loadu_ps(p))
+    __m256 v = _mm256_add_ps(FR_LD(g + o), FR_LD(rec + o));
+    if (bx) v = _mm256_add_ps(v, FR_LD(bx + o));
+    if (br) v = _mm256_add_ps(v, FR_LD(br + o));
+    return v;
+#undef FR_LD
+}
+
+static inline __attribute__((always_inline)) void
+fr_gru_fwd_units(float *restrict g, const float *restrict rec, const float *restrict bx,
+                 const float *restrict br, float *restrict rh, const float *restrict h_prev,
+                 float *restrict h, int H, int j, int tail, __m256i m)
+{
+#define FR_LD(p) (tail ? _mm256_maskload_ps((p), m) : _mm256_loadu_ps(p))
+#define FR_ST(p, v) (tail ? _mm256_maskstore_ps((p), m, (v)) : _mm256_storeu_ps((p), (v)))
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 z = sigmoid256(fr_gru_pre(g, rec, bx, br, j, tail, m));
+    __m256 r = sigmoid256(fr_gru_pre(g, rec, bx, br, H + j, tail, m));
+    __m256 vrh = _mm256_add_ps(FR_LD(rec + 2 * H + j), br ? FR_LD(br + 2 * H + j) : zero);
+    __m256 hh = tanh256(_mm256_add_ps(FR_LD(g + 2 * H + j),
+                                      _mm256_fmadd_ps(r, vrh, bx ? FR_LD(bx + 2 * H + j) : zero)));
+    FR_ST(g + j, z);
+    FR_ST(g + H + j, r);
+    FR_ST(g + 2 * H + j, hh);
+    FR_ST(rh + j, vrh);
+    FR_ST(h + j, _mm256_fmadd_ps(z, FR_LD(h_prev + j), _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), z), hh)));
+#undef FR_LD
+#undef FR_ST
+}
+
+void fr_gru_reset_after_fwd_row_f32_avx2(float *restrict g, const float *restrict rec, const float *restrict bx,
+                                         const float *restrict br, float *restrict rh,
+                                         const float *restrict h_prev, float *restrict h, int H, int act,
+                                         int ract)
+{
+    int j = 0;
+    if (act != FR_TANH || ract != FR_SIGMOID) {
+        fr_gru_reset_after_fwd_row_generic_f32_avx2(g, rec, bx, br, rh, h_prev, h, H, act, ract);
+        return;
+    }
+    for (; j + 8 <= H; j += 8) fr_gru_fwd_units(g, rec, bx, br, rh, h_prev, h, H, j, 0, _mm256_setzero_si256());
+    if (j < H) {
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        fr_gru_fwd_units(g, rec, bx, br, rh, h_prev, h, H, j, 1, _mm256_cmpgt_epi32(_mm256_set1_epi32(H - j), lane));
     }
 }
 
