@@ -30,7 +30,7 @@ class CpuPlan(NamedTuple):
     threads: int            # fastrnn's thread count at the time of the call
     forward_split: str      # "serial" | "batch" (rows per thread, no sync) | "hidden" (units, a barrier a step)
     backward_split: str     # "serial" | "batch" | "hidden" (B == 1)
-    forward_packed: bool    # forward's per-step product on the packed-R microkernel, not BLAS / vecmat
+    forward_packed: bool    # forward's per-step product on packed R (the microkernel; B == 1: vector panels), not BLAS / vecmat
     backward_packed: bool   # backward's dG @ R^T likewise (on R^T)
 
 
@@ -41,6 +41,8 @@ class CpuPlan(NamedTuple):
 # fewer columns its per-step copy of A into row blocks is not paid back: SimpleRNN H=256, 64 rows,
 # sgemm 1.2-1.5x faster.  Backward (dG @ R^T, K = G*H): wins at every row count measured (1.0-1.3x).
 # H <= 1024: at H = 2048 the two tie (R^T no longer fits L3), and the packed copy costs memory.
+# B == 1 packs R into 64-column vector panels (one sequential stream per panel) from G*H >= 512 columns,
+# where R outgrows L2 and the row-major vecmat's four row streams plus y traffic lose (bench/NOTES.md 23).
 PACK_MAX_ROWS = 16
 PACK_MIN_COLUMNS = 512
 PACK_MAX_H = 1024
@@ -98,8 +100,11 @@ def cpu_plan(spec, training, threads=None):
         backward = "batch" if n > 1 and spec.B >= 2 else "serial"
     backward_rows = -(-spec.B // n) if backward == "batch" else spec.B
     wide = spec.G * spec.H >= PACK_MIN_COLUMNS
-    return CpuPlan(n, forward, backward if training else "serial",
-                   packable and 2 <= forward_rows and (forward_rows <= PACK_MAX_ROWS or wide),
+    if spec.B == 1:   # the one-row product on R's vector panels (serial, or the hidden split's slices)
+        forward_packed = packable and wide
+    else:
+        forward_packed = packable and 2 <= forward_rows and (forward_rows <= PACK_MAX_ROWS or wide)
+    return CpuPlan(n, forward, backward if training else "serial", forward_packed,
                    training and packable and 2 <= backward_rows)
 
 
@@ -109,7 +114,7 @@ def _kernel_name(spec, plan):
         parts.append("reset_after" if spec.reset_after else "reset_before")
     parts.append(str(spec.dtype))
     if plan.forward_packed:  # the per-step product (see _blas.pxd and _engine.pyx)
-        parts.append("packed-microkernel")
+        parts.append("packed-vecmat" if spec.B == 1 else "packed-microkernel")
     else:
         parts.append("simd-vecmat" if spec.B == 1 or plan.forward_split == "hidden" else "blas-gemm")
     split = {"serial": "1 thread", "batch": f"batch split over {plan.threads} threads",

@@ -162,12 +162,13 @@ def test_backward_can_be_called_twice():
 
 @pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("shape", [(6, 2, 17, 34), (5, 7, 9, 20), (5, 8, 17, 34), (4, 14, 9, 20), (4, 16, 17, 34),
-                                   (3, 40, 9, 176)],
-                         ids=["b2", "b7", "b8", "b14", "b16", "b40"])  # 8, 14: row blocks end in 4 + 4
+                                   (3, 40, 9, 176), (7, 1, 17, 176)],
+                         ids=["b2", "b7", "b8", "b14", "b16", "b40", "b1"])  # 8, 14: row blocks end in 4 + 4
 def test_packed_recurrent_product(cell, extra, shape):
     """float32, one thread: the per-step products run on the packed-R microkernel (_engine.pyx, 'Packed
-    R') in the forward at 2 <= B <= 16, or any B once G*H >= 512 (B = 40: LSTM and GRU), and always in
-    the backward; they must agree with the float64 reference like the BLAS path does, with masks,
+    R') in the forward at 2 <= B <= 16, or any B once G*H >= 512 (B = 40: LSTM and GRU), and in the
+    backward at B >= 2; B == 1 on R's vector panels once G*H >= 512 (LSTM and GRU, with a tail panel:
+    G*H = 704 and 528); they must agree with the float64 reference like the BLAS path does, with masks,
     go_backwards and an initial state, in the inference and the training forward and the gradients."""
     import fastrnn
     from fastrnn import _dispatch
@@ -179,8 +180,10 @@ def test_packed_recurrent_product(cell, extra, shape):
     with fastrnn.threads(1):
         assert _dispatch.packed_gemm()
         G = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
-        packs = (cell != "gru" or extra.get("reset_after", True)) and (B <= 16 or G * H >= 512)
-        assert ("packed-microkernel" in F.explain(cell, *args, **kw)) == packs
+        wide = G * H >= 512
+        packs = (cell != "gru" or extra.get("reset_after", True)) and (wide if B == 1 else (B <= 16 or wide))
+        kernel = "packed-vecmat" if B == 1 else "packed-microkernel"
+        assert (kernel in F.explain(cell, *args, **kw)) == packs
         check_against_reference(cell, args, kw, np.dtype(np.float32), rng)
         packed, _ = getattr(F, cell)(*args, **kw)
         _dispatch.packed_gemm(False)

@@ -92,8 +92,8 @@ def test_plans_follow_the_thread_count():
 
 def test_packed_plan_rules():
     """Where the plan puts the per-step product on the packed microkernel (fastrnn._dispatch, PACK_*):
-    forward at <= 16 rows a thread, or at any row count once G*H >= 512 columns; backward at any row
-    count; float32 with H <= 1024 only."""
+    forward at <= 16 rows a thread, or at any row count once G*H >= 512 columns (B == 1: on vector
+    panels, from G*H >= 512); backward at 2 or more rows a thread; float32 with H <= 1024 only."""
     from fastrnn._spec import build_spec
 
     if engine.simd_level() != 1:
@@ -116,6 +116,10 @@ def test_packed_plan_rules():
     assert not plan("lstm", 64, 2048).backward_packed
     assert not plan("lstm", 64, 512, np.float64).forward_packed
     assert plan("lstm", 200, 512, threads=1).forward_packed
+    assert plan("lstm", 1, 128).forward_packed                      # B == 1: vector panels at G*H >= 512
+    assert plan("lstm", 1, 128, threads=1).forward_packed
+    assert not plan("gru", 1, 128).forward_packed                   # G*H = 384
+    assert not plan("lstm", 1, 128).backward_packed                 # the B == 1 BPTT reads R's rows
 
 
 def test_openblas_stays_on_one_thread():

@@ -41,7 +41,9 @@ packs R once per call into 16-column panels (gates.h, fr_pack_panels_f32_avx2) b
 full per-step product h @ R runs on our own 6 x 16 FMA microkernel instead of sgemm, which repacks R on
 every call (OpenBLAS has no pack-once API).  `backward` does the same for its dG @ R^T with R^T packed
 (fr_pack_panels_t_f32_avx2).  Loop.Rp holds the call's packed matrix (R forward, R^T backward); NULL
-means matmul/BLAS runs.
+means matmul/BLAS runs.  With one row (B == 1, G*H >= 512) the forward packs R instead into 64-column
+vector panels (Loop.Rv, fr_pack_vec_panels_f32_avx2; the hidden split packs its slices so too), which
+the one-row product streams sequentially (fr_vecmat_panels_f32_avx2).
 
 Threads.  The plan also says how the loop is split over fastrnn's pool (pool.h): by batch rows (each
 part runs the loop on its rows; forward and backward) or, for the forward of B <= 4, by hidden units
@@ -57,7 +59,8 @@ from libc.string cimport memcpy, memset
 from posix.unistd cimport usleep
 
 from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads, scipy_openblas_get_num_threads
-from fastrnn._kernels._gates cimport fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2, fr_gemm_packed_f32_avx2
+from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2, fr_gemm_packed_f32_avx2,
+                                     fr_pack_vec_panels_f32_avx2, fr_vecmat_panels_f32_avx2)
 from fastrnn._kernels._pool cimport fr_pool_run, fr_pool_parts, fr_pool_barrier, fr_pool_stats
 from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row,
@@ -84,6 +87,7 @@ ctypedef struct Loop:
     void *xp
     void *R
     void *Rp           # float32 R packed in 16-column panels, or NULL (module docstring: Packed R)
+    void *Rv           # B == 1: float32 R packed in 64-column vector panels, or NULL (likewise)
     void *Ap           # with Rp: scratch for the step's h_d in 6-row blocks
     void *bx
     void *br
@@ -126,7 +130,7 @@ cdef void _fill(Loop *L, object ws, object spec) except *:
     L.go_backwards, L.zero_output = spec.go_backwards, spec.zero_output_for_mask
     L.time_major, L.training = spec.time_major, ws.training
     L.xp, L.R, L.bx, L.br = _ptr(ws.xp), _ptr(ws.R), _ptr(ws.bx), _ptr(ws.br)
-    L.Rp = L.Ap = NULL
+    L.Rp = L.Ap = L.Rv = NULL
     L.h0, L.c0 = _ptr(ws.h0), _ptr(ws.c0)
     L.mask = <const unsigned char *>_ptr(ws.mask)
     L.rdmask = _ptr(ws.rdmask)
@@ -205,6 +209,9 @@ cdef inline void _rmatmul(const Loop *L, int M, int N, int K,
                           ) noexcept nogil:
     """The full recurrent product of one step: on the packed R when forward packed it, else matmul."""
     if floating is float:
+        if L.Rv != NULL:   # B == 1 (the plan packs vector panels for one row only)
+            fr_vecmat_panels_f32_avx2(A, <const float *>L.Rv, K, N, beta, C)
+            return
         if L.Rp != NULL:
             fr_gemm_packed_f32_avx2(M, N, K, A, lda, <const float *>L.Rp, beta, C, ldc, <float *>L.Ap)
             return
@@ -361,7 +368,9 @@ ctypedef struct Job:
     void *vec                  # per slice: gates, product, bx, br, A scratch (_vec), vec_stride elements apart
     Py_ssize_t vec_stride
     bint pack                  # pack R_k (and W_k) and the bias slices first (False: packed already)
-    bint panels                # R_k in the microkernel's panels (B >= 2, float32) instead of row-major
+    bint panels                # float32 R_k packed for the plan's product instead of row-major: the
+                               # microkernel's 16-column panels per gate block (B >= 2), or 64-column
+                               # vector panels over the whole slice (B == 1)
     const void *xin            # streaming (StepKernel): the step's input x (1, n_in); NULL: use xp
     const void *W              # with xin: the input kernel (n_in, G*H), packed per slice below R_k
     int n_in
@@ -466,15 +475,19 @@ cdef inline Py_ssize_t _panel_set(int H, int nu) noexcept nogil:
 
 cdef void _hsplit_pack(const Job *J, int sl, floating *pk) noexcept nogil:
     """Slice sl's R_k (H, G*nu) (then W_k (n_in, G*nu) when streaming) and bias slices, from the full R
-    (W) and biases: row-major for the vecmat (B == 1), or, for the microkernel (Job.panels), each gate
-    block's nu columns in its own set of panels (a panel never straddles two gate blocks)."""
+    (W) and biases: row-major for the vecmat, or packed (Job.panels): for the microkernel (B >= 2) each
+    gate block's nu columns in its own set of panels (a panel never straddles two gate blocks), for the
+    one-row product (B == 1) the slice's G*nu columns side by side in 64-column vector panels."""
     cdef const Loop *L = J.L
     cdef int H = L.H, G = L.G, GH = L.G * L.H, u0 = sl * J.per, k
     cdef int nu = H - u0 if H - u0 < J.per else J.per
     if J.panels:
         if floating is float:
-            for k in range(G):
-                fr_pack_panels_f32_avx2(<const float *>L.R + k * H + u0, H, nu, GH, pk + k * _panel_set(H, nu))
+            if L.B == 1:
+                fr_pack_vec_panels_f32_avx2(<const float *>L.R + u0, H, GH, G, H, nu, pk)
+            else:
+                for k in range(G):
+                    fr_pack_panels_f32_avx2(<const float *>L.R + k * H + u0, H, nu, GH, pk + k * _panel_set(H, nu))
     else:
         for k in range(H):
             _gather(pk + <Py_ssize_t>k * G * nu, <const floating *>L.R + <Py_ssize_t>k * GH, G, H, u0, nu)
@@ -490,11 +503,15 @@ cdef void _hsplit_pack(const Job *J, int sl, floating *pk) noexcept nogil:
 cdef inline void _hsplit_product(const Job *J, int sl, int nu, const floating *hdp, int ldd, floating beta,
                                  floating *C) noexcept nogil:
     """C (B, G*nu) := h_d (B, H) rows ldd apart @ R_k + beta*C: the slice's share of the step's product
-    (one microkernel call per gate block, or one vecmat / GEMM over the row-major R_k)."""
+    (one microkernel call per gate block, one vecmat over the vector panels, or one vecmat / GEMM over
+    the row-major R_k)."""
     cdef const Loop *L = J.L
     cdef int N = L.G * nu, k
     cdef floating *pk = <floating *>J.pk + sl * J.pk_stride
     if floating is float:
+        if J.panels and L.B == 1:
+            fr_vecmat_panels_f32_avx2(hdp, pk, L.H, N, beta, C)
+            return
         if J.panels:
             for k in range(L.G):
                 fr_gemm_packed_f32_avx2(L.B, nu, L.H, hdp, ldd, pk + k * _panel_set(L.H, nu), beta, C + k * nu, N,
@@ -726,8 +743,8 @@ cdef void _run_batch(Job *J, int n) noexcept:
 
 cdef class _HSplitBuffers:
     """The hidden split's per-slice buffers (Job.pk, Job.vec, see _vec): each slice's block starts on its
-    own 64-byte line, so two threads never write one cache line.  panels: R_k in the microkernel's
-    16-column panels (float32, B >= 2) rather than row-major for the vecmat."""
+    own 64-byte line, so two threads never write one cache line.  panels: R_k packed (float32; Job.panels:
+    the microkernel's 16-column panels for B >= 2, vector panels for B == 1) rather than row-major."""
     cdef readonly object pk, vec
     cdef readonly int nslices, per
     cdef readonly bint panels
@@ -738,8 +755,12 @@ cdef class _HSplitBuffers:
         self.nslices, self.panels = nslices, panels
         self.per = ((H + nslices - 1) // nslices + 7) // 8 * 8   # whole SIMD vectors per slice
         gp = <Py_ssize_t>G * self.per
-        # row-major R_k (and W_k), or G panel sets of ceil(per/16) panels (H, 16)
-        self.pk_stride = ((H + n_in) * G * ((self.per + 15) // 16 * 16) + 15) // 16 * 16
+        # row-major R_k (and W_k), G panel sets of ceil(per/16) panels (H, 16), or (B == 1) ceil(G*per/64)
+        # vector panels (H, 64)
+        if panels and B == 1:
+            self.pk_stride = H * ((G * self.per + 63) // 64 * 64)
+        else:
+            self.pk_stride = ((H + n_in) * G * ((self.per + 15) // 16 * 16) + 15) // 16 * 16
         a_scratch = ((B + 5) // 6 * 6) * H if panels else 0   # the microkernel's A scratch
         self.vec_stride = (2 * B * gp + 2 * gp + a_scratch + 15) // 16 * 16
         self.pk = np.empty(self.pk_stride * nslices, dtype)
@@ -770,6 +791,17 @@ cdef object _pack_recurrent(Loop *L, Job *J, int n, bint transposed):
     return packed, scratch
 
 
+cdef object _pack_recurrent_vec(Loop *L):
+    """B == 1: pack R (H, G*H) once per call into 64-column vector panels, Loop.Rv; returns the array,
+    which the caller keeps alive for the loop."""
+    cdef int GH = L.G * L.H
+    cdef cnp.ndarray packed = np.empty(L.H * ((GH + 63) // 64 * 64), np.float32)
+    L.Rv = cnp.PyArray_DATA(packed)
+    with nogil:
+        fr_pack_vec_panels_f32_avx2(<const float *>L.R, L.H, GH, 1, 0, GH, <float *>L.Rv)
+    return packed
+
+
 def forward(ws, spec, plan=None):
     """Run the forward time loop over the Workspace `ws` (arrays prepared by fastrnn.functional).
 
@@ -797,7 +829,7 @@ def forward(ws, spec, plan=None):
             fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
         return
     if plan is not None and plan.forward_packed and f32 and fr_simd_level():
-        keep = _pack_recurrent(&L, &J, n, False)
+        keep = _pack_recurrent_vec(&L) if L.B == 1 else _pack_recurrent(&L, &J, n, False)
     _run_batch(&J, n)
 
 

@@ -36,6 +36,8 @@ cdef extern from "gates.h" nogil:
     void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P)
     void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const float *P, float beta,
                                  float *C, int ldc, float *work)
+    void fr_pack_vec_panels_f32_avx2(const float *R, int K, int ldr, int nblk, int blk_stride, int blk_w, float *P)
+    void fr_vecmat_panels_f32_avx2(const float *x, const float *P, int K, int N, float beta, float *y)
 
 
 cdef inline void dact(int kind, floating *dx, const floating *y, const floating *dy, int n) noexcept nogil:

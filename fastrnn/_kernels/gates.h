@@ -101,4 +101,13 @@ void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const float *P, float beta,
                              float *C, int ldc, float *work);
 
+/* B == 1: R (K, N) packed once into ceil(N/64) panels of 64 columns, K-major, the last zero-padded
+ * (FR_VEC_PACKED_SIZE(K, N) floats), then per step y := x @ R + beta*y (x (K,), y (N,)).  The panels'
+ * N = nblk*blk_w columns are nblk blocks of blk_w columns of R, blk_stride columns apart (one block:
+ * all of R; the hidden split: the same units of each gate block).  float32 on AVX2/FMA only, as above.
+ * pack: IN R; OUT P.   vecmat: IN x, P; IN/OUT y */
+#define FR_VEC_PACKED_SIZE(K, N) ((long)(K) * (((N) + 63) / 64) * 64)
+void fr_pack_vec_panels_f32_avx2(const float *R, int K, int ldr, int nblk, int blk_stride, int blk_w, float *P);
+void fr_vecmat_panels_f32_avx2(const float *x, const float *P, int K, int N, float beta, float *y);
+
 #endif

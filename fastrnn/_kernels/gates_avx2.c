@@ -535,3 +535,73 @@ void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int l
         }
     }
 }
+
+/* ---------------------------------------------------------------------------------------------------
+ * B == 1: y := x @ R + beta*y with R packed once per call in 64-column K-major panels.
+ *
+ * Why: the one-row product streams all of R every step and is bound by the cache it streams from.
+ * fr_vecmat reads R row-major, four rows per pass over y, so each pass has four read streams plus y's
+ * load and store; here each panel (K x 64, contiguous) is one sequential stream and its 64 outputs stay
+ * in eight ymm accumulators for the whole K loop (no y traffic).  C harness, one core, best of 3 (us):
+ * K x N = 512 x 2048 (4 MiB, from L3) 56-64 -> 43-49, 512 x 1024 24-25 -> 22-23, 128 x 512 (L2)
+ * 2.3-2.6 -> 2.3, 64 x 256 0.57 -> 0.57.  (bench/NOTES.md 23; a register-blocked walk down the rows of
+ * the unpacked R was slower, NOTES 22: the stride, not the blocking, was what hurt.)
+ * The panels' columns may come from several blocks of R's columns (the hidden split's slice: the same
+ * units of each gate block), packed side by side; the last panel is zero-padded.
+ * ------------------------------------------------------------------------------------------------ */
+#define FR_NV 64
+
+void fr_pack_vec_panels_f32_avx2(const float *restrict R, int K, int ldr, int nblk, int blk_stride, int blk_w,
+                                 float *restrict P)
+{
+    int N = nblk * blk_w, np = (N + FR_NV - 1) / FR_NV, k, b, c;
+    for (k = 0; k < K; k++) {
+        const float *row = R + (long)k * ldr;
+        for (b = 0; b < nblk; b++) {
+            for (c = b * blk_w; c < (b + 1) * blk_w;) {   /* runs of columns within one panel */
+                int off = c % FR_NV, n = FR_NV - off;
+                if (n > (b + 1) * blk_w - c) n = (b + 1) * blk_w - c;
+                memcpy(P + ((long)(c / FR_NV) * K + k) * FR_NV + off, row + (long)b * blk_stride + (c - b * blk_w),
+                       (size_t)n * sizeof(float));
+                c += n;
+            }
+        }
+        for (c = N; c < np * FR_NV; c++) P[((long)(np - 1) * K + k) * FR_NV + c % FR_NV] = 0.0f;
+    }
+}
+
+void fr_vecmat_panels_f32_avx2(const float *restrict x, const float *restrict P, int K, int N, float beta,
+                               float *restrict y)
+{
+    int np = (N + FR_NV - 1) / FR_NV, p, k, j;
+    for (p = 0; p < np; p++) {
+        const float *b = P + (long)p * K * FR_NV;
+        int w = N - p * FR_NV < FR_NV ? N - p * FR_NV : FR_NV;
+        __m256 a[8];
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        float *o = y + p * FR_NV;
+        for (k = 0; k < K; k++) {
+            const float *r = b + (long)k * FR_NV;
+            const __m256 xv = _mm256_broadcast_ss(x + k);
+            a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r), a0);
+            a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 8), a1);
+            a2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 16), a2);
+            a3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 24), a3);
+            a4 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 32), a4);
+            a5 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 40), a5);
+            a6 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 48), a6);
+            a7 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 56), a7);
+        }
+        a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
+        if (w == FR_NV) {
+            for (j = 0; j < 8; j++) {
+                __m256 v = beta == 0.0f ? a[j] : _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(o + 8 * j), a[j]);
+                _mm256_storeu_ps(o + 8 * j, v);
+            }
+        } else {
+            float tile[FR_NV];
+            for (j = 0; j < 8; j++) _mm256_storeu_ps(tile + 8 * j, a[j]);
+            for (j = 0; j < w; j++) o[j] = beta == 0.0f ? tile[j] : beta * o[j] + tile[j];
+        }
+    }
+}
