@@ -53,13 +53,14 @@ HIDDEN_SPLIT_MIN_H = 32
 # 10.6 ms vs rows 15.3; B = 8 and 16, H = 256: equal.  Where they tie, rows win: no barrier, so a thread
 # descheduled by another process does not stall the other at every step.
 HIDDEN_SPLIT_MAX_B = 4
-# At B == 1 a step's matvec over R must be big enough to pay for the barrier each step.  Forward,
-# T = 300, 1 vs 2 threads, two runs (bench/NOTES.md 20): simple_rnn H=64 (4K multiply-adds a step)
-# 0.72-1.0x, H=128 (16K) 0.89-1.05x; gru H=64 (12K) 1.0-1.12x, H=128 (48K) 1.07-1.49x; lstm H=64 (16K)
-# 0.69-1.18x, H=128 (64K) 1.56-1.68x.  The BPTT's split, with more element-wise work per barrier:
-# simple_rnn H=128 (16K) 0.343 vs 0.351 ms a backward.  Below 32K the split is a coin toss that a busy
-# machine loses, so both keep one thread there.
-HIDDEN_SPLIT_MIN_MACS = 32 * 1024
+# At B == 1 a step's matvec over R must be big enough to pay for the barrier each step.  T = 1000,
+# 1 vs 2 threads, interleaved in one process, two runs (bench/NOTES.md 24; AMD EPYC with 32 KiB L1 and
+# 1 MiB L2 a core): forward simple_rnn H=64 (4K multiply-adds a step) 0.28 vs 0.46-0.53 ms, H=128 (16K)
+# 0.98-1.0 vs 0.79-0.91; gru H=64 (12K) 0.88-0.90 vs 0.81-0.82; lstm H=64 (16K) 1.07-1.09 vs 0.97-0.98;
+# backward simple_rnn H=64 0.52 vs 0.50, H=128 1.81 vs 1.38, gru H=64 1.52 vs 1.20, lstm H=64 1.72 vs
+# 1.41.  (An earlier machine, 512 KiB L2, busy: a coin toss below 32K, NOTES 20; the pool's stall guard,
+# added since, runs a team that keeps losing its cores on the caller alone.)  So both split from 12K.
+HIDDEN_SPLIT_MIN_MACS = 12 * 1024
 _packed_enabled = True
 
 

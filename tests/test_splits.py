@@ -15,9 +15,9 @@ from fastrnn._native import engine
 from test_engine import VARIANT_IDS, VARIANTS, check_against_reference, make_case
 
 OPTIONS = list(itertools.product(["none", "holes", "fully_masked_row"], [False, True], [False, True]))
-# B == 1 (R of >= 32K multiply-adds) and B <= 4 split hidden units (B > 1 on the microkernel: float32
-# only), larger B split rows; (9, 1, 17, 120): the split for LSTM and GRU, one thread for SimpleRNN;
-# (5, 1, 9, 184): large enough (G*H*H >= 32K) for every cell; (1, 1, 5, 34): too small to split;
+# B == 1 (R of >= 12K multiply-adds) and B <= 4 split hidden units (B > 1 on the microkernel: float32
+# only), larger B split rows; (9, 1, 17, 120) and (5, 1, 9, 184): large enough (G*H*H >= 12K) for every
+# cell (LSTM and GRU at 184 on vector panels); (1, 1, 5, 34): too small to split;
 # (4, 16, 9, 20) at 2 threads: 8 rows a part, the microkernel's 4 + 4 row blocks
 SHAPES = [(9, 1, 17, 120), (5, 1, 9, 184), (1, 1, 5, 34), (6, 3, 17, 40), (5, 7, 9, 20), (4, 20, 9, 20),
           (4, 16, 9, 20)]
@@ -29,7 +29,7 @@ def expected_split(cell, extra, shape, dtype, dropout, threads):
     units = not (cell == "gru" and not extra.get("reset_after", True))
     packable = dtype == np.float32 and T >= 2 and not (cell == "gru" and not extra.get("reset_after", True))
     G = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
-    if units and ((B == 1 and G * H * H >= 32 * 1024) or (packable and 2 <= B <= 4)):
+    if units and ((B == 1 and G * H * H >= 12 * 1024) or (packable and 2 <= B <= 4)):
         return f"hidden-unit split over {threads} threads"
     return f"batch split over {threads} threads" if B >= 2 else "(1 thread)"
 
@@ -65,13 +65,15 @@ def test_plans_follow_the_thread_count():
     x40 = np.zeros((40, 4, 8), np.float32)
     W, R = np.zeros((8, 256), np.float32), np.zeros((64, 256), np.float32)
     W2, R2 = np.zeros((8, 512), np.float32), np.zeros((128, 512), np.float32)
+    Ws, Rs = np.zeros((8, 128), np.float32), np.zeros((32, 128), np.float32)   # 4K multiply-adds a step
     with fastrnn.threads(1):
         for x in (x1, x8, x40):
             assert "(1 thread)" in F.explain("lstm", x, W, R)
     with fastrnn.threads(2):
         assert "hidden-unit split over 2 threads" in F.explain("lstm", x1, W2, R2)
         # too small a matvec to pay for a barrier a step (HIDDEN_SPLIT_MIN_MACS): one thread
-        assert "(1 thread)" in F.explain("lstm", x1, W, R)
+        assert "(1 thread)" in F.explain("lstm", x1, Ws, Rs)
+        assert "hidden-unit split over 2 threads" in F.explain("lstm", x1, W, R)   # 16K
         assert "packed-microkernel (hidden-unit split over 2 threads)" in F.explain("lstm", x8, W, R)
         assert "batch split over 2 threads" in F.explain("lstm", x40, W, R)
         assert "batch split over 2 threads" in F.explain("lstm", x8.astype(np.float64), W, R)
@@ -80,7 +82,7 @@ def test_plans_follow_the_thread_count():
 
     with fastrnn.threads(2):  # training: B == 1 splits the BPTT's units too (R big enough), larger B rows
         assert _dispatch.cpu_plan(build_spec("lstm", x1, W2, R2)[0], training=True).backward_split == "hidden"
-        assert _dispatch.cpu_plan(build_spec("lstm", x1, W, R)[0], training=True).backward_split == "serial"
+        assert _dispatch.cpu_plan(build_spec("lstm", x1, Ws, Rs)[0], training=True).backward_split == "serial"
         assert _dispatch.cpu_plan(build_spec("lstm", x8, W, R)[0], training=True).backward_split == "batch"
     with fastrnn.threads(1):
         assert _dispatch.cpu_plan(build_spec("lstm", x1, W, R)[0], training=True).backward_split == "serial"
