@@ -741,6 +741,15 @@ cdef void _run_batch(Job *J, int n) noexcept:
         fr_pool_parts(n, n, _batch_part, J)
 
 
+def _empty_aligned(Py_ssize_t n, dtype):
+    """np.empty(n, dtype) starting on a 64-byte cache line (NumPy aligns to 16): blocks laid out a
+    multiple of 64 bytes apart inside it then never share a line."""
+    cdef Py_ssize_t item = np.dtype(dtype).itemsize
+    raw = np.empty(n * item + 64, np.uint8)
+    cdef Py_ssize_t skip = (-<Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>raw)) % 64
+    return raw[skip:skip + n * item].view(dtype)
+
+
 cdef class _HSplitBuffers:
     """The hidden split's per-slice buffers (Job.pk, Job.vec, see _vec): each slice's block starts on its
     own 64-byte line, so two threads never write one cache line.  panels: R_k packed (float32; Job.panels:
@@ -763,8 +772,8 @@ cdef class _HSplitBuffers:
             self.pk_stride = ((H + n_in) * G * ((self.per + 15) // 16 * 16) + 15) // 16 * 16
         a_scratch = ((B + 5) // 6 * 6) * H if panels else 0   # the microkernel's A scratch
         self.vec_stride = (2 * B * gp + 2 * gp + a_scratch + 15) // 16 * 16
-        self.pk = np.empty(self.pk_stride * nslices, dtype)
-        self.vec = np.empty(self.vec_stride * nslices, dtype)
+        self.pk = _empty_aligned(self.pk_stride * nslices, dtype)
+        self.vec = _empty_aligned(self.vec_stride * nslices, dtype)
 
     cdef void fill(self, Job *J):
         J.nslices, J.per, J.panels = self.nslices, self.per, self.panels
