@@ -53,14 +53,19 @@ HIDDEN_SPLIT_MIN_H = 32
 # 10.6 ms vs rows 15.3; B = 8 and 16, H = 256: equal.  Where they tie, rows win: no barrier, so a thread
 # descheduled by another process does not stall the other at every step.
 HIDDEN_SPLIT_MAX_B = 4
-# At B == 1 a step's matvec over R must be big enough to pay for the barrier each step.  T = 1000,
-# 1 vs 2 threads, interleaved in one process, two runs (bench/NOTES.md 24; AMD EPYC with 32 KiB L1 and
-# 1 MiB L2 a core): forward simple_rnn H=64 (4K multiply-adds a step) 0.28 vs 0.46-0.53 ms, H=128 (16K)
-# 0.98-1.0 vs 0.79-0.91; gru H=64 (12K) 0.88-0.90 vs 0.81-0.82; lstm H=64 (16K) 1.07-1.09 vs 0.97-0.98;
-# backward simple_rnn H=64 0.52 vs 0.50, H=128 1.81 vs 1.38, gru H=64 1.52 vs 1.20, lstm H=64 1.72 vs
-# 1.41.  (An earlier machine, 512 KiB L2, busy: a coin toss below 32K, NOTES 20; the pool's stall guard,
-# added since, runs a team that keeps losing its cores on the caller alone.)  So both split from 12K.
-HIDDEN_SPLIT_MIN_MACS = 12 * 1024
+# At B == 1 a step's matvec over R must be big enough to pay for the barrier each step, and the call
+# long enough to pay for the split's start (the pool's check-in, each slice's copy of R).  Forward,
+# T = 300, 1 vs 2 threads, two runs on an earlier machine (512 KiB L2, busy; bench/NOTES.md 20):
+# simple_rnn H=64 (4K multiply-adds a step) 0.72-1.0x, H=128 (16K) 0.89-1.05x; gru H=64 (12K)
+# 1.0-1.12x, H=128 (48K) 1.07-1.49x; lstm H=64 (16K) 0.69-1.18x, H=128 (64K) 1.56-1.68x.  On this
+# one (32 KiB L1, 1 MiB L2 a core; NOTES 26), the whole call, hidden/serial time, medians of 10-12
+# alternations: lstm H=64, gru H=64, simple_rnn H=128 at T = 1000 0.79-0.81 (won 12 of 12), at T =
+# 200-300 0.78-0.88 (8 of 10), at T = 100 1.0-1.06 (2-6 of 12); BPTT at T = 1000 0.76-0.82.  So B == 1
+# splits from HIDDEN_SPLIT_MIN_MACS a step, or from HIDDEN_SPLIT_SMALL_MACS when the call has
+# HIDDEN_SPLIT_MIN_CALL_MACS in all (T >= 192 at 16K).
+HIDDEN_SPLIT_MIN_MACS = 32 * 1024
+HIDDEN_SPLIT_SMALL_MACS = 12 * 1024
+HIDDEN_SPLIT_MIN_CALL_MACS = 3 * 1024 * 1024
 _packed_enabled = True
 
 
@@ -77,7 +82,7 @@ def cpu_plan(spec, training, threads=None):
     """The CpuPlan for a compiled call of `spec` (training: the forward keeps what backward needs).
 
     Forward: B == 1 splits the hidden units (a bandwidth-bound vecmat per step) once R has
-    HIDDEN_SPLIT_MIN_MACS multiply-adds, as does 2 <= B <= HIDDEN_SPLIT_MAX_B when the microkernel can
+    HIDDEN_SPLIT_MIN_MACS multiply-adds (or HIDDEN_SPLIT_SMALL_MACS over a long enough call), as does 2 <= B <= HIDDEN_SPLIT_MAX_B when the microkernel can
     run the slices (whole row blocks per slice, each core keeping its share of R in cache); larger
     batches split rows, with no synchronisation.  Backward splits rows, or hidden units for B == 1.
     GRU reset_after=False has two dependent products a step and never splits units.  The forward's
@@ -89,13 +94,14 @@ def cpu_plan(spec, training, threads=None):
                 and spec.H <= PACK_MAX_H and spec.T >= 2 and not (spec.cell == "gru" and not spec.reset_after))
     units_ok = n > 1 and spec.H >= HIDDEN_SPLIT_MIN_H and not (spec.cell == "gru" and not spec.reset_after)
     macs = spec.G * spec.H * spec.H   # R's multiply-adds per row and step
-    if units_ok and ((spec.B == 1 and macs >= HIDDEN_SPLIT_MIN_MACS)
-                     or (packable and 2 <= spec.B <= HIDDEN_SPLIT_MAX_B)):
+    one_row_split = units_ok and spec.B == 1 and (macs >= HIDDEN_SPLIT_MIN_MACS or (
+        macs >= HIDDEN_SPLIT_SMALL_MACS and spec.T * macs >= HIDDEN_SPLIT_MIN_CALL_MACS))
+    if one_row_split or (units_ok and packable and 2 <= spec.B <= HIDDEN_SPLIT_MAX_B):
         forward, forward_rows = "hidden", spec.B
     else:
         forward = "batch" if n > 1 and spec.B >= 2 else "serial"
         forward_rows = -(-spec.B // n) if forward == "batch" else spec.B
-    if units_ok and spec.B == 1 and macs >= HIDDEN_SPLIT_MIN_MACS:
+    if one_row_split:
         backward = "hidden"   # a matvec over R per step, bandwidth-bound like the forward's
     else:
         backward = "batch" if n > 1 and spec.B >= 2 else "serial"

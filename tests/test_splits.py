@@ -15,11 +15,13 @@ from fastrnn._native import engine
 from test_engine import VARIANT_IDS, VARIANTS, check_against_reference, make_case
 
 OPTIONS = list(itertools.product(["none", "holes", "fully_masked_row"], [False, True], [False, True]))
-# B == 1 (R of >= 12K multiply-adds) and B <= 4 split hidden units (B > 1 on the microkernel: float32
-# only), larger B split rows; (9, 1, 17, 120) and (5, 1, 9, 184): large enough (G*H*H >= 12K) for every
-# cell (LSTM and GRU at 184 on vector panels); (1, 1, 5, 34): too small to split;
+# B == 1 (R of >= 32K multiply-adds, or >= 12K over >= 3M in the call) and B <= 4 split hidden units
+# (B > 1 on the microkernel: float32 only), larger B split rows; (9, 1, 17, 120): the split for LSTM and
+# GRU, one thread for SimpleRNN; (5, 1, 9, 184): large enough (G*H*H >= 32K) for every cell (LSTM and
+# GRU on vector panels); (200, 1, 9, 64): 12-16K a step over a long call, for LSTM and GRU;
+# (1, 1, 5, 34): too small to split;
 # (4, 16, 9, 20) at 2 threads: 8 rows a part, the microkernel's 4 + 4 row blocks
-SHAPES = [(9, 1, 17, 120), (5, 1, 9, 184), (1, 1, 5, 34), (6, 3, 17, 40), (5, 7, 9, 20), (4, 20, 9, 20),
+SHAPES = [(9, 1, 17, 120), (5, 1, 9, 184), (200, 1, 9, 64), (1, 1, 5, 34), (6, 3, 17, 40), (5, 7, 9, 20), (4, 20, 9, 20),
           (4, 16, 9, 20)]
 
 
@@ -29,7 +31,9 @@ def expected_split(cell, extra, shape, dtype, dropout, threads):
     units = not (cell == "gru" and not extra.get("reset_after", True))
     packable = dtype == np.float32 and T >= 2 and not (cell == "gru" and not extra.get("reset_after", True))
     G = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
-    if units and ((B == 1 and G * H * H >= 12 * 1024) or (packable and 2 <= B <= 4)):
+    macs = G * H * H
+    if units and ((B == 1 and (macs >= 32 * 1024 or (macs >= 12 * 1024 and T * macs >= 3 * 1024 * 1024)))
+                  or (packable and 2 <= B <= 4)):
         return f"hidden-unit split over {threads} threads"
     return f"batch split over {threads} threads" if B >= 2 else "(1 thread)"
 
@@ -73,7 +77,9 @@ def test_plans_follow_the_thread_count():
         assert "hidden-unit split over 2 threads" in F.explain("lstm", x1, W2, R2)
         # too small a matvec to pay for a barrier a step (HIDDEN_SPLIT_MIN_MACS): one thread
         assert "(1 thread)" in F.explain("lstm", x1, Ws, Rs)
-        assert "hidden-unit split over 2 threads" in F.explain("lstm", x1, W, R)   # 16K
+        assert "(1 thread)" in F.explain("lstm", x1, W, R)   # 16K a step, but a short call
+        x300 = np.zeros((1, 300, 8), np.float32)
+        assert "hidden-unit split over 2 threads" in F.explain("lstm", x300, W, R)   # 16K over 300 steps
         assert "packed-microkernel (hidden-unit split over 2 threads)" in F.explain("lstm", x8, W, R)
         assert "batch split over 2 threads" in F.explain("lstm", x40, W, R)
         assert "batch split over 2 threads" in F.explain("lstm", x8.astype(np.float64), W, R)
@@ -83,6 +89,8 @@ def test_plans_follow_the_thread_count():
     with fastrnn.threads(2):  # training: B == 1 splits the BPTT's units too (R big enough), larger B rows
         assert _dispatch.cpu_plan(build_spec("lstm", x1, W2, R2)[0], training=True).backward_split == "hidden"
         assert _dispatch.cpu_plan(build_spec("lstm", x1, Ws, Rs)[0], training=True).backward_split == "serial"
+        assert _dispatch.cpu_plan(build_spec("lstm", x1, W, R)[0], training=True).backward_split == "serial"
+        assert _dispatch.cpu_plan(build_spec("lstm", x300, W, R)[0], training=True).backward_split == "hidden"
         assert _dispatch.cpu_plan(build_spec("lstm", x8, W, R)[0], training=True).backward_split == "batch"
     with fastrnn.threads(1):
         assert _dispatch.cpu_plan(build_spec("lstm", x1, W, R)[0], training=True).backward_split == "serial"

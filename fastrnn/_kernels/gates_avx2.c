@@ -9,10 +9,16 @@
  * (the sum's low mantissa bits are n, so one FMA gives both n and 2^n's bits) and the polynomial is
  * evaluated by Estrin's scheme: the same coefficients as Horner's, a shorter dependency chain and two
  * fewer instructions (round, convert) than the first version; 8% more activations a second.
- * sigmoid(x) = 1 / (1 + e^-x)            (true division: the rcp estimate costs ~1e-4 of accuracy)
+ * sigmoid(x) = 1 / (1 + e^-x)            (true division: the rcp estimate costs ~1e-4 of accuracy, and
+ *                                         rcp + one Newton step measured slower on AMD Zen 4)
  * tanh(x)    = sign(x) * (1 - e) / (1 + e), e = e^(-2|x|)   (never overflows, max abs error ~2e-7)
  * A tail of n % 8 elements goes through the same vector code on a zero-padded copy, so every element
  * sees the same arithmetic whatever its position.
+ *
+ * Contents, in order: the activations; the generic one-row cell updates (cell_rows.inc.h); the LSTM
+ * forward and backward rows and the GRU reset_after forward row fused for the default activations
+ * (sigmoid gates, tanh), one pass over the row each, the generic rows serving the other activations;
+ * the packed-R microkernel (B >= 2); the vector-panel product (B == 1).
  */
 #include <immintrin.h>
 #include <string.h>
@@ -145,18 +151,28 @@ void fr_matvec_f32_avx2(const float *restrict R, const float *restrict x, int M,
 #undef T
 #undef SFX
 
+/* The fused rows below work on 8 units at a time (a function of (j, tail, m)): whole vectors, then the
+ * H % 8 tail on masked loads and stores, so every unit gets the same arithmetic wherever it sits in the
+ * row (the hidden split's slices see the same numbers as the whole row). */
+#define FR_LD(p) (tail ? _mm256_maskload_ps((p), m) : _mm256_loadu_ps(p))
+#define FR_ST(p, v) (tail ? _mm256_maskstore_ps((p), m, (v)) : _mm256_storeu_ps((p), (v)))
+#define FR_FOR_UNITS(H, UNITS)                                                                         \
+    do {                                                                                               \
+        int j_ = 0;                                                                                    \
+        for (; j_ + 8 <= (H); j_ += 8) UNITS(j_, 0, _mm256_setzero_si256());                           \
+        if (j_ < (H))                                                                                  \
+            UNITS(j_, 1, _mm256_cmpgt_epi32(_mm256_set1_epi32((H) - j_),                                \
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));               \
+    } while (0)
+
 /* LSTM row with the default activations (sigmoid gates, tanh cell) in one pass: each 8-unit vector
  * loads its four pre-activations, the bias and c_prev once and stores the gates, c and h once, where
  * the generic row makes seven passes over the row and four calls of fr_act (perf, lstm t28-b64-i28-h64:
- * fr_act 31% and the row 5% of the forward).  The tail of H % 8 units runs the same arithmetic on
- * masked loads and stores, so every unit's result is the same wherever it sits in the row (the
- * hidden split's slices see the same numbers as the whole row). */
+ * fr_act 31% and the row 5% of the forward). */
 static inline __attribute__((always_inline)) void
 fr_lstm_fwd_units(float *restrict g, const float *restrict bias, const float *restrict c_prev,
                   float *restrict c, float *restrict h, int H, int j, int tail, __m256i m)
 {
-#define FR_LD(p) (tail ? _mm256_maskload_ps((p), m) : _mm256_loadu_ps(p))
-#define FR_ST(p, v) (tail ? _mm256_maskstore_ps((p), m, (v)) : _mm256_storeu_ps((p), (v)))
     float *gi = g + j, *gf = g + H + j, *gc = g + 2 * H + j, *go = g + 3 * H + j;
     __m256 vi = FR_LD(gi), vf = FR_LD(gf), vc = FR_LD(gc), vo = FR_LD(go), cn;
     if (bias) {
@@ -176,23 +192,18 @@ fr_lstm_fwd_units(float *restrict g, const float *restrict bias, const float *re
     FR_ST(go, vo);
     FR_ST(c + j, cn);
     FR_ST(h + j, _mm256_mul_ps(vo, tanh256(cn)));
-#undef FR_LD
-#undef FR_ST
 }
 
 void fr_lstm_fwd_row_f32_avx2(float *restrict g, const float *restrict bias, const float *restrict c_prev,
                               float *restrict c, float *restrict h, int H, int act, int ract)
 {
-    int j = 0;
     if (act != FR_TANH || ract != FR_SIGMOID) {
         fr_lstm_fwd_row_generic_f32_avx2(g, bias, c_prev, c, h, H, act, ract);
         return;
     }
-    for (; j + 8 <= H; j += 8) fr_lstm_fwd_units(g, bias, c_prev, c, h, H, j, 0, _mm256_setzero_si256());
-    if (j < H) {
-        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        fr_lstm_fwd_units(g, bias, c_prev, c, h, H, j, 1, _mm256_cmpgt_epi32(_mm256_set1_epi32(H - j), lane));
-    }
+#define FR_UNITS(j, tail, m) fr_lstm_fwd_units(g, bias, c_prev, c, h, H, j, tail, m)
+    FR_FOR_UNITS(H, FR_UNITS);
+#undef FR_UNITS
 }
 
 /* The LSTM backward row with the default activations in one pass, likewise (the generic row makes
@@ -204,8 +215,6 @@ fr_lstm_bwd_units(const float *restrict g, const float *restrict c_prev, const f
                   const float *restrict dh, float *restrict dc, float *restrict dg, int H, int j, int tail,
                   __m256i m)
 {
-#define FR_LD(p) (tail ? _mm256_maskload_ps((p), m) : _mm256_loadu_ps(p))
-#define FR_ST(p, v) (tail ? _mm256_maskstore_ps((p), m, (v)) : _mm256_storeu_ps((p), (v)))
     const __m256 one = _mm256_set1_ps(1.0f);
     __m256 vi = FR_LD(g + j), vf = FR_LD(g + H + j), vc = FR_LD(g + 2 * H + j), vo = FR_LD(g + 3 * H + j);
     __m256 vdh = FR_LD(dh + j), ac = tanh256(FR_LD(c + j));
@@ -216,24 +225,19 @@ fr_lstm_bwd_units(const float *restrict g, const float *restrict c_prev, const f
     FR_ST(dg + 2 * H + j, _mm256_mul_ps(_mm256_mul_ps(d, vi), _mm256_fnmadd_ps(vc, vc, one)));
     FR_ST(dg + 3 * H + j, _mm256_mul_ps(_mm256_mul_ps(vdh, ac), _mm256_mul_ps(vo, _mm256_sub_ps(one, vo))));
     FR_ST(dc + j, _mm256_mul_ps(d, vf));
-#undef FR_LD
-#undef FR_ST
 }
 
 void fr_lstm_bwd_row_f32_avx2(const float *restrict g, const float *restrict c_prev, const float *restrict c,
                               const float *restrict dh, float *restrict dc, float *restrict dg,
                               float *restrict tmp, int H, int act, int ract)
 {
-    int j = 0;
     if (act != FR_TANH || ract != FR_SIGMOID) {
         fr_lstm_bwd_row_generic_f32_avx2(g, c_prev, c, dh, dc, dg, tmp, H, act, ract);
         return;
     }
-    for (; j + 8 <= H; j += 8) fr_lstm_bwd_units(g, c_prev, c, dh, dc, dg, H, j, 0, _mm256_setzero_si256());
-    if (j < H) {
-        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        fr_lstm_bwd_units(g, c_prev, c, dh, dc, dg, H, j, 1, _mm256_cmpgt_epi32(_mm256_set1_epi32(H - j), lane));
-    }
+#define FR_UNITS(j, tail, m) fr_lstm_bwd_units(g, c_prev, c, dh, dc, dg, H, j, tail, m)
+    FR_FOR_UNITS(H, FR_UNITS);
+#undef FR_UNITS
 }
 
 /* The GRU (reset_after=True) row with the default activations in one pass, likewise (the generic row
@@ -244,12 +248,10 @@ static inline __attribute__((always_inline)) __m256
 fr_gru_pre(const float *restrict g, const float *restrict rec, const float *restrict bx,
            const float *restrict br, int o, int tail, __m256i m)
 {
-#define FR_LD(p) (tail ? _mm256_maskload_ps((p), m) : _mm256_loadu_ps(p))
     __m256 v = _mm256_add_ps(FR_LD(g + o), FR_LD(rec + o));
     if (bx) v = _mm256_add_ps(v, FR_LD(bx + o));
     if (br) v = _mm256_add_ps(v, FR_LD(br + o));
     return v;
-#undef FR_LD
 }
 
 static inline __attribute__((always_inline)) void
@@ -257,8 +259,6 @@ fr_gru_fwd_units(float *restrict g, const float *restrict rec, const float *rest
                  const float *restrict br, float *restrict rh, const float *restrict h_prev,
                  float *restrict h, int H, int j, int tail, __m256i m)
 {
-#define FR_LD(p) (tail ? _mm256_maskload_ps((p), m) : _mm256_loadu_ps(p))
-#define FR_ST(p, v) (tail ? _mm256_maskstore_ps((p), m, (v)) : _mm256_storeu_ps((p), (v)))
     const __m256 zero = _mm256_setzero_ps();
     __m256 z = sigmoid256(fr_gru_pre(g, rec, bx, br, j, tail, m));
     __m256 r = sigmoid256(fr_gru_pre(g, rec, bx, br, H + j, tail, m));
@@ -270,8 +270,6 @@ fr_gru_fwd_units(float *restrict g, const float *restrict rec, const float *rest
     FR_ST(g + 2 * H + j, hh);
     FR_ST(rh + j, vrh);
     FR_ST(h + j, _mm256_fmadd_ps(z, FR_LD(h_prev + j), _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), z), hh)));
-#undef FR_LD
-#undef FR_ST
 }
 
 void fr_gru_reset_after_fwd_row_f32_avx2(float *restrict g, const float *restrict rec, const float *restrict bx,
@@ -279,17 +277,17 @@ void fr_gru_reset_after_fwd_row_f32_avx2(float *restrict g, const float *restric
                                          const float *restrict h_prev, float *restrict h, int H, int act,
                                          int ract)
 {
-    int j = 0;
     if (act != FR_TANH || ract != FR_SIGMOID) {
         fr_gru_reset_after_fwd_row_generic_f32_avx2(g, rec, bx, br, rh, h_prev, h, H, act, ract);
         return;
     }
-    for (; j + 8 <= H; j += 8) fr_gru_fwd_units(g, rec, bx, br, rh, h_prev, h, H, j, 0, _mm256_setzero_si256());
-    if (j < H) {
-        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        fr_gru_fwd_units(g, rec, bx, br, rh, h_prev, h, H, j, 1, _mm256_cmpgt_epi32(_mm256_set1_epi32(H - j), lane));
-    }
+#define FR_UNITS(j, tail, m) fr_gru_fwd_units(g, rec, bx, br, rh, h_prev, h, H, j, tail, m)
+    FR_FOR_UNITS(H, FR_UNITS);
+#undef FR_UNITS
 }
+#undef FR_FOR_UNITS
+#undef FR_LD
+#undef FR_ST
 
 /* ---------------------------------------------------------------------------------------------------
  * Packed recurrent GEMM: C := A @ R + beta*C with R packed once per forward call (gates.h).
