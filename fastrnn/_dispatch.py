@@ -30,7 +30,7 @@ class CpuPlan(NamedTuple):
     threads: int            # fastrnn's thread count at the time of the call
     forward_split: str      # "serial" | "batch" (rows per thread, no sync) | "hidden" (units, a barrier a step)
     backward_split: str     # "serial" | "batch" | "hidden" (B == 1)
-    forward_packed: bool    # forward's per-step product on packed R (the microkernel; B == 1: vector panels), not BLAS / vecmat
+    forward_packed: bool    # forward's per-step product on packed R (microkernel; B == 1: vector panels)
     backward_packed: bool   # backward's dG @ R^T likewise (on R^T)
 
 
@@ -42,7 +42,7 @@ class CpuPlan(NamedTuple):
 # sgemm 1.2-1.5x faster.  Backward (dG @ R^T, K = G*H): wins at every row count measured (1.0-1.3x).
 # H <= 1024: at H = 2048 the two tie (R^T no longer fits L3), and the packed copy costs memory.
 # B == 1 packs R into 64-column vector panels (one sequential stream per panel) from G*H >= 512 columns,
-# where R outgrows L2 and the row-major vecmat's four row streams plus y traffic lose (bench/NOTES.md 23).
+# where R outgrows L2 and the row-major vecmat's four row streams plus y traffic lose (bench/NOTES.md 25).
 PACK_MAX_ROWS = 16
 PACK_MIN_COLUMNS = 512
 PACK_MAX_H = 1024
@@ -82,9 +82,10 @@ def cpu_plan(spec, training, threads=None):
     """The CpuPlan for a compiled call of `spec` (training: the forward keeps what backward needs).
 
     Forward: B == 1 splits the hidden units (a bandwidth-bound vecmat per step) once R has
-    HIDDEN_SPLIT_MIN_MACS multiply-adds (or HIDDEN_SPLIT_SMALL_MACS over a long enough call), as does 2 <= B <= HIDDEN_SPLIT_MAX_B when the microkernel can
-    run the slices (whole row blocks per slice, each core keeping its share of R in cache); larger
-    batches split rows, with no synchronisation.  Backward splits rows, or hidden units for B == 1.
+    HIDDEN_SPLIT_MIN_MACS multiply-adds (or HIDDEN_SPLIT_SMALL_MACS over a long enough call), as does
+    2 <= B <= HIDDEN_SPLIT_MAX_B when the microkernel can run the slices (whole row blocks per slice,
+    each core keeping its share of R in cache); larger batches split rows, with no synchronisation.
+    Backward splits rows, or hidden units for B == 1 (by the same rule).
     GRU reset_after=False has two dependent products a step and never splits units.  The forward's
     plan does not depend on `training`, so inference and training forwards give the same numbers."""
     from fastrnn._native import engine

@@ -59,8 +59,9 @@ from libc.string cimport memcpy, memset
 from posix.unistd cimport usleep
 
 from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads, scipy_openblas_get_num_threads
-from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2, fr_gemm_packed_f32_avx2,
-                                     fr_pack_vec_panels_f32_avx2, fr_vecmat_panels_f32_avx2)
+from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2,
+                                     fr_gemm_packed_f32_avx2, fr_pack_vec_panels_f32_avx2,
+                                     fr_vecmat_panels_f32_avx2)
 from fastrnn._kernels._pool cimport fr_pool_run, fr_pool_parts, fr_pool_barrier, fr_pool_stats
 from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row,
@@ -487,7 +488,8 @@ cdef void _hsplit_pack(const Job *J, int sl, floating *pk) noexcept nogil:
                 fr_pack_vec_panels_f32_avx2(<const float *>L.R + u0, H, GH, G, H, nu, pk)
             else:
                 for k in range(G):
-                    fr_pack_panels_f32_avx2(<const float *>L.R + k * H + u0, H, nu, GH, pk + k * _panel_set(H, nu))
+                    fr_pack_panels_f32_avx2(<const float *>L.R + k * H + u0, H, nu, GH,
+                                            pk + k * _panel_set(H, nu))
     else:
         for k in range(H):
             _gather(pk + <Py_ssize_t>k * G * nu, <const floating *>L.R + <Py_ssize_t>k * GH, G, H, u0, nu)
@@ -604,8 +606,9 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
                         lstm_fwd_row(loc + b * G * nu, lbx, cpp + b * ldcp + u0, cnp_ + b * ldcn + u0,
                                      hnp + b * ldn + u0, nu, L.act, L.ract)
                     elif is_gru:
-                        gru_reset_after_fwd_row(loc + b * G * nu, lrec + b * G * nu, lbx, lbr, auxp + b * lda + u0,
-                                                hpp + b * ldp + u0, hnp + b * ldn + u0, nu, L.act, L.ract)
+                        gru_reset_after_fwd_row(loc + b * G * nu, lrec + b * G * nu, lbx, lbr,
+                                                auxp + b * lda + u0, hpp + b * ldp + u0, hnp + b * ldn + u0,
+                                                nu, L.act, L.ract)
                     else:
                         simple_fwd_row(loc + b * G * nu, lbx, hnp + b * ldn + u0, nu, L.act)
                     if L.training:   # backward reads the post-activation gates

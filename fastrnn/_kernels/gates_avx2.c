@@ -221,7 +221,8 @@ fr_lstm_bwd_units(const float *restrict g, const float *restrict c_prev, const f
     __m256 dct = _mm256_mul_ps(_mm256_mul_ps(vdh, vo), _mm256_fnmadd_ps(ac, ac, one));
     __m256 d = _mm256_add_ps(FR_LD(dc + j), dct);
     FR_ST(dg + j, _mm256_mul_ps(_mm256_mul_ps(d, vc), _mm256_mul_ps(vi, _mm256_sub_ps(one, vi))));
-    FR_ST(dg + H + j, _mm256_mul_ps(_mm256_mul_ps(d, FR_LD(c_prev + j)), _mm256_mul_ps(vf, _mm256_sub_ps(one, vf))));
+    FR_ST(dg + H + j,
+          _mm256_mul_ps(_mm256_mul_ps(d, FR_LD(c_prev + j)), _mm256_mul_ps(vf, _mm256_sub_ps(one, vf))));
     FR_ST(dg + 2 * H + j, _mm256_mul_ps(_mm256_mul_ps(d, vi), _mm256_fnmadd_ps(vc, vc, one)));
     FR_ST(dg + 3 * H + j, _mm256_mul_ps(_mm256_mul_ps(vdh, ac), _mm256_mul_ps(vo, _mm256_sub_ps(one, vo))));
     FR_ST(dc + j, _mm256_mul_ps(d, vf));
@@ -269,7 +270,8 @@ fr_gru_fwd_units(float *restrict g, const float *restrict rec, const float *rest
     FR_ST(g + H + j, r);
     FR_ST(g + 2 * H + j, hh);
     FR_ST(rh + j, vrh);
-    FR_ST(h + j, _mm256_fmadd_ps(z, FR_LD(h_prev + j), _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), z), hh)));
+    FR_ST(h + j, _mm256_fmadd_ps(z, FR_LD(h_prev + j),
+                                 _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), z), hh)));
 }
 
 void fr_gru_reset_after_fwd_row_f32_avx2(float *restrict g, const float *restrict rec, const float *restrict bx,
@@ -542,7 +544,7 @@ void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int l
  * load and store; here each panel (K x 64, contiguous) is one sequential stream and its 64 outputs stay
  * in eight ymm accumulators for the whole K loop (no y traffic).  C harness, one core, best of 3 (us):
  * K x N = 512 x 2048 (4 MiB, from L3) 56-64 -> 43-49, 512 x 1024 24-25 -> 22-23, 128 x 512 (L2)
- * 2.3-2.6 -> 2.3, 64 x 256 0.57 -> 0.57.  (bench/NOTES.md 23; a register-blocked walk down the rows of
+ * 2.3-2.6 -> 2.3, 64 x 256 0.57 -> 0.57.  (bench/NOTES.md 25; a register-blocked walk down the rows of
  * the unpacked R was slower, NOTES 22: the stride, not the blocking, was what hurt.)
  * The panels' columns may come from several blocks of R's columns (the hidden split's slice: the same
  * units of each gate block), packed side by side; the last panel is zero-padded.
@@ -559,7 +561,8 @@ void fr_pack_vec_panels_f32_avx2(const float *restrict R, int K, int ldr, int nb
             for (c = b * blk_w; c < (b + 1) * blk_w;) {   /* runs of columns within one panel */
                 int off = c % FR_NV, n = FR_NV - off;
                 if (n > (b + 1) * blk_w - c) n = (b + 1) * blk_w - c;
-                memcpy(P + ((long)(c / FR_NV) * K + k) * FR_NV + off, row + (long)b * blk_stride + (c - b * blk_w),
+                memcpy(P + ((long)(c / FR_NV) * K + k) * FR_NV + off,
+                       row + (long)b * blk_stride + (c - b * blk_w),
                        (size_t)n * sizeof(float));
                 c += n;
             }
@@ -593,7 +596,8 @@ void fr_vecmat_panels_f32_avx2(const float *restrict x, const float *restrict P,
         a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
         if (w == FR_NV) {
             for (j = 0; j < 8; j++) {
-                __m256 v = beta == 0.0f ? a[j] : _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(o + 8 * j), a[j]);
+                __m256 v = beta == 0.0f ? a[j]
+                                        : _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(o + 8 * j), a[j]);
                 _mm256_storeu_ps(o + 8 * j, v);
             }
         } else {
