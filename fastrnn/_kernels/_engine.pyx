@@ -61,7 +61,7 @@ from posix.unistd cimport usleep
 from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads, scipy_openblas_get_num_threads
 from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2,
                                      fr_gemm_packed_f32_avx2, fr_pack_vec_panels_f32_avx2,
-                                     fr_vecmat_panels_f32_avx2)
+                                     fr_vecmat_panels_f32_avx2, FR_VEC_PACKED_SIZE)
 from fastrnn._kernels._pool cimport fr_pool_run, fr_pool_parts, fr_pool_barrier, fr_pool_stats
 from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row,
@@ -770,7 +770,7 @@ cdef class _HSplitBuffers:
         # row-major R_k (and W_k), G panel sets of ceil(per/16) panels (H, 16), or (B == 1) ceil(G*per/64)
         # vector panels (H, 64)
         if panels and B == 1:
-            self.pk_stride = H * ((G * self.per + 63) // 64 * 64)
+            self.pk_stride = FR_VEC_PACKED_SIZE(H, G * self.per)
         else:
             self.pk_stride = ((H + n_in) * G * ((self.per + 15) // 16 * 16) + 15) // 16 * 16
         a_scratch = ((B + 5) // 6 * 6) * H if panels else 0   # the microkernel's A scratch
@@ -807,7 +807,7 @@ cdef object _pack_recurrent_vec(Loop *L):
     """B == 1: pack R (H, G*H) once per call into 64-column vector panels, Loop.Rv; returns the array,
     which the caller keeps alive for the loop."""
     cdef int GH = L.G * L.H
-    cdef cnp.ndarray packed = np.empty(L.H * ((GH + 63) // 64 * 64), np.float32)
+    cdef cnp.ndarray packed = np.empty(FR_VEC_PACKED_SIZE(L.H, GH), np.float32)
     L.Rv = cnp.PyArray_DATA(packed)
     with nogil:
         fr_pack_vec_panels_f32_avx2(<const float *>L.R, L.H, GH, 1, 0, GH, <float *>L.Rv)

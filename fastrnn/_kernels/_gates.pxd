@@ -16,8 +16,6 @@ cdef extern from "gates.h" nogil:
     void fr_lstm_bwd_row_f64(const double *g, const double *c_prev, const double *c, const double *dh, double *dc, double *dg, double *tmp, int H, int act, int ract)
     void fr_gru_zr_row_f32(float *g, const float *rec, const float *bx, const float *br, int H, int ract)
     void fr_gru_zr_row_f64(double *g, const double *rec, const double *bx, const double *br, int H, int ract)
-    void fr_gru_reset_after_row_f32(float *g, const float *rec, const float *bx, const float *br, float *rh, int H)
-    void fr_gru_reset_after_row_f64(double *g, const double *rec, const double *bx, const double *br, double *rh, int H)
     void fr_gru_h_row_f32(float *g, const float *b_h, const float *h_prev, float *h, int H, int act)
     void fr_gru_h_row_f64(double *g, const double *b_h, const double *h_prev, double *h, int H, int act)
     void fr_gru_reset_after_fwd_row_f32(float *g, const float *rec, const float *bx, const float *br, float *rh, const float *h_prev, float *h, int H, int act, int ract)
@@ -36,6 +34,7 @@ cdef extern from "gates.h" nogil:
     void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P)
     void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const float *P, float beta,
                                  float *C, int ldc, float *work)
+    long FR_VEC_PACKED_SIZE(int K, int N)
     void fr_pack_vec_panels_f32_avx2(const float *R, int K, int ldr, int nblk, int blk_stride, int blk_w, float *P)
     void fr_vecmat_panels_f32_avx2(const float *x, const float *P, int K, int N, float beta, float *y)
 
