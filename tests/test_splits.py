@@ -145,6 +145,27 @@ def test_openblas_stays_on_one_thread():
             assert engine.get_blas_threads() == 1
 
 
+
+def test_openblas_pinned_again_after_threadpoolctl():
+    """threadpoolctl's threadpool_limits(n, user_api="blas") (scikit-learn, the bench harness) sets every
+    BLAS in the process, ours included: each engine entry pins OpenBLAS back to one thread, so a limit
+    never puts OpenBLAS's pool inside ours (results unchanged)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    x = np.random.default_rng(1).normal(size=(16, 12, 24)).astype(np.float32)
+    W = np.random.default_rng(2).normal(size=(24, 128)).astype(np.float32) * 0.1
+    R = np.random.default_rng(3).normal(size=(32, 128)).astype(np.float32) * 0.1
+    with fastrnn.threads(2):
+        want, _ = F.lstm(x, W, R)
+        with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+            limited = [i["num_threads"] for i in threadpoolctl.threadpool_info() if "scipy_openblas32" in i["filepath"]]
+            got, _ = F.lstm(x, W, R)
+            assert engine.get_blas_threads() == 1
+            out, _, backward = F.lstm_vjp(x, W, R)
+            backward(np.ones_like(out))
+            assert engine.get_blas_threads() == 1
+    assert limited in ([], [2]), limited   # where threadpoolctl lists our OpenBLAS, the limit did reach it
+    np.testing.assert_array_equal(got, want)
+
 @pytest.mark.parametrize("trans_a,trans_b", list(itertools.product([False, True], repeat=2)))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_split_gemm(threads, trans_a, trans_b, dtype):

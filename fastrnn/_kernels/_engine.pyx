@@ -828,6 +828,7 @@ def forward(ws, spec, plan=None):
     cdef _HSplitBuffers bufs
     cdef int n = 1
     cdef bint f32 = ws.xp.dtype == np.float32
+    _pin_blas()
     _fill(&L, ws, spec)
     _job_init(&J, &L, f32, False)
     split = "serial" if plan is None else plan.forward_split
@@ -973,6 +974,7 @@ def backward(ws, spec, plan=None):
     cdef int n = 1
     cdef bint f32 = ws.xp.dtype == np.float32
     cdef _HSplitBuffers bufs
+    _pin_blas()
     _fill(&L, ws, spec)
     _job_init(&J, &L, f32, True)
     if plan is not None and plan.backward_split == "hidden":
@@ -1076,6 +1078,7 @@ def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, b
     J.beta = beta
     J.by_rows = M >= N
     J.parts = 1
+    _pin_blas()
     if _n_threads > 1 and 2.0 * M * N * K >= GEMM_SPLIT_MIN_FLOPS:
         # parts of at least 16 rows/columns (a BLAS microkernel's width), one per thread
         J.parts = max(1, min(_n_threads, (M if J.by_rows else N) // 16))
@@ -1136,6 +1139,7 @@ cdef class StepKernel:
         cdef void *xin = cnp.PyArray_DATA(x)
         cdef void *tmp
         cdef int GH = L.G * L.H
+        _pin_blas()
         with nogil:
             if self.hidden:
                 self.J.xin = xin
@@ -1190,6 +1194,16 @@ cdef class StepKernel:
 # The count starts from OpenBLAS's, which honours OPENBLAS_NUM_THREADS / OMP_NUM_THREADS at load.
 cdef int _n_threads = max(1, scipy_openblas_get_num_threads())
 scipy_openblas_set_num_threads(1)
+
+
+cdef inline void _pin_blas() noexcept nogil:
+    """Pin OpenBLAS back to one thread if someone changed it since (threadpoolctl's
+    `threadpool_limits(n, user_api="blas")` sets every BLAS it finds, ours included, as scikit-learn and
+    the bench harness do).  Two threads per BLAS call inside our pool put four threads on two cores, and
+    OpenBLAS's workers then spin for ~2^28 cycles after each call, on the cores our pool runs on.
+    Called at each entry that may reach BLAS; a get is a load."""
+    if scipy_openblas_get_num_threads() != 1:
+        scipy_openblas_set_num_threads(1)
 
 def set_num_threads(int n):
     """Use n >= 1 threads in fastrnn's pool (fastrnn._threads validates n)."""
