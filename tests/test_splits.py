@@ -3,6 +3,7 @@ float64 reference: the batch split (B >= 2, forward and BPTT), the hidden-unit s
 and streaming), and the hoisted GEMMs split over the pool.  2 and 3 threads, so the parts are uneven
 (B = 5 over 3 threads; H = 40 in 16-unit slices), with every option that changes the loop."""
 import itertools
+import time
 import zlib
 
 import numpy as np
@@ -165,6 +166,7 @@ def test_openblas_pinned_again_after_threadpoolctl():
             assert engine.get_blas_threads() == 1
     assert limited in ([], [2]), limited   # where threadpoolctl lists our OpenBLAS, the limit did reach it
     np.testing.assert_array_equal(got, want)
+    time.sleep(0.2)   # the limit started OpenBLAS's worker, which spins ~2^28 cycles: not in the next tests
 
 @pytest.mark.parametrize("trans_a,trans_b", list(itertools.product([False, True], repeat=2)))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -302,3 +304,41 @@ def test_stall_guard_runs_alone_after_a_stalled_team_then_tries_again():
         assert engine.pool_stats()["solo_calls"] == stats["solo_calls"] + 1
         assert _team_probe(2, 20, tries=300)                 # the team is tried again, and runs clean
         assert engine.pool_stats()["backoff_calls"] < stats["backoff_calls"]
+
+
+def test_small_task_runs_alone_while_workers_sleep_then_wakes_them_for_back_to_back_calls():
+    """pool.h: a small team task (a streaming step) that finds every worker asleep runs on the caller at
+    once, without a wake-up when the calls are far apart; back-to-back calls wake them, and a team runs
+    again."""
+    small = 1000   # ns: a quarter of it is far below any wake-up
+    with fastrnn.threads(2):
+        for _ in range(200):   # the worker exists, and no stall-guard solo period is left (see above)
+            _team_probe(2, 20)
+            if engine.pool_stats()["backoff_calls"] == 0:
+                break
+        assert engine.pool_stats()["backoff_calls"] == 0
+        for _ in range(20):   # the worker goes to sleep ~0.2 ms after its last task
+            time.sleep(0.02)
+            before = engine.pool_stats()["asleep_calls"]
+            assert engine._pool_probe(2, 4, work_ns=small) == 1
+            if engine.pool_stats()["asleep_calls"] == before + 1:
+                break
+        else:
+            pytest.fail("a small task never found the worker asleep")
+        # it was not woken (the call came long after the last one): the next small call finds it asleep
+        time.sleep(0.02)
+        before = engine.pool_stats()["asleep_calls"]
+        assert engine._pool_probe(2, 4, work_ns=small) == 1
+        assert engine.pool_stats()["asleep_calls"] == before + 1
+        # back to back: that call woke it, so a team of 2 runs the small task again soon
+        assert _team_probe_small(2, 4, small), "back-to-back small tasks never ran as a team again"
+
+
+def _team_probe_small(threads, rounds, work_ns, seconds=2.0):
+    """Back-to-back small probes until a team of `threads` ran (the woken worker's wake-up takes tens of
+    microseconds, longer on a busy machine), for at most `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if engine._pool_probe(threads, rounds, 0, work_ns) == threads:
+            return True
+    return False

@@ -1215,10 +1215,11 @@ def get_num_threads():
 
 def pool_stats():
     """{"solo_calls": team calls the pool's stall guard ran on the caller alone, "backoff_calls": its
-    current solo period in calls (0: none; a clean team task halves it)} (pool.h, "Stall guard")."""
-    cdef long solo = 0, backoff = 0
-    fr_pool_stats(&solo, &backoff)
-    return {"solo_calls": solo, "backoff_calls": backoff}
+    current solo period in calls (0: none; a clean team task halves it), "asleep_calls": small team calls
+    run on the caller alone because every worker was asleep} (pool.h)."""
+    cdef long solo = 0, backoff = 0, asleep = 0
+    fr_pool_stats(&solo, &backoff, &asleep)
+    return {"solo_calls": solo, "backoff_calls": backoff, "asleep_calls": asleep}
 
 
 ctypedef struct _ProbeJob:
@@ -1235,14 +1236,15 @@ cdef void _probe_task(void *arg, int tid, int nth) noexcept nogil:
         fr_pool_barrier(nth, &sense)
 
 
-def _pool_probe(int threads, int rounds, int sleep_us=0):
+def _pool_probe(int threads, int rounds, int sleep_us=0, long work_ns=1000000):
     """Test hook: a team task of `rounds` barriers on up to `threads` threads; sleep_us > 0 makes tid 1
-    late at every barrier, as if the OS had taken its core.  Returns the number of threads that ran."""
+    late at every barrier, as if the OS had taken its core; work_ns is the task's estimated time (small:
+    a streaming step).  Returns the number of threads that ran."""
     cdef _ProbeJob P
     cdef int n
     P.rounds, P.sleep_us = rounds, sleep_us
     with nogil:
-        n = fr_pool_run(threads, _probe_task, &P, 1000000)
+        n = fr_pool_run(threads, _probe_task, &P, work_ns)
     return n
 
 

@@ -5,4 +5,4 @@ cdef extern from "pool.h" nogil:
     int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns)
     int fr_pool_parts(int n, int nparts, fr_part_fn fn, void *arg)
     void fr_pool_barrier(int nth, int *local_sense)
-    void fr_pool_stats(long *solo_calls, long *backoff_calls)
+    void fr_pool_stats(long *solo_calls, long *backoff_calls, long *asleep_calls)

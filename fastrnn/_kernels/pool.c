@@ -37,6 +37,7 @@ static volatile long stall_ns;     /* time the current team task's threads waite
 static long backoff;               /* the current solo period in calls (0: none) */
 static long solo_left;             /* calls fr_pool_run still runs alone */
 static long n_solo_calls;          /* calls the guard ran alone (fr_pool_stats) */
+static long n_asleep_calls;        /* small calls run alone because every worker slept (fr_pool_stats) */
 
 static long now_ns(void);
 
@@ -79,6 +80,8 @@ static volatile int job_parts;     /* > 0: a parts task (fr_pool_parts) of this 
 static fr_part_fn volatile part_fn;
 static volatile long part_word;    /* gen << 16 | the next unclaimed part */
 static volatile int parts_done;
+static volatile int n_asleep;      /* workers in (or entering) their condition wait, under wake_lock */
+static long last_end_ns;           /* when the last fr_pool_run's task ended (under run_lock) */
 
 /* Claim and run parts of the parts task of generation gen until none is left; returns when it is. */
 static void run_parts(long gen)
@@ -115,8 +118,10 @@ static void *worker(void *p)
             FR_PAUSE();
             if (++spins % 256 == 0 && now_ns() - start > FR_POOL_SPIN_NS) {
                 pthread_mutex_lock(&wake_lock);
+                n_asleep++;
                 while ((gen = __atomic_load_n(&generation, __ATOMIC_ACQUIRE)) == seen)
                     pthread_cond_wait(&wake_cond, &wake_lock);
+                n_asleep--;
                 pthread_mutex_unlock(&wake_lock);
                 break;
             }
@@ -205,6 +210,28 @@ int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns)
         fn(arg, 0, 1);
         return 1;
     }
+    if (work_ns < FR_POOL_CHECKIN_MIN_NS && __atomic_load_n(&n_asleep, __ATOMIC_ACQUIRE) >= n_workers) {
+        /* A task shorter than a wake-up (a streaming step at H = 128) and every worker asleep: the
+         * caller runs it alone, now.  It wakes them (with a generation that takes nobody, so they
+         * spin for the next call) only when the previous call ended less than a worker's spin ago:
+         * calls that close together run as a team again from the next one or two, and calls further
+         * apart, which would find the workers asleep again, do not pay the wake-up (a cross-core
+         * interrupt, several microseconds on a VM) at every call.  Steps 0.3-1 ms apart, LSTM H=128,
+         * B=1, 2 threads: 19-33 -> 7-14 us (bench/NOTES.md 29). */
+        if (now_ns() - last_end_ns < FR_POOL_SPIN_NS) {
+            long g = generation + 1;
+            __atomic_store_n(&reg, g << 8 | 128, __ATOMIC_RELEASE);
+            pthread_mutex_lock(&wake_lock);
+            __atomic_store_n(&generation, g, __ATOMIC_RELEASE);
+            pthread_cond_broadcast(&wake_cond);
+            pthread_mutex_unlock(&wake_lock);
+        }
+        n_asleep_calls++;
+        fn(arg, 0, 1);   /* holding the pool: a concurrent caller runs alone anyway */
+        last_end_ns = now_ns();
+        pthread_mutex_unlock(&run_lock);
+        return 1;
+    }
     stall_ns = 0;
     t_start = now_ns();
     job_fn = fn;
@@ -266,13 +293,15 @@ int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns)
             backoff /= 2;
         }
     }
+    last_end_ns = now_ns();
     pthread_mutex_unlock(&run_lock);
     return n;
 }
 
-void fr_pool_stats(long *solo_calls, long *backoff_calls)
+void fr_pool_stats(long *solo_calls, long *backoff_calls, long *asleep_calls)
 {
     *solo_calls = n_solo_calls;
+    *asleep_calls = n_asleep_calls;
     *backoff_calls = backoff;
 }
 

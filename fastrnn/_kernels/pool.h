@@ -18,7 +18,10 @@
  *
  * Workers are created on first use and kept.  After a task a worker spins for FR_POOL_SPIN_NS before
  * sleeping on a condition variable, so back-to-back calls (streaming, one step per call) hand over in
- * well under a microsecond, while an idle process does not burn a core.
+ * well under a microsecond, while an idle process does not burn a core.  A team task shorter than a
+ * wake-up (work_ns under FR_POOL_CHECKIN_MIN_NS) that finds every worker asleep runs on the caller at
+ * once: it wakes them for the next call only when the previous call ended under FR_POOL_SPIN_NS ago,
+ * so calls that far apart never pay a wake-up, and closer ones soon run as a team again.
  *
  * The barrier (one per pool: only one multi-threaded task runs at a time) is a sense-reversing counter:
  * one atomic add per thread per wait, spinning with pause.
@@ -54,6 +57,6 @@ void fr_pool_barrier(int nth, int *local_sense);
 
 /* OUT solo_calls: team calls the stall guard has run on the caller alone so far; OUT backoff_calls:
  * its current solo period in calls (0: none; a clean team task halves it). */
-void fr_pool_stats(long *solo_calls, long *backoff_calls);
+void fr_pool_stats(long *solo_calls, long *backoff_calls, long *asleep_calls);
 
 #endif
