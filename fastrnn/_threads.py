@@ -2,8 +2,9 @@
 
 fastrnn's own pool (fastrnn/_kernels/pool.h) runs every parallel part: the time loops, split by batch
 rows or hidden units, and the large GEMMs around them, split into 1-thread BLAS calls.  OpenBLAS is
-pinned to one thread when the extension loads, so its pool never wakes.  The count starts from
-OpenBLAS's default, which honours OPENBLAS_NUM_THREADS / OMP_NUM_THREADS; `set_num_threads` changes it
+loaded with one thread and kept there (each engine entry pins it back if threadpoolctl changed it), so
+its pool never wakes.  The count starts from what OpenBLAS would pick (OPENBLAS_NUM_THREADS, then
+OMP_NUM_THREADS, else the CPUs; fastrnn._native.default_threads); `set_num_threads` changes it
 for the process (a Stream keeps the count it was made with).  The kernels release the GIL, so several
 Python threads may run RNNs at once: the pool serves one call at a time, the others run on their own
 thread, and results never depend on which.

@@ -1189,9 +1189,10 @@ cdef class StepKernel:
 # threads and SIMD
 
 # fastrnn's thread count: the size of its own pool, which runs every parallel part (the split loops and
-# the split hoisted GEMMs).  OpenBLAS itself is pinned to one thread for good, so its pool never wakes:
-# one pool, and results that depend on the plan only (not on how many threads a busy pool lends).
-# The count starts from OpenBLAS's, which honours OPENBLAS_NUM_THREADS / OMP_NUM_THREADS at load.
+# the split hoisted GEMMs).  OpenBLAS itself runs on one thread for good, so its pool never wakes: one
+# pool, and results that depend on the plan only (not on how many threads a busy pool lends).
+# fastrnn._native loads OpenBLAS with one thread (no workers spinning at start-up) and then sets the
+# count OpenBLAS would have picked (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, else the CPUs).
 cdef int _n_threads = max(1, scipy_openblas_get_num_threads())
 scipy_openblas_set_num_threads(1)
 
