@@ -53,7 +53,7 @@ static inline void add_stall(long since)
     if (since) __atomic_add_fetch(&stall_ns, now_ns() - since, __ATOMIC_RELAXED);
 }
 
-#define FR_POOL_SPIN_NS 200000L        /* 0.2 ms of idle spinning: covers the Python between two steps */
+#define FR_POOL_SPIN_NS 1000000L       /* 1 ms of idle spinning: covers the Python between two steps (NOTES 29) */
 #define FR_POOL_CHECKIN_NS 100000L     /* covers a worker's wake-up from its condition variable */
 #define FR_POOL_CHECKIN_MIN_NS 20000L  /* the floor of that wait after repeated misses */
 #define FR_POOL_CHECKIN_FLOOR_NS 2000L  /* a spinning worker checks in well within this */
