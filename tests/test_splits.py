@@ -342,3 +342,27 @@ def _team_probe_small(threads, rounds, work_ns, seconds=2.0):
         if engine._pool_probe(threads, rounds, 0, work_ns) == threads:
             return True
     return False
+
+
+def _forked_small_tasks(queue):
+    with fastrnn.threads(2):
+        engine._pool_probe(2, 4)   # the child's own worker starts (a large task: it waits for it)
+        queue.put(_team_probe_small(2, 4, 1000))
+
+
+def test_small_tasks_run_as_a_team_in_a_forked_child():
+    """The pool's count of sleeping workers starts afresh in a forked child too: a stale count of the
+    parent's sleepers would send every small task of the child to the caller alone."""
+    import multiprocessing
+
+    with fastrnn.threads(2):
+        _team_probe(2, 4)
+    time.sleep(0.05)   # the parent's worker is asleep when the child is forked
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_forked_small_tasks, args=(queue,))
+    child.start()
+    teamed = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert teamed, "back-to-back small tasks in the child never ran as a team"

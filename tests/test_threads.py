@@ -170,11 +170,12 @@ def test_kernels_release_the_gil():
 
 # -------------------------------------------------------------------------------- environment
 
+@pytest.mark.parametrize("var", ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"])
 @pytest.mark.parametrize("value, expected", [("1", 1), ("2", 2)])
-def test_omp_num_threads_is_respected_at_import(value, expected):
+def test_omp_num_threads_is_respected_at_import(var, value, expected):
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")}
-    env["OMP_NUM_THREADS"] = value
+    env[var] = value
     if expected > (os.cpu_count() or 1):
         pytest.skip("OpenBLAS caps the count at the number of CPUs")
     out = subprocess.run([sys.executable, "-c", "import fastrnn; print(fastrnn.get_num_threads())"],

@@ -164,6 +164,7 @@ static void after_fork_child(void)
     pthread_mutex_init(&wake_lock, NULL);
     pthread_cond_init(&wake_cond, NULL);
     n_workers = 0;
+    n_asleep = 0;   /* the parent's sleeping workers are not in this process */
     solo_left = backoff = 0;
 }
 
