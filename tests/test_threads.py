@@ -187,19 +187,23 @@ def test_omp_num_threads_is_respected_at_import(var, value, expected):
 def test_import_starts_no_openblas_workers_and_leaves_the_environment():
     """fastrnn._native loads OpenBLAS with one thread (its workers would spin ~70 ms at load for nothing),
     restores the environment, and still starts with the count OpenBLAS would pick (every CPU here);
-    numpy's own BLAS keeps the user's setting."""
+    numpy's own BLAS keeps its default even when fastrnn is imported first."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")}
-    code = ("import os, numpy, threadpoolctl; n0 = len(os.listdir('/proc/self/task')); "
-            "np_blas = [i['num_threads'] for i in threadpoolctl.threadpool_info()]; import fastrnn; "
-            "n1 = len(os.listdir('/proc/self/task')); "
-            "print(n0, n1, os.environ.get('OPENBLAS_NUM_THREADS'), fastrnn.get_num_threads(), "
-            "fastrnn._engine.get_blas_threads(), max(np_blas), len(os.sched_getaffinity(0)))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
-                         check=True).stdout.split()
-    n0, n1, leftover, threads, ours, numpy_blas, cpus = out
+
+    def run(code):
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=60, check=True).stdout.split()
+
+    blas = ("','.join(str(i['num_threads']) for i in threadpoolctl.threadpool_info() "
+            "if 'scipy_openblas32' not in i['filepath'])")
+    n0, numpy_alone = run(f"import os, numpy, threadpoolctl; print(len(os.listdir('/proc/self/task')), {blas})")
+    n1, leftover, threads, ours, numpy_after, cpus = run(
+        "import os, fastrnn, threadpoolctl; print(len(os.listdir('/proc/self/task')), "
+        "os.environ.get('OPENBLAS_NUM_THREADS'), fastrnn.get_num_threads(), fastrnn._engine.get_blas_threads(), "
+        f"{blas}, len(os.sched_getaffinity(0)))")
     assert n1 == n0                        # no OpenBLAS worker threads of ours
     assert leftover == "None"              # the environment as it was
     assert int(threads) == int(cpus)       # the default count: every CPU the process may use
     assert int(ours) == 1
-    assert int(numpy_blas) == int(cpus)    # numpy's OpenBLAS untouched
+    assert numpy_after == numpy_alone      # numpy's OpenBLAS as without fastrnn

@@ -56,7 +56,8 @@ int fr_pool_parts(int n, int nparts, fr_part_fn fn, void *arg);
 void fr_pool_barrier(int nth, int *local_sense);
 
 /* OUT solo_calls: team calls the stall guard has run on the caller alone so far; OUT backoff_calls:
- * its current solo period in calls (0: none; a clean team task halves it). */
+ * its current solo period in calls (0: none; a clean team task halves it); OUT asleep_calls: small
+ * team calls run on the caller alone because every worker was asleep. */
 void fr_pool_stats(long *solo_calls, long *backoff_calls, long *asleep_calls);
 
 #endif
