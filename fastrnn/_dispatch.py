@@ -91,7 +91,7 @@ def cpu_plan(spec, training, threads=None):
     from fastrnn._native import engine
 
     n = engine.get_num_threads() if threads is None else threads
-    packable = (_packed_enabled and spec.dtype.char == "f" and engine.simd_level() == 1
+    packable = (_packed_enabled and spec.dtype.char == "f" and engine.simd_level() >= 1
                 and spec.H <= PACK_MAX_H and spec.T >= 2 and not (spec.cell == "gru" and not spec.reset_after))
     units_ok = n > 1 and spec.H >= HIDDEN_SPLIT_MIN_H and not (spec.cell == "gru" and not spec.reset_after)
     macs = spec.G * spec.H * spec.H   # R's multiply-adds per row and step

@@ -38,7 +38,8 @@ that every offset computed in int stays in range.
 Packed R.  When the plan says so (fastrnn._dispatch.cpu_plan: float32 on AVX2, H <= 1024, T >= 2, not
 GRU reset_after=False, and for the forward 2..16 batch rows per thread or G*H >= 512 columns), `forward`
 packs R once per call into 16-column panels (gates.h, fr_pack_panels_f32_avx2) before the loop, and the
-full per-step product h @ R runs on our own 6 x 16 FMA microkernel instead of sgemm, which repacks R on
+full per-step product h @ R runs on our own FMA microkernel (6 x 16 on AVX2, 8 x 48 on AVX-512F, picked
+at run time in gates.c) instead of sgemm, which repacks R on
 every call (OpenBLAS has no pack-once API).  `backward` does the same for its dG @ R^T with R^T packed
 (fr_pack_panels_t_f32_avx2).  Loop.Rp holds the call's packed matrix (R forward, R^T backward); NULL
 means matmul/BLAS runs.  With one row (B == 1, G*H >= 512) the forward packs R instead into 64-column
@@ -60,12 +61,12 @@ from posix.unistd cimport usleep
 
 from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads, scipy_openblas_get_num_threads
 from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2,
-                                     fr_gemm_packed_f32_avx2, fr_pack_vec_panels_f32_avx2,
-                                     fr_vecmat_panels_f32_avx2, FR_VEC_PACKED_SIZE)
+                                     fr_gemm_packed_f32, fr_pack_vec_panels_f32_avx2,
+                                     fr_vecmat_panels_f32, FR_VEC_PACKED_SIZE, FR_PACKED_A_SIZE)
 from fastrnn._kernels._pool cimport fr_pool_run, fr_pool_parts, fr_pool_barrier, fr_pool_stats
 from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row,
-                                     fr_init_simd, fr_force_scalar, fr_simd_level)
+                                     fr_init_simd, fr_force_scalar, fr_limit_simd, fr_simd_level)
 
 cnp.import_array()
 fr_init_simd()
@@ -89,7 +90,7 @@ ctypedef struct Loop:
     void *R
     void *Rp           # float32 R packed in 16-column panels, or NULL (module docstring: Packed R)
     void *Rv           # B == 1: float32 R packed in 64-column vector panels, or NULL (likewise)
-    void *Ap           # with Rp: scratch for the step's h_d in 6-row blocks
+    void *Ap           # with Rp: scratch for the step's h_d in row blocks (FR_PACKED_A_SIZE)
     void *bx
     void *br
     void *h0
@@ -211,10 +212,10 @@ cdef inline void _rmatmul(const Loop *L, int M, int N, int K,
     """The full recurrent product of one step: on the packed R when forward packed it, else matmul."""
     if floating is float:
         if L.Rv != NULL:   # B == 1 (the plan packs vector panels for one row only)
-            fr_vecmat_panels_f32_avx2(A, <const float *>L.Rv, K, N, beta, C)
+            fr_vecmat_panels_f32(A, <const float *>L.Rv, K, N, beta, C)
             return
         if L.Rp != NULL:
-            fr_gemm_packed_f32_avx2(M, N, K, A, lda, <const float *>L.Rp, beta, C, ldc, <float *>L.Ap)
+            fr_gemm_packed_f32(M, N, K, A, lda, <const float *>L.Rp, beta, C, ldc, <float *>L.Ap)
             return
     matmul(False, M, N, K, A, lda, R, ldr, beta, C, ldc)
 
@@ -228,7 +229,7 @@ cdef inline void _rmatmul_t(const Loop *L, int M, int N, int K,
     """Backward's per-step product: on R^T packed by `backward` (in Loop.Rp) when the plan packs, else BLAS."""
     if floating is float:
         if L.Rp != NULL:
-            fr_gemm_packed_f32_avx2(M, N, K, A, lda, <const float *>L.Rp, beta, C, ldc, <float *>L.Ap)
+            fr_gemm_packed_f32(M, N, K, A, lda, <const float *>L.Rp, beta, C, ldc, <float *>L.Ap)
             return
     matmul(True, M, N, K, A, lda, R, ldr, beta, C, ldc)
 
@@ -512,11 +513,11 @@ cdef inline void _hsplit_product(const Job *J, int sl, int nu, const floating *h
     cdef floating *pk = <floating *>J.pk + sl * J.pk_stride
     if floating is float:
         if J.panels and L.B == 1:
-            fr_vecmat_panels_f32_avx2(hdp, pk, L.H, N, beta, C)
+            fr_vecmat_panels_f32(hdp, pk, L.H, N, beta, C)
             return
         if J.panels:
             for k in range(L.G):
-                fr_gemm_packed_f32_avx2(L.B, nu, L.H, hdp, ldd, pk + k * _panel_set(L.H, nu), beta, C + k * nu, N,
+                fr_gemm_packed_f32(L.B, nu, L.H, hdp, ldd, pk + k * _panel_set(L.H, nu), beta, C + k * nu, N,
                                         _vec(<floating *>J.vec, J, sl, 4))
             return
     matmul(False, L.B, N, L.H, hdp, ldd, pk, N, beta, C, N)
@@ -773,7 +774,7 @@ cdef class _HSplitBuffers:
             self.pk_stride = FR_VEC_PACKED_SIZE(H, G * self.per)
         else:
             self.pk_stride = ((H + n_in) * G * ((self.per + 15) // 16 * 16) + 15) // 16 * 16
-        a_scratch = ((B + 5) // 6 * 6) * H if panels else 0   # the microkernel's A scratch
+        a_scratch = FR_PACKED_A_SIZE(B, H) if panels else 0   # the microkernel's A scratch
         self.vec_stride = (2 * B * gp + 2 * gp + a_scratch + 15) // 16 * 16
         self.pk = _empty_aligned(self.pk_stride * nslices, dtype)
         self.vec = _empty_aligned(self.vec_stride * nslices, dtype)
@@ -792,7 +793,7 @@ cdef object _pack_recurrent(Loop *L, Job *J, int n, bint transposed):
     cdef int K = GH if transposed else L.H, N = L.H if transposed else GH
     cdef int per = (L.B + n - 1) // n
     cdef cnp.ndarray packed = np.empty(((N + 15) // 16 * 16) * K, np.float32)
-    J.ap_stride = ((per + 5) // 6 * 6) * K
+    J.ap_stride = FR_PACKED_A_SIZE(per, K)
     cdef cnp.ndarray scratch = np.empty(n * J.ap_stride, np.float32)
     L.Rp, J.Ap = cnp.PyArray_DATA(packed), cnp.PyArray_DATA(scratch)
     with nogil:
@@ -821,7 +822,7 @@ def forward(ws, spec, plan=None):
     OUT ws.out (N, H), ws.hT, ws.cT, and when ws.training the saved gates (in ws.xp), hp, hd, cp, aux.
     `plan` is fastrnn._dispatch.cpu_plan's choice: forward_split "serial" | "batch" | "hidden" over
     plan.threads threads, and plan.forward_packed (the packed-R microkernel for the per-step product;
-    float32 on AVX2 only).  None: serial, BLAS products.
+    float32 on AVX2 or AVX-512 only).  None: serial, BLAS products.
     """
     cdef Loop L
     cdef Job J
@@ -1254,7 +1255,16 @@ def get_blas_threads():
     return scipy_openblas_get_num_threads()
 
 def simd_level():
-    """1 when the float32 gate math runs on AVX2/FMA, 0 on the portable path."""
+    """0: the portable float32 path; 1: gate math and packed products on AVX2/FMA; 2: the packed
+    products on AVX-512F (gate math still AVX2/FMA).  See gates.h."""
+    return fr_simd_level()
+
+def limit_simd(int max_level):
+    """Cap the SIMD level at max_level (0, 1 or 2: tests compare the builds); 2 lifts the cap.
+    Returns the level now in force."""
+    if not 0 <= max_level <= 2:
+        raise ValueError(f"limit_simd: expected a level 0, 1 or 2, got {max_level}")
+    fr_limit_simd(max_level)
     return fr_simd_level()
 
 def force_scalar(bint on):

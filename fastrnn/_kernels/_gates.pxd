@@ -5,6 +5,7 @@ from cython cimport floating
 cdef extern from "gates.h" nogil:
     int fr_init_simd()
     void fr_force_scalar(int on)
+    void fr_limit_simd(int max_level)
     int fr_simd_level()
     void fr_act_f32(int kind, float *y, const float *x, int n)
     void fr_act_f64(int kind, double *y, const double *x, int n)
@@ -32,11 +33,12 @@ cdef extern from "gates.h" nogil:
     void fr_simple_fwd_row_f64(double *g, const double *bias, double *h, int H, int act)
     void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P)
     void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P)
-    void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const float *P, float beta,
-                                 float *C, int ldc, float *work)
+    void fr_gemm_packed_f32(int M, int N, int K, const float *A, int lda, const float *P, float beta,
+                            float *C, int ldc, float *work)
+    long FR_PACKED_A_SIZE(int M, int K)
     long FR_VEC_PACKED_SIZE(int K, int N)
     void fr_pack_vec_panels_f32_avx2(const float *R, int K, int ldr, int nblk, int blk_stride, int blk_w, float *P)
-    void fr_vecmat_panels_f32_avx2(const float *x, const float *P, int K, int N, float beta, float *y)
+    void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float beta, float *y)
 
 
 cdef inline void dact(int kind, floating *dx, const floating *y, const floating *dy, int n) noexcept nogil:

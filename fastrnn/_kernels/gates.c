@@ -1,32 +1,39 @@
 /* gates.c - portable gate math (libm activations) and the run-time SIMD choice; see gates.h.
  *
  * The one-row cell updates are generated from cell_rows.inc.h for double and (portable) float; the
- * float32 entry points pick, per call, on a flag set once, this build or gates_avx2.c's.
+ * float32 entry points pick, per call, on a flag set once, this build or gates_avx2.c's; the packed
+ * products pick gates_avx2.c's or gemm_avx512.c's.
  */
 #include <math.h>
 #include "gates.h"
 
 static int fr_use_avx2 = 0;
-static int fr_scalar_forced = 0;
+static int fr_level = 0;
+static int fr_level_cap = 2;
 
 int fr_init_simd(void)
 {
+    int level = 0;
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    /* libgcc's checks include the OS's: avx512f only where XCR0 saves the zmm state */
     __builtin_cpu_init();
-    fr_use_avx2 = !fr_scalar_forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    fr_use_avx2 = 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        level = __builtin_cpu_supports("avx512f") ? 2 : 1;
 #endif
-    return fr_use_avx2;
+    fr_level = level < fr_level_cap ? level : fr_level_cap;
+    fr_use_avx2 = fr_level >= 1;
+    return fr_level;
 }
 
-void fr_force_scalar(int on)
+void fr_limit_simd(int max_level)
 {
-    fr_scalar_forced = on;
+    fr_level_cap = max_level;
     fr_init_simd();
 }
 
-int fr_simd_level(void) { return fr_use_avx2; }
+void fr_force_scalar(int on) { fr_limit_simd(on ? 0 : 2); }
+
+int fr_simd_level(void) { return fr_level; }
 
 #define FR_ACT_SCALAR(T, SFX, EXP, TANH)                                                               \
     static void fr_act_scalar_##SFX(int kind, T *y, const T *x, int n)                                 \
@@ -110,3 +117,21 @@ FR_PICK(fr_matvec, (const float *R, const float *x, int M, int N, int ldr, float
         (R, x, M, N, ldr, beta, y))
 FR_PICK(fr_simple_fwd_row, (float *g, const float *bias, float *h, int H, int act), (g, bias, h, H, act))
 #undef FR_PICK
+
+/* The packed products exist only as SIMD builds (the plan keeps BLAS at level 0). */
+void fr_gemm_packed_f32(int M, int N, int K, const float *A, int lda, const float *P, float beta, float *C,
+                        int ldc, float *work)
+{
+    if (fr_level >= 2)
+        fr_gemm_packed_f32_avx512(M, N, K, A, lda, P, beta, C, ldc, work);
+    else
+        fr_gemm_packed_f32_avx2(M, N, K, A, lda, P, beta, C, ldc, work);
+}
+
+void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float beta, float *y)
+{
+    if (fr_level >= 2)
+        fr_vecmat_panels_f32_avx512(x, P, K, N, beta, y);
+    else
+        fr_vecmat_panels_f32_avx2(x, P, K, N, beta, y);
+}

@@ -15,7 +15,8 @@
  * float32 runs on AVX2/FMA code when the CPU has it, chosen at run time: gates_avx2.c compiles the
  * whole row template (cell_rows.inc.h) with -mavx2 -mfma and its own exp (max abs error ~2e-7 for
  * sigmoid/tanh); otherwise gates.c's build of the same template on libm.  float64 always uses libm:
- * it is the accuracy dtype.
+ * it is the accuracy dtype.  On a CPU with AVX-512F the packed recurrent products (not the gate math)
+ * run on gemm_avx512.c instead.
  *
  * Gate orders follow the Keras layout: LSTM i,f,c,o; GRU z,r,h.  `# IN` / `# OUT` in the comments below
  * mark argument roles; IN/OUT is read then overwritten.
@@ -32,10 +33,13 @@ enum fr_act {
     FR_SOFTSIGN = 5
 };
 
-/* Picks the AVX2 float kernels if the CPU supports AVX2 and FMA; returns 1 if it did, 0 otherwise.
- * Idempotent; called at module import.  fr_force_scalar(1) pins the portable path (tests). */
+/* Picks the float32 kernels the CPU can run: returns the level, 0 portable, 1 AVX2/FMA (gate math and
+ * packed products), 2 AVX2/FMA gate math and the packed products on AVX-512F (gemm_avx512.c).
+ * Idempotent; called at module import.  fr_limit_simd(n) caps the level at n (tests compare the
+ * builds); fr_force_scalar(1) is fr_limit_simd(0), fr_force_scalar(0) lifts the cap. */
 int fr_init_simd(void);
 void fr_force_scalar(int on);
+void fr_limit_simd(int max_level);
 int fr_simd_level(void);
 
 #define FR_DECLARE(T, SFX)                                                                             \
@@ -87,14 +91,19 @@ FR_DECLARE(float, f32_scalar)
 FR_DECLARE(float, f32_avx2)
 #undef FR_DECLARE
 
-/* Packed recurrent GEMM, float32 on AVX2/FMA only (gates_avx2.c; call only when fr_simd_level() is 1,
- * otherwise keep BLAS).  R (K, N) rows ldr apart is packed once into ceil(N/16) panels of 16 columns,
- * K-major, the last zero-padded: P holds FR_PACKED_SIZE(K, N) floats.  Then per step
- * C := A @ R + beta*C, beta 0 (C not read) or 1, A (M, K) rows lda apart, C (M, N) rows ldc apart.
- * gemm's work holds FR_PACKED_A_SIZE(M, K) floats (A copied into 6-row blocks each step).
+/* Packed recurrent GEMM, float32 (call only when fr_simd_level() >= 1, otherwise keep BLAS).  R (K, N)
+ * rows ldr apart is packed once (gates_avx2.c) into ceil(N/16) panels of 16 columns, K-major, the last
+ * zero-padded: P holds FR_PACKED_SIZE(K, N) floats.  Then per step C := A @ R + beta*C, beta 0 (C not
+ * read) or 1, A (M, K) rows lda apart, C (M, N) rows ldc apart: fr_gemm_packed_f32 runs the AVX-512
+ * build at level 2, the AVX2 one at level 1.  work holds FR_PACKED_A_SIZE(M, K) floats (A copied into
+ * row blocks each step: 6-row blocks on AVX2, 8-row on AVX-512; M + 8 rows covers both).
  * pack:  IN R; OUT P.   gemm: IN A, P; IN/OUT C; OUT work (scratch) */
 #define FR_PACKED_SIZE(K, N) ((long)(K) * (((N) + 15) / 16) * 16)
-#define FR_PACKED_A_SIZE(M, K) ((long)(K) * (((M) + 5) / 6) * 6)
+#define FR_PACKED_A_SIZE(M, K) ((long)(K) * ((M) + 8))
+void fr_gemm_packed_f32(int M, int N, int K, const float *A, int lda, const float *P, float beta, float *C,
+                        int ldc, float *work);
+void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *A, int lda, const float *P, float beta,
+                               float *C, int ldc, float *work);
 void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 /* The same panels for R^T (K, N), read from R (N, K) rows ldr apart (backward: dG @ R^T).  IN R; OUT P */
 void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P);
@@ -109,5 +118,8 @@ void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const
 #define FR_VEC_PACKED_SIZE(K, N) ((long)(K) * (((N) + 63) / 64) * 64)
 void fr_pack_vec_panels_f32_avx2(const float *R, int K, int ldr, int nblk, int blk_stride, int blk_w, float *P);
 void fr_vecmat_panels_f32_avx2(const float *x, const float *P, int K, int N, float beta, float *y);
+/* The run-time pick (level 2: gemm_avx512.c's build, 1: gates_avx2.c's), and the AVX-512 build */
+void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float beta, float *y);
+void fr_vecmat_panels_f32_avx512(const float *x, const float *P, int K, int N, float beta, float *y);
 
 #endif

@@ -1,0 +1,215 @@
+/* gemm_avx512.c - the packed recurrent products of gates_avx2.c again, on 512-bit registers.
+ *
+ * Same contracts and the same packed layouts as fr_gemm_packed_f32_avx2 / fr_vecmat_panels_f32_avx2
+ * (gates.h): R is packed by gates_avx2.c's functions whatever the build, and gates.c picks this file's
+ * products at run time when the CPU has AVX-512F (fr_simd_level() == 2).  Compiled on its own with
+ * -mavx512f -mfma (setup.py); nothing else in the library needs AVX-512.
+ *
+ * Why: a CPU with two 512-bit FMA pipes (Intel Xeon from Skylake-SP on) runs ymm FMAs at half its
+ * peak.  On the Xeon these figures come from (2 cores, 2 GHz, AVX-512 and AMX), a register-only FMA
+ * loop ran 57 GFLOP/s a core on ymm and 116 on zmm, and OpenBLAS, oneDNN and ONNX Runtime's MLAS all
+ * use zmm kernels there.  AMD Zen 4 splits each 512-bit op over two 256-bit pipes: the same peak as
+ * AVX2, and one instruction where AVX2 needs two (bench/NOTES.md 31).
+ *
+ * Microkernel (B >= 2).  A 16-column panel row (64 bytes, one cache line) is one zmm, so a tile is
+ * mr rows x npn panels with mr*npn <= 24 accumulators (of 32 zmm registers); per k: npn panel loads,
+ * mr broadcasts of A (one live at a time), mr*npn FMAs.  Full row blocks are 8 rows x 3 panels; fewer
+ * rows take more panels (<= 4 rows: 6) so that a tile keeps >= 6 independent FMA chains against the
+ * 4-cycle latency of two pipes.  A is copied each step into 8-row k-interleaved blocks (`work`,
+ * FR_PACKED_A_SIZE floats), so a k's broadcasts read one cache line whatever lda is.  Panels are the
+ * outer loop, six at a time (6*K*64 bytes, in L2, while every row block of A passes over them): R
+ * streams from L3 once per step when it is larger than L2.  K runs in blocks of FR_KC = 1024 (as the
+ * AVX2 build).  C's rows are a step's rows of xp, cold: each tile prefetches its C lines before its K
+ * loop, and the panels are prefetched FR_PF rows ahead.  Tail columns use masked loads and stores.
+ *
+ * Vector product (B == 1).  64-column panels, four zmm a k; two k at a time into eight accumulators
+ * (four chains of FMAs would wait on their latency), summed at the end.
+ */
+#include <immintrin.h>
+#include "gates.h"
+
+#define FR_NR 16   /* panel width: one zmm */
+#define FR_MR 8    /* rows of a full block of A */
+#define FR_KC 1024
+#define FR_PF 64   /* panel rows prefetched ahead: 4 KB a panel */
+#define FR_GROUP 6 /* panels per step of the outer loop */
+
+/* C[0:w] (+)= v, w <= 16 columns (w <= 0: nothing) */
+static inline __attribute__((always_inline)) void fr_store16(float *restrict c, __m512 v, float beta, int w)
+{
+    if (w >= FR_NR) {
+        if (beta != 0.0f) v = _mm512_add_ps(v, _mm512_loadu_ps(c));
+        _mm512_storeu_ps(c, v);
+    } else if (w > 0) {
+        const __mmask16 m = (__mmask16)((1u << w) - 1u);
+        if (beta != 0.0f) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, c));
+        _mm512_mask_storeu_ps(c, m, v);
+    }
+}
+
+#define FR_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define FR_PANELS(X, i) X(i, 0) X(i, 1) X(i, 2) X(i, 3) X(i, 4) X(i, 5)
+
+/* One mr x (16*npn) tile: C[0:mr, cols] := A_block @ panels + beta*C, panel q at P + q*ps.  mr and npn
+ * are constants at every call site (fr_micro_call), so every `i < mr`, `q < npn` folds away; the
+ * accumulators are named scalars (arrays of vectors make gcc keep them in memory).  nleft: the columns
+ * of C left from this tile's first panel on (the matrix's last panel stores only its real columns). */
+static inline __attribute__((always_inline)) void
+fr_micro(const int mr, const int npn, int K, const float *restrict A, const float *restrict P, long ps,
+         float beta, float *restrict C, int ldc, int nleft)
+{
+    int k;
+#define FR_DECL(i, q) __m512 c##i##q = _mm512_setzero_ps();
+#define FR_DECL_ROW(i) FR_PANELS(FR_DECL, i)
+    FR_ROWS(FR_DECL_ROW)
+#undef FR_DECL_ROW
+#undef FR_DECL
+    if (beta != 0.0f) {
+#define FR_PF_C(i, q)                                                                                  \
+    if (i < mr && q < npn && q * FR_NR < nleft) {                                                      \
+        const float *cq = C + (long)(i) * ldc + (q) * FR_NR;                                           \
+        int w = nleft - (q) * FR_NR < FR_NR ? nleft - (q) * FR_NR : FR_NR;                             \
+        _mm_prefetch((const char *)cq, _MM_HINT_T0);                                                   \
+        _mm_prefetch((const char *)(cq + w - 1), _MM_HINT_T0); /* the second line when unaligned */   \
+    }
+#define FR_PF_C_ROW(i) FR_PANELS(FR_PF_C, i)
+        FR_ROWS(FR_PF_C_ROW)
+#undef FR_PF_C_ROW
+#undef FR_PF_C
+    }
+    for (k = 0; k < K; k++) {
+        const float *pk = P + (long)k * FR_NR;
+#define FR_LOAD(q)                                                                                     \
+    const __m512 b##q = q < npn ? _mm512_loadu_ps(pk + (q) * ps) : _mm512_setzero_ps();                \
+    if (q < npn) _mm_prefetch((const char *)(pk + (q) * ps + FR_PF * FR_NR), _MM_HINT_T0);
+        FR_LOAD(0) FR_LOAD(1) FR_LOAD(2) FR_LOAD(3) FR_LOAD(4) FR_LOAD(5)
+#undef FR_LOAD
+#define FR_FMA(i, q) if (q < npn) c##i##q = _mm512_fmadd_ps(a, b##q, c##i##q);
+#define FR_FMA_ROW(i)                                                                                  \
+    if (i < mr) {                                                                                      \
+        const __m512 a = _mm512_set1_ps(A[(long)k * FR_MR + (i)]);                                     \
+        FR_PANELS(FR_FMA, i)                                                                           \
+    }
+        FR_ROWS(FR_FMA_ROW)
+#undef FR_FMA_ROW
+#undef FR_FMA
+    }
+#define FR_STORE(i, q) if (i < mr && q < npn) fr_store16(C + (long)(i) * ldc + (q) * FR_NR, c##i##q, beta, nleft - (q) * FR_NR);
+#define FR_STORE_ROW(i) FR_PANELS(FR_STORE, i)
+    FR_ROWS(FR_STORE_ROW)
+#undef FR_STORE_ROW
+#undef FR_STORE
+}
+
+/* The most panels one tile of mr rows takes: mr * npn <= 24 accumulators, and at most FR_GROUP. */
+static inline int fr_max_panels(int mr) { return mr <= 4 ? 6 : mr <= 6 ? 4 : 3; }
+
+/* fr_micro with run-time (mr, npn), 1 <= mr <= 8, 1 <= npn <= fr_max_panels(mr): one instantiation each */
+static void fr_micro_call(int mr, int npn, int K, const float *restrict A, const float *restrict P, long ps,
+                          float beta, float *restrict C, int ldc, int nleft)
+{
+#define FR_CASE(r, n) case (r) * 8 + (n): fr_micro(r, n, K, A, P, ps, beta, C, ldc, nleft); return;
+#define FR_CASES6(r) FR_CASE(r, 1) FR_CASE(r, 2) FR_CASE(r, 3) FR_CASE(r, 4) FR_CASE(r, 5) FR_CASE(r, 6)
+    switch (mr * 8 + npn) {
+    FR_CASES6(1) FR_CASES6(2) FR_CASES6(3) FR_CASES6(4)
+    FR_CASE(5, 1) FR_CASE(5, 2) FR_CASE(5, 3) FR_CASE(5, 4)
+    FR_CASE(6, 1) FR_CASE(6, 2) FR_CASE(6, 3) FR_CASE(6, 4)
+    FR_CASE(7, 1) FR_CASE(7, 2) FR_CASE(7, 3)
+    FR_CASE(8, 1) FR_CASE(8, 2) FR_CASE(8, 3)
+    default: return; /* unreachable: the callers keep npn <= fr_max_panels(mr) */
+    }
+#undef FR_CASES6
+#undef FR_CASE
+}
+
+/* A (mr, K) rows lda apart -> dst[k*FR_MR + i] */
+static inline void fr_pack_block(const float *restrict A, int lda, int mr, int K, float *restrict dst)
+{
+    int i, k;
+    for (i = 0; i < mr; i++) {
+        const float *src = A + (long)i * lda;
+        for (k = 0; k < K; k++) dst[(long)k * FR_MR + i] = src[k];
+    }
+}
+
+void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
+                               float beta, float *restrict C, int ldc, float *restrict work)
+{
+    const int np = (N + FR_NR - 1) / FR_NR;
+    const long ps = (long)K * FR_NR;
+    int m, p, q, k0;
+    /* block m (its first row) at work + m*K, FR_MR floats a k: the last block ends before
+     * work + (M + 7)*K <= FR_PACKED_A_SIZE(M, K) */
+    for (m = 0; m < M; m += FR_MR)
+        fr_pack_block(A + (long)m * lda, lda, M - m < FR_MR ? M - m : FR_MR, K, work + (long)m * K);
+    for (k0 = 0; k0 < K || k0 == 0; k0 += FR_KC) {
+        const int kc = K - k0 < FR_KC ? K - k0 : FR_KC;
+        const float b = k0 == 0 ? beta : 1.0f;
+        for (p = 0; p < np; p += FR_GROUP) {
+            const int g = np - p < FR_GROUP ? np - p : FR_GROUP;
+            for (m = 0; m < M; m += FR_MR) {
+                const int mr = M - m < FR_MR ? M - m : FR_MR, most = fr_max_panels(mr);
+                const float *Am = work + (long)m * K + (long)k0 * FR_MR;
+                for (q = 0; q < g; q += most) {
+                    const int n0 = (p + q) * FR_NR;
+                    fr_micro_call(mr, g - q < most ? g - q : most, kc, Am, P + (long)(p + q) * ps + (long)k0 * FR_NR,
+                                  ps, b, C + (long)m * ldc + n0, ldc, N - n0);
+                }
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------
+ * B == 1: y := x @ R + beta*y on gates_avx2.c's 64-column vector panels (K-major, the last zero-padded).
+ * ------------------------------------------------------------------------------------------------ */
+#define FR_NV 64
+
+void fr_vecmat_panels_f32_avx512(const float *restrict x, const float *restrict P, int K, int N, float beta,
+                                 float *restrict y)
+{
+    const int np = (N + FR_NV - 1) / FR_NV;
+    int p, k, j;
+    for (p = 0; p < np; p++) {
+        const float *b = P + (long)p * K * FR_NV;
+        const int w = N - p * FR_NV < FR_NV ? N - p * FR_NV : FR_NV;
+        float *o = y + p * FR_NV;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, e0 = a0, e1 = a0, e2 = a0, e3 = a0;
+        __m512 a[4];
+        for (k = 0; k + 1 < K; k += 2) {
+            const float *r = b + (long)k * FR_NV;
+            const __m512 x0 = _mm512_set1_ps(x[k]), x1 = _mm512_set1_ps(x[k + 1]);
+            a0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r), a0);
+            a1 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 16), a1);
+            a2 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 32), a2);
+            a3 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 48), a3);
+            e0 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r + 64), e0);
+            e1 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r + 80), e1);
+            e2 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r + 96), e2);
+            e3 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r + 112), e3);
+        }
+        if (k < K) {   /* odd K: the last row */
+            const float *r = b + (long)k * FR_NV;
+            const __m512 x0 = _mm512_set1_ps(x[k]);
+            a0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r), a0);
+            a1 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 16), a1);
+            a2 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 32), a2);
+            a3 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 48), a3);
+        }
+        a[0] = _mm512_add_ps(a0, e0);
+        a[1] = _mm512_add_ps(a1, e1);
+        a[2] = _mm512_add_ps(a2, e2);
+        a[3] = _mm512_add_ps(a3, e3);
+        for (j = 0; j < 4; j++) {
+            const int wj = w - 16 * j;
+            if (wj <= 0) break;
+            {
+                const __mmask16 m = wj >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << wj) - 1u);
+                __m512 v = a[j];
+                if (beta != 0.0f)
+                    v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, o + 16 * j), v);
+                _mm512_mask_storeu_ps(o + 16 * j, m, v);
+            }
+        }
+    }
+}
