@@ -17,3 +17,18 @@ def calls(monkeypatch):
 
     monkeypatch.setattr(bridge, "rnn", counting)
     return count
+
+
+@pytest.fixture(params=["avx2", "avx512"])
+def packed_build(request):
+    """Runs the test once per build of the packed recurrent products this CPU can run (simd_level 1:
+    gates_avx2.c, 2: gemm_avx512.c), capping the level for its duration; skips the others."""
+    from fastrnn._native import engine
+
+    want = {"avx2": 1, "avx512": 2}[request.param]
+    if engine.simd_level() < want:
+        pytest.skip(f"this CPU cannot run the {request.param} build (simd_level() is {engine.simd_level()})")
+    engine.limit_simd(want)
+    assert engine.simd_level() == want
+    yield request.param
+    engine.limit_simd(2)

@@ -168,7 +168,7 @@ def test_backward_can_be_called_twice():
 @pytest.mark.parametrize("shape", [(6, 2, 17, 34), (5, 7, 9, 20), (5, 8, 17, 34), (4, 14, 9, 20), (4, 16, 17, 34),
                                    (3, 40, 9, 176), (7, 1, 17, 176)],
                          ids=["b2", "b7", "b8", "b14", "b16", "b40", "b1"])  # 8, 14: row blocks end in 4 + 4
-def test_packed_recurrent_product(cell, extra, shape):
+def test_packed_recurrent_product(cell, extra, shape, packed_build):
     """float32, one thread: the per-step products run on the packed-R microkernel (_engine.pyx, 'Packed
     R') in the forward at 2 <= B <= 16, or any B once G*H >= 512 (B = 40: LSTM and GRU), and in the
     backward at B >= 2; B == 1 on R's vector panels once G*H >= 512 (LSTM and GRU, with a tail panel:

@@ -1250,6 +1250,40 @@ def _pool_probe(int threads, int rounds, int sleep_us=0, long work_ns=1000000):
     return n
 
 
+def _packed_product(cnp.ndarray A, cnp.ndarray R, cnp.ndarray C, float beta):
+    """Test hook: C := A @ R + beta*C (beta 0 or 1) through the packed path at the current SIMD level
+    (>= 1), as the loops run it: R (K, N) packed into panels, then the microkernel (A with >= 2 rows)
+    or the vector-panel product (one row).  float32 2-D arrays whose rows are contiguous (row strides
+    may be larger); C is written in place."""
+    for arr in (A, R, C):
+        if arr.ndim != 2 or arr.dtype != np.float32 or arr.strides[1] != 4:
+            raise ValueError("_packed_product: expected 2-D float32 arrays with contiguous rows")
+    cdef int M = A.shape[0], K = A.shape[1], N = R.shape[1]
+    if R.shape[0] != K or C.shape[0] != M or C.shape[1] != N:
+        raise ValueError(f"_packed_product: shapes {(<object>A).shape} {(<object>R).shape} -> {(<object>C).shape} do not chain")
+    if fr_simd_level() < 1:
+        raise ValueError("_packed_product: the packed products need AVX2/FMA (simd_level() >= 1)")
+    cdef cnp.ndarray packed, work
+    cdef int lda = _ld(A), ldr = _ld(R), ldc = _ld(C)
+    if M == 1:
+        packed = np.empty(FR_VEC_PACKED_SIZE(K, N), np.float32)
+        with nogil:
+            fr_pack_vec_panels_f32_avx2(<const float *>cnp.PyArray_DATA(R), K, ldr, 1, 0, N,
+                                        <float *>cnp.PyArray_DATA(packed))
+            fr_vecmat_panels_f32(<const float *>cnp.PyArray_DATA(A), <const float *>cnp.PyArray_DATA(packed),
+                                 K, N, beta, <float *>cnp.PyArray_DATA(C))
+        return
+    packed = np.empty(((N + 15) // 16 * 16) * max(K, 1), np.float32)
+    cdef Py_ssize_t size = FR_PACKED_A_SIZE(M, K)
+    work = np.full(size + 64, np.nan, np.float32)   # a guard band after the scratch the kernels may use
+    with nogil:
+        fr_pack_panels_f32_avx2(<const float *>cnp.PyArray_DATA(R), K, N, ldr, <float *>cnp.PyArray_DATA(packed))
+        fr_gemm_packed_f32(M, N, K, <const float *>cnp.PyArray_DATA(A), lda, <const float *>cnp.PyArray_DATA(packed),
+                           beta, <float *>cnp.PyArray_DATA(C), ldc, <float *>cnp.PyArray_DATA(work))
+    if not np.isnan(work[size:]).all():
+        raise RuntimeError(f"_packed_product: the microkernel wrote past FR_PACKED_A_SIZE({M}, {K})")
+
+
 def get_blas_threads():
     """OpenBLAS's own thread count: always 1 (see above; a test checks it)."""
     return scipy_openblas_get_num_threads()

@@ -1,0 +1,75 @@
+"""The packed recurrent products (gates_avx2.c, gemm_avx512.c) against float64 NumPy, at every SIMD
+level this CPU has, through the test hook `_packed_product` (the same pack and product calls the loops
+make).  Shapes sweep every row-block remainder (M = 1..25: 6-row blocks with the 4 + 4 ending on AVX2,
+8-row blocks with 1..8-row tails on AVX-512), column tails inside a panel and across panel groups, K
+blocks (K > 1024) and strided A and C; beta 1 accumulates into C, and C's columns outside the product
+stay untouched (masked and tile stores)."""
+import numpy as np
+import pytest
+
+from fastrnn._native import engine
+
+def _product(rng, M, N, K, beta, pad=3):
+    A_full = rng.standard_normal((M, K + pad)).astype(np.float32)
+    A = A_full[:, 1:K + 1]                       # rows lda = K + pad apart
+    R = rng.standard_normal((K, N)).astype(np.float32)
+    C_full = rng.standard_normal((M, N + 2 * pad)).astype(np.float32)
+    before = C_full.copy()
+    C = C_full[:, pad:pad + N]                   # rows ldc = N + 2*pad apart, columns on both sides
+    expected = A.astype(np.float64) @ R.astype(np.float64) + beta * C.astype(np.float64)
+    engine._packed_product(A, R, C, beta)
+    scale = np.sqrt(K) + 1.0
+    np.testing.assert_allclose(C, expected, rtol=0, atol=2e-6 * scale * 4)
+    np.testing.assert_array_equal(C_full[:, :pad], before[:, :pad])
+    np.testing.assert_array_equal(C_full[:, pad + N:], before[:, pad + N:])
+
+
+@pytest.mark.parametrize("M", list(range(1, 26)))
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_every_row_remainder(packed_build, M, beta):
+    rng = np.random.default_rng(M * 7 + int(beta))
+    for N in (17, 100):   # a tail panel; 7 panels = a group of 6 and one more, with a tail
+        _product(rng, M, N, 33, beta)
+
+
+@pytest.mark.parametrize("N", [1, 15, 16, 31, 48, 64, 65, 96, 97, 112, 200])
+def test_column_tails(packed_build, N):
+    rng = np.random.default_rng(N)
+    for M in (1, 3, 8, 13):
+        _product(rng, M, N, 20, 1.0)
+
+
+@pytest.mark.parametrize("K", [1, 2, 7, 1024, 1025, 2100])
+def test_k_blocks(packed_build, K):
+    rng = np.random.default_rng(K)
+    for M in (1, 5, 16):
+        _product(rng, M, 40, K, 1.0)
+
+
+def test_levels_agree_closely():
+    """The AVX2 and AVX-512 builds sum in different orders but must give nearly the same numbers."""
+    if engine.simd_level() < 2:
+        pytest.skip("needs AVX-512F to compare with AVX2")
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((19, 300)).astype(np.float32)
+    R = rng.standard_normal((300, 130)).astype(np.float32)
+    out = {}
+    try:
+        for lv in (1, 2):
+            engine.limit_simd(lv)
+            C = np.zeros((19, 130), np.float32)
+            engine._packed_product(A, R, C, 0.0)
+            out[lv] = C
+    finally:
+        engine.limit_simd(2)
+    np.testing.assert_allclose(out[1], out[2], rtol=0, atol=1e-4)
+
+
+def test_hook_refuses_bad_input():
+    A = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="do not chain"):
+        engine._packed_product(A, np.zeros((5, 6), np.float32), np.zeros((3, 6), np.float32), 0.0)
+    with pytest.raises(ValueError, match="float32"):
+        engine._packed_product(A.astype(np.float64), np.zeros((4, 6)), np.zeros((3, 6)), 0.0)
+    with pytest.raises(ValueError, match="level"):
+        engine.limit_simd(3)
