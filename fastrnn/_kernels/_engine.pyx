@@ -38,13 +38,21 @@ that every offset computed in int stays in range.
 Packed R.  When the plan says so (fastrnn._dispatch.cpu_plan: float32 on AVX2, H <= 1024, T >= 2, not
 GRU reset_after=False, and for the forward 2..16 batch rows per thread or G*H >= 512 columns), `forward`
 packs R once per call into 16-column panels (gates.h, fr_pack_panels_f32_avx2) before the loop, and the
-full per-step product h @ R runs on our own FMA microkernel (6 x 16 on AVX2, 8 x 48 on AVX-512F, picked
-at run time in gates.c) instead of sgemm, which repacks R on
-every call (OpenBLAS has no pack-once API).  `backward` does the same for its dG @ R^T with R^T packed
+full per-step product h @ R runs on our own FMA microkernel (fr_gemm_packed_f32: 6 x 16 tiles on AVX2,
+up to 8 x 48 on AVX-512F, picked at run time in gates.c) instead of sgemm, which repacks R on every
+call (OpenBLAS has no pack-once API).  `backward` does the same for its dG @ R^T with R^T packed
 (fr_pack_panels_t_f32_avx2).  Loop.Rp holds the call's packed matrix (R forward, R^T backward); NULL
 means matmul/BLAS runs.  With one row (B == 1, G*H >= 512) the forward packs R instead into 64-column
 vector panels (Loop.Rv, fr_pack_vec_panels_f32_avx2; the hidden split packs its slices so too), which
-the one-row product streams sequentially (fr_vecmat_panels_f32_avx2).
+the one-row product streams sequentially (fr_vecmat_panels_f32).
+
+Serpentine.  The one-row product reads all of R (or the slice) every step, and once that is about the
+size of L2, a plain LRU cache evicts each panel just before the next step asks for it again: every
+step streams everything from L3.  So odd steps visit the vector panels in reverse order (the panels are
+independent column blocks: the results are bit for bit the same), and each step starts on the panels
+the previous one left in L2.  A streaming StepKernel alternates per call (Loop.parity).  C harness on
+a 2-core Xeon (2 MiB L2), 2 MiB of panels: 44-98 -> 31-67 us a product; LSTM H=512, 1 thread: 15%
+faster (bench/NOTES.md 32).
 
 Threads.  The plan also says how the loop is split over fastrnn's pool (pool.h): by batch rows (each
 part runs the loop on its rows; forward and backward) or, for the forward of B <= 4, by hidden units
@@ -91,6 +99,7 @@ ctypedef struct Loop:
     void *Rp           # float32 R packed in 16-column panels, or NULL (module docstring: Packed R)
     void *Rv           # B == 1: float32 R packed in 64-column vector panels, or NULL (likewise)
     void *Ap           # with Rp: scratch for the step's h_d in row blocks (FR_PACKED_A_SIZE)
+    int parity         # added to the step index for the serpentine order (StepKernel: its call count)
     void *bx
     void *br
     void *h0
@@ -133,6 +142,7 @@ cdef void _fill(Loop *L, object ws, object spec) except *:
     L.time_major, L.training = spec.time_major, ws.training
     L.xp, L.R, L.bx, L.br = _ptr(ws.xp), _ptr(ws.R), _ptr(ws.bx), _ptr(ws.br)
     L.Rp = L.Ap = L.Rv = NULL
+    L.parity = 0
     L.h0, L.c0 = _ptr(ws.h0), _ptr(ws.c0)
     L.mask = <const unsigned char *>_ptr(ws.mask)
     L.rdmask = _ptr(ws.rdmask)
@@ -203,16 +213,22 @@ cdef inline void _mul_rows(floating *dst, int ldd, const floating *a, int lda, c
 # ---------------------------------------------------------------------------------------------------
 # forward
 
+cdef int _serpentine = 1   # see Serpentine in the module docstring; `serpentine(on)` switches it (A/B runs)
+
+
 cdef inline void _rmatmul(const Loop *L, int M, int N, int K,
                           const floating *A, int lda,   # IN  (M, K) rows lda apart (the state h_d)
                           const floating *R, int ldr,   # IN  (K, N): the full recurrent kernel
                           floating beta,
-                          floating *C, int ldc          # IN/OUT (M, N): C := A @ R + beta*C
+                          floating *C, int ldc,         # IN/OUT (M, N): C := A @ R + beta*C
+                          int rev                       # IN  odd steps: vector panels in reverse order
                           ) noexcept nogil:
-    """The full recurrent product of one step: on the packed R when forward packed it, else matmul."""
+    """The full recurrent product of one step: on the packed R when forward packed it, else matmul.
+    One row streams R's vector panels forward on even steps and backward on odd ones (Serpentine, in
+    the module docstring)."""
     if floating is float:
         if L.Rv != NULL:   # B == 1 (the plan packs vector panels for one row only)
-            fr_vecmat_panels_f32(A, <const float *>L.Rv, K, N, beta, C)
+            fr_vecmat_panels_f32(A, <const float *>L.Rv, K, N, beta, C, rev & _serpentine)
             return
         if L.Rp != NULL:
             fr_gemm_packed_f32(M, N, K, A, lda, <const float *>L.Rp, beta, C, ldc, <float *>L.Ap)
@@ -306,7 +322,7 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
 
         # recurrent GEMM(s) and the fused gate math, row by row
         if is_gru and L.reset_after:
-            _rmatmul(L, B, GH, H, hdp, ldd, R, GH, 0, rec, GH)
+            _rmatmul(L, B, GH, H, hdp, ldd, R, GH, 0, rec, GH, (s + L.parity) & 1)
         elif is_gru:
             matmul(False, B, 2 * H, H, hdp, ldd, R, GH, 1, g, ldg)
             for b in range(B):
@@ -314,7 +330,7 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
                 _mul_rows(auxp + b * lda, lda, g + b * ldg + H, ldg, hdp + b * ldd, 1, H)
             matmul(False, B, H, H, auxp, lda, R + 2 * H, GH, 1, g + 2 * H, ldg)
         else:
-            _rmatmul(L, B, GH, H, hdp, ldd, R, GH, 1, g, ldg)
+            _rmatmul(L, B, GH, H, hdp, ldd, R, GH, 1, g, ldg, (s + L.parity) & 1)
 
         for b in range(B):
             m = L.mask == NULL or L.mask[<Py_ssize_t>b * T + t] != 0
@@ -504,16 +520,16 @@ cdef void _hsplit_pack(const Job *J, int sl, floating *pk) noexcept nogil:
 
 
 cdef inline void _hsplit_product(const Job *J, int sl, int nu, const floating *hdp, int ldd, floating beta,
-                                 floating *C) noexcept nogil:
+                                 floating *C, int rev) noexcept nogil:
     """C (B, G*nu) := h_d (B, H) rows ldd apart @ R_k + beta*C: the slice's share of the step's product
-    (one microkernel call per gate block, one vecmat over the vector panels, or one vecmat / GEMM over
-    the row-major R_k)."""
+    (one microkernel call per gate block, one vecmat over the vector panels, in reverse order when rev
+    (Serpentine), or one vecmat / GEMM over the row-major R_k)."""
     cdef const Loop *L = J.L
     cdef int N = L.G * nu, k
     cdef floating *pk = <floating *>J.pk + sl * J.pk_stride
     if floating is float:
         if J.panels and L.B == 1:
-            fr_vecmat_panels_f32(hdp, pk, L.H, N, beta, C)
+            fr_vecmat_panels_f32(hdp, pk, L.H, N, beta, C, rev & _serpentine)
             return
         if J.panels:
             for k in range(L.G):
@@ -593,9 +609,9 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
                 for b in range(B):
                     _gather(loc + b * G * nu, g + b * ldg, G, H, u0, nu)
             if is_gru:   # reset_after (plan): the whole product first, then r * (h_d @ R_h + b)
-                _hsplit_product(J, sl, nu, hdp, ldd, 0, lrec)
+                _hsplit_product(J, sl, nu, hdp, ldd, 0, lrec, (s + L.parity) & 1)
             else:
-                _hsplit_product(J, sl, nu, hdp, ldd, 1, loc)
+                _hsplit_product(J, sl, nu, hdp, ldd, 1, loc, (s + L.parity) & 1)
             for b in range(B):
                 m = L.mask == NULL or L.mask[<Py_ssize_t>b * T + t] != 0
                 ob = out + _row(L, b, s) * H + u0
@@ -1154,6 +1170,7 @@ cdef class StepKernel:
                 matmul[double](False, L.B, GH, self.n_in, <double *>xin, self.n_in, <double *>self.W, GH, 0,
                                <double *>L.xp, GH)
                 _forward[double](L, <double *>L.xp)
+            L.parity ^= 1   # the next step streams R's panels the other way (Serpentine)
             tmp = L.h0
             L.h0 = L.hT
             L.hT = tmp
@@ -1250,11 +1267,11 @@ def _pool_probe(int threads, int rounds, int sleep_us=0, long work_ns=1000000):
     return n
 
 
-def _packed_product(cnp.ndarray A, cnp.ndarray R, cnp.ndarray C, float beta):
+def _packed_product(cnp.ndarray A, cnp.ndarray R, cnp.ndarray C, float beta, bint reverse=False):
     """Test hook: C := A @ R + beta*C (beta 0 or 1) through the packed path at the current SIMD level
     (>= 1), as the loops run it: R (K, N) packed into panels, then the microkernel (A with >= 2 rows)
-    or the vector-panel product (one row).  float32 2-D arrays whose rows are contiguous (row strides
-    may be larger); C is written in place."""
+    or the vector-panel product (one row; `reverse`: its panels in the serpentine order of odd steps).
+    float32 2-D arrays whose rows are contiguous (row strides may be larger); C is written in place."""
     for arr in (A, R, C):
         if arr.ndim != 2 or arr.dtype != np.float32 or arr.strides[1] != 4:
             raise ValueError("_packed_product: expected 2-D float32 arrays with contiguous rows")
@@ -1271,7 +1288,7 @@ def _packed_product(cnp.ndarray A, cnp.ndarray R, cnp.ndarray C, float beta):
             fr_pack_vec_panels_f32_avx2(<const float *>cnp.PyArray_DATA(R), K, ldr, 1, 0, N,
                                         <float *>cnp.PyArray_DATA(packed))
             fr_vecmat_panels_f32(<const float *>cnp.PyArray_DATA(A), <const float *>cnp.PyArray_DATA(packed),
-                                 K, N, beta, <float *>cnp.PyArray_DATA(C))
+                                 K, N, beta, <float *>cnp.PyArray_DATA(C), reverse)
         return
     packed = np.empty(((N + 15) // 16 * 16) * max(K, 1), np.float32)
     cdef Py_ssize_t size = FR_PACKED_A_SIZE(M, K)
@@ -1292,6 +1309,14 @@ def simd_level():
     """0: the portable float32 path; 1: gate math and packed products on AVX2/FMA; 2: the packed
     products on AVX-512F (gate math still AVX2/FMA).  See gates.h."""
     return fr_simd_level()
+
+def serpentine(on=None):
+    """Whether one-row products stream R's panels the other way on every other step (module docstring:
+    Serpentine); `on` changes it (benchmarks compare).  Returns the setting in force."""
+    global _serpentine
+    if on is not None:
+        _serpentine = 1 if on else 0
+    return bool(_serpentine)
 
 def limit_simd(int max_level):
     """Cap the SIMD level at max_level (0, 1 or 2: tests compare the builds); 2 lifts the cap.

@@ -38,7 +38,7 @@ cdef extern from "gates.h" nogil:
     long FR_PACKED_A_SIZE(int M, int K)
     long FR_VEC_PACKED_SIZE(int K, int N)
     void fr_pack_vec_panels_f32_avx2(const float *R, int K, int ldr, int nblk, int blk_stride, int blk_w, float *P)
-    void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float beta, float *y)
+    void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float beta, float *y, int reverse)
 
 
 cdef inline void dact(int kind, floating *dx, const floating *y, const floating *dy, int n) noexcept nogil:

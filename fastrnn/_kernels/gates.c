@@ -128,10 +128,10 @@ void fr_gemm_packed_f32(int M, int N, int K, const float *A, int lda, const floa
         fr_gemm_packed_f32_avx2(M, N, K, A, lda, P, beta, C, ldc, work);
 }
 
-void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float beta, float *y)
+void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float beta, float *y, int reverse)
 {
     if (fr_level >= 2)
-        fr_vecmat_panels_f32_avx512(x, P, K, N, beta, y);
+        fr_vecmat_panels_f32_avx512(x, P, K, N, beta, y, reverse);
     else
-        fr_vecmat_panels_f32_avx2(x, P, K, N, beta, y);
+        fr_vecmat_panels_f32_avx2(x, P, K, N, beta, y, reverse);
 }

@@ -117,9 +117,10 @@ void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const
  * pack: IN R; OUT P.   vecmat: IN x, P; IN/OUT y */
 #define FR_VEC_PACKED_SIZE(K, N) ((long)(K) * (((N) + 63) / 64) * 64)
 void fr_pack_vec_panels_f32_avx2(const float *R, int K, int ldr, int nblk, int blk_stride, int blk_w, float *P);
-void fr_vecmat_panels_f32_avx2(const float *x, const float *P, int K, int N, float beta, float *y);
+void fr_vecmat_panels_f32_avx2(const float *x, const float *P, int K, int N, float beta, float *y, int reverse);
 /* The run-time pick (level 2: gemm_avx512.c's build, 1: gates_avx2.c's), and the AVX-512 build */
-void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float beta, float *y);
-void fr_vecmat_panels_f32_avx512(const float *x, const float *P, int K, int N, float beta, float *y);
+void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float beta, float *y, int reverse);
+void fr_vecmat_panels_f32_avx512(const float *x, const float *P, int K, int N, float beta, float *y,
+                                 int reverse);
 
 #endif

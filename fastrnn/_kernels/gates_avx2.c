@@ -572,10 +572,11 @@ void fr_pack_vec_panels_f32_avx2(const float *restrict R, int K, int ldr, int nb
 }
 
 void fr_vecmat_panels_f32_avx2(const float *restrict x, const float *restrict P, int K, int N, float beta,
-                               float *restrict y)
+                               float *restrict y, int reverse)
 {
-    int np = (N + FR_NV - 1) / FR_NV, p, k, j;
-    for (p = 0; p < np; p++) {
+    int np = (N + FR_NV - 1) / FR_NV, i, p, k, j;
+    for (i = 0; i < np; i++) {
+        p = reverse ? np - 1 - i : i;
         const float *b = P + (long)p * K * FR_NV;
         int w = N - p * FR_NV < FR_NV ? N - p * FR_NV : FR_NV;
         __m256 a[8];

@@ -166,11 +166,12 @@ void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *restrict A, int
 #define FR_NV 64
 
 void fr_vecmat_panels_f32_avx512(const float *restrict x, const float *restrict P, int K, int N, float beta,
-                                 float *restrict y)
+                                 float *restrict y, int reverse)
 {
     const int np = (N + FR_NV - 1) / FR_NV;
-    int p, k, j;
-    for (p = 0; p < np; p++) {
+    int i, p, k, j;
+    for (i = 0; i < np; i++) {
+        p = reverse ? np - 1 - i : i;
         const float *b = P + (long)p * K * FR_NV;
         const int w = N - p * FR_NV < FR_NV ? N - p * FR_NV : FR_NV;
         float *o = y + p * FR_NV;
