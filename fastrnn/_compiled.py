@@ -4,13 +4,16 @@ Per call:  xp := (x * dropout_mask) @ W   (one GEMM for all T steps, rows in x's
            _engine.forward: per step one GEMM/GEMV against R, fused gate math, masks, state chain
            backward (training only): _engine.backward does the dh/dc recursion, then
            dW := xd^T @ dG,  dx := (dG @ W^T) * dropout_mask,  dR := h_d^T @ dG_rec,  db := sum(dG)
-All buffers are allocated here, before the loops; the kernels never allocate and hold no state.
+All buffers are allocated here, before the loops; the kernels never allocate and hold no state.  The
+big buffers that never leave a call (the inference forward's xp, the backward's dxp and drec) come from
+fastrnn/_scratch.py, which keeps them mapped between calls.
 `forward_vjp` keeps the forward's buffers in its backward closure; `forward_residuals` /
 `backward_from_residuals` hand the same buffers out and back in as plain arrays (torch custom ops).
 """
 import numpy as np
 
 from fastrnn._dispatch import cpu_plan
+from fastrnn import _scratch
 from fastrnn._native import engine
 from fastrnn._spec import GATES, check_cotangents
 
@@ -22,9 +25,10 @@ class Workspace:
     `forward_residuals`; they take the place of the forward's buffers (xp, hp, cp, hd, aux, cT), no GEMM
     or forward loop runs, and the outputs/final-h buffers are not allocated (backward never reads them).
     `zeroed`: the saved sequences start as zeros instead of uninitialised memory (a masked step leaves
-    some rows unwritten, e.g. GRU's aux), for residuals handed out of fastrnn, which must be deterministic."""
+    some rows unwritten, e.g. GRU's aux), for residuals handed out of fastrnn, which must be deterministic.
+    `scratch`: xp is borrowed from fastrnn/_scratch.py (for a call that ends with `release`)."""
 
-    def __init__(self, spec, arrays, training, saved=None, zeroed=False):
+    def __init__(self, spec, arrays, training, saved=None, zeroed=False, scratch=False):
         B, T, I, H, G = spec.B, spec.T, spec.I, spec.H, spec.G
         N, GH, dt = B * T, G * H, spec.dtype
         self.training = training
@@ -57,12 +61,14 @@ class Workspace:
         for name in ("dout", "dxp", "drec", "dh", "dc", "dht", "dhd", "dacc"):
             setattr(self, name, None)
         self.tmp = np.empty((B, 2 * H), dt) if spec.cell == "lstm" else None
+        self._xp_token = None
         if saved is not None:
             self.xp, self.hp, self.cp, self.hd, self.aux = (saved[k] for k in ("gates", "hp", "cp", "hd", "aux"))
             self.cT = saved["c_last"]
             self.out = self.hT = self.rec = None  # written by the forward only; backward never reads them
             return
-        self.xp = np.empty((N, GH), dt)
+        # scratch (a one-shot inference call): xp comes from _scratch and goes back in `release`
+        self.xp, self._xp_token = _scratch.take((N, GH), dt) if scratch else (np.empty((N, GH), dt), None)
         engine.gemm_into(self.xd, self.W, self.xp)
         self.out = np.empty((N, H), dt)
         self.hT = np.empty((B, H), dt)
@@ -77,6 +83,12 @@ class Workspace:
         self.rec = np.empty((B, GH), dt) if spec.cell == "gru" and spec.reset_after else None
 
 
+    def release(self):
+        """Hand the scratch xp back (inference, after the loop); the workspace must not run again."""
+        _scratch.give(self._xp_token)
+        self._xp_token = self.xp = None
+
+
 def _states(spec, ws):
     return [ws.hT, ws.cT] if spec.cell == "lstm" else [ws.hT]
 
@@ -88,8 +100,11 @@ def _outputs(spec, ws):
 
 def forward(spec, arrays, plan=None):
     """Inference: (outputs, final_states).  plan: fastrnn._dispatch's CpuPlan (None: made here)."""
-    ws = Workspace(spec, arrays, training=False)
-    engine.forward(ws, spec, plan or cpu_plan(spec, training=False))
+    ws = Workspace(spec, arrays, training=False, scratch=True)
+    try:
+        engine.forward(ws, spec, plan or cpu_plan(spec, training=False))
+    finally:
+        ws.release()
     return _outputs(spec, ws), _states(spec, ws)
 
 
@@ -169,11 +184,23 @@ def _backward(spec, arrays, ws, d_outputs, d_final_states, plan):
     for k, d in enumerate(d_final_states):
         if d is not None:
             (ws.dh if k == 0 else ws.dc)[...] = d
-    ws.dxp = np.empty((N, GH), dt)
-    ws.drec = np.empty((N, GH), dt) if spec.cell == "gru" and spec.reset_after else None
     ws.dht = np.empty((B, H), dt)
     ws.dhd = np.empty((B, H), dt)
     ws.dacc = np.empty((B, H), dt)
+    ws.dxp, dxp_token = _scratch.take((N, GH), dt)   # scratch: nothing returned keeps a view of them
+    ws.drec, drec_token = _scratch.take((N, GH), dt) if spec.cell == "gru" and spec.reset_after else (None, None)
+    try:
+        return _hoisted_gradients(spec, arrays, ws, plan)
+    finally:
+        ws.dxp = ws.drec = None
+        _scratch.give(dxp_token)
+        _scratch.give(drec_token)
+
+
+def _hoisted_gradients(spec, arrays, ws, plan):
+    """The backward loop, then the hoisted gradients from its dxp/drec: the gradients dict."""
+    B, T, I, H, G = spec.B, spec.T, spec.I, spec.H, spec.G
+    N, GH, dt = B * T, G * H, spec.dtype
     engine.backward(ws, spec, plan)
 
     # the hoisted gradients: single GEMMs and reductions over all N = B*T rows

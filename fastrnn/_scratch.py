@@ -1,0 +1,60 @@
+"""Large temporary buffers kept between calls: the inference forward's input projection xp and the
+backward's gate gradients (dxp, drec), which never leave fastrnn.
+
+Why: glibc serves an allocation this big (above its mmap threshold, at most 32 MiB) with fresh pages
+from the OS, and the kernel zeroes every page on first touch.  For lstm t100-b128-h256 xp alone is
+52 MB, and a perf profile of the 1-thread inference call showed the kernel's clear_page at 6% of it
+(bench/NOTES.md 33).  A buffer taken from here is already mapped.
+
+Contract: `take(shape, dtype)` returns ``(array, token)``; the array is uninitialised, like np.empty,
+and belongs to the caller until it hands the token back with `give(token)` (it must not use the array
+afterwards).  Thread-safe: two calls in flight never get the same buffer.  Holds at most KEEP idle
+buffers, each at most MAX_BYTES; smaller requests than MIN_BYTES are plain np.empty (malloc reuses
+those itself).
+"""
+import threading
+
+import numpy as np
+
+MIN_BYTES = 1 << 20
+MAX_BYTES = 256 << 20
+KEEP = 2
+
+_lock = threading.Lock()
+_idle = []   # raw uint8 buffers, free to take
+
+
+def take(shape, dtype):
+    """An uninitialised array of `shape`/`dtype` and the token to give back (None: nothing to give)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if not MIN_BYTES <= nbytes <= MAX_BYTES:
+        return np.empty(shape, dtype), None
+    with _lock:
+        fits = [i for i, raw in enumerate(_idle) if raw.nbytes >= nbytes]
+        raw = _idle.pop(min(fits, key=lambda i: _idle[i].nbytes)) if fits else None
+    if raw is None:
+        raw = np.empty(nbytes, np.uint8)
+    return raw[:nbytes].view(dtype).reshape(shape), raw
+
+
+def give(token):
+    """Return a buffer from `take` (None is ignored); the largest KEEP idle buffers stay."""
+    if token is None:
+        return
+    with _lock:
+        _idle.append(token)
+        if len(_idle) > KEEP:
+            del _idle[min(range(len(_idle)), key=lambda i: _idle[i].nbytes)]
+
+
+def idle_bytes():
+    """Bytes held idle now (tests)."""
+    with _lock:
+        return sum(raw.nbytes for raw in _idle)
+
+
+def clear():
+    """Drop every idle buffer (tests, or a caller that wants the memory back)."""
+    with _lock:
+        _idle.clear()

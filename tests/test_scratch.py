@@ -1,0 +1,96 @@
+"""fastrnn/_scratch.py: big temporary buffers reused between calls, never shared by two calls in
+flight; and the compiled calls that borrow them (inference xp, backward dxp/drec) stay exact."""
+import threading
+
+import numpy as np
+import pytest
+
+from fastrnn import _scratch
+from fastrnn import functional as F
+from fastrnn import reference
+
+MiB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def empty_pool():
+    _scratch.clear()
+    yield
+    _scratch.clear()
+
+
+def test_take_give_reuse_and_limits():
+    a, ta = _scratch.take((256, 1024), np.float32)          # exactly 1 MiB: pooled
+    b, tb = _scratch.take((256, 1024), np.float32)
+    assert a.shape == (256, 1024) and a.dtype == np.float32 and ta is not None
+    assert not np.shares_memory(a, b), "two buffers in flight must not overlap"
+    _scratch.give(ta)
+    c, tc = _scratch.take((100, 1000), np.float64)           # 0.76 MiB: below MIN_BYTES, plain np.empty
+    assert tc is None and _scratch.idle_bytes() == MiB
+    d, td = _scratch.take((128, 1024), np.float64)           # fits the idle 1 MiB buffer: reused
+    assert td is ta and np.shares_memory(d, a) and _scratch.idle_bytes() == 0
+    for t in (tb, td):
+        _scratch.give(t)
+    big, tbig = _scratch.take((3 * MiB,), np.uint8)
+    _scratch.give(tbig)
+    assert _scratch.idle_bytes() == MiB + 3 * MiB            # KEEP = 2: the two largest stay
+    _scratch.give(_scratch.take((2 * MiB,), np.uint8)[1])   # takes the 3 MiB one (best fit), gives it back
+    assert _scratch.idle_bytes() == MiB + 3 * MiB
+    huge, th = _scratch.take((_scratch.MAX_BYTES // 4 + 1,), np.float32)
+    assert th is None                                        # above MAX_BYTES: not pooled
+    _scratch.give(None)
+
+
+def _problem(rng, cell, B=8, T=96, I=24, H=128):
+    G = {"lstm": 4, "gru": 3}[cell]
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    W = (rng.standard_normal((I, G * H)) * 0.2).astype(np.float32)
+    R = (rng.standard_normal((H, G * H)) * 0.2).astype(np.float32)
+    b = (rng.standard_normal((2, G * H) if cell == "gru" else (G * H,)) * 0.1).astype(np.float32)
+    return x, W, R, b
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_consecutive_calls_through_pooled_buffers_match_the_reference(cell):
+    """xp of (B*T, G*H) = (768, 384 or 512) float32 is >= 1 MiB: the inference forward and the backward borrow
+    pooled buffers; new inputs in the same buffers must give the reference's answers every time."""
+    rng = np.random.default_rng(2)
+    fn, vjp = getattr(F, cell), getattr(F, cell + "_vjp")
+    for _ in range(3):
+        x, W, R, b = _problem(rng, cell)
+        out, states = fn(x, W, R, b)
+        assert _scratch.idle_bytes() >= MiB, "the forward's xp should be back in the pool"
+        ref, ref_states = getattr(reference, cell)(x.astype(np.float64), W, R, b)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5)
+        np.testing.assert_allclose(states[0], ref_states[0], rtol=0, atol=2e-5)
+        d = rng.standard_normal(out.shape).astype(np.float32)
+        _, _, backward = vjp(x, W, R, b)
+        grads = backward(d)
+        _, _, ref_backward = getattr(reference, cell + "_vjp")(x.astype(np.float64), W, R, b)
+        ref_grads = ref_backward(d.astype(np.float64))
+        for key in ("x", "kernel", "recurrent_kernel", "bias"):
+            scale = np.abs(ref_grads[key]).max()
+            np.testing.assert_allclose(grads[key], ref_grads[key], rtol=0, atol=1e-4 * scale, err_msg=key)
+
+
+def test_concurrent_calls_never_share_a_buffer():
+    """Python threads calling the compiled forward at once (the GIL is released in the loops) each get
+    their own xp: every thread's results equal the same call made alone."""
+    rng = np.random.default_rng(4)
+    problems = [_problem(rng, "lstm") for _ in range(4)]
+    alone = [F.lstm(*p)[0] for p in problems]
+    got = [[] for _ in problems]
+
+    def work(i):
+        for _ in range(5):
+            got[i].append(F.lstm(*problems[i])[0])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(problems))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, outs in enumerate(got):
+        assert len(outs) == 5
+        for out in outs:
+            np.testing.assert_array_equal(out, alone[i])
