@@ -49,3 +49,34 @@ def test_compiled_and_reference_know_the_same_activations():
     from fastrnn._spec import ACTIVATION_CODES
 
     assert set(ACTIVATION_CODES) == set(activations.ACTIVATIONS)
+
+
+@pytest.mark.parametrize("H", [5, 16, 17, 34, 64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_avx512_lstm_row_gives_the_avx2_bits(H, bias):
+    """gates_avx512.c's LSTM forward row repeats gates_avx2.c's arithmetic operation for operation on
+    16 lanes (tails on masked lanes): with the products on BLAS (the same at both levels), LSTM outputs
+    and states are bit for bit those of the AVX2 row, and close to the float64 reference."""
+    from fastrnn import _dispatch, reference
+
+    if engine.simd_level() < 2:
+        pytest.skip("needs AVX-512F")
+    rng = np.random.default_rng(H)
+    x = rng.standard_normal((3, 6, 7)).astype(np.float32) * 2
+    W = (rng.standard_normal((7, 4 * H)) * 0.7).astype(np.float32)
+    R = (rng.standard_normal((H, 4 * H)) * 0.7).astype(np.float32)
+    b = (rng.standard_normal(4 * H) * 0.5).astype(np.float32) if bias else None
+    got = {}
+    _dispatch.packed_gemm(False)
+    try:
+        for level in (1, 2):
+            engine.limit_simd(level)
+            got[level] = F.lstm(x, W, R, b)
+    finally:
+        engine.limit_simd(2)
+        _dispatch.packed_gemm(True)
+    np.testing.assert_array_equal(got[1][0], got[2][0])
+    for s1, s2 in zip(got[1][1], got[2][1]):
+        np.testing.assert_array_equal(s1, s2)
+    ref, _ = reference.lstm(x.astype(np.float64), W, R, b)
+    np.testing.assert_allclose(got[2][0], ref, rtol=0, atol=1e-5)

@@ -2,7 +2,7 @@
  *
  * The one-row cell updates are generated from cell_rows.inc.h for double and (portable) float; the
  * float32 entry points pick, per call, on a flag set once, this build or gates_avx2.c's; the packed
- * products pick gates_avx2.c's or gemm_avx512.c's.
+ * products pick gates_avx2.c's or gemm_avx512.c's, the LSTM forward row also gates_avx512.c's.
  */
 #include <math.h>
 #include "gates.h"
@@ -95,8 +95,6 @@ void fr_act_f64(int kind, double *y, const double *x, int n) { fr_act_scalar_f64
     }
 FR_PICK(fr_act, (int kind, float *y, const float *x, int n), (kind, y, x, n))
 FR_PICK(fr_dact, (int kind, float *dx, const float *y, const float *dy, int n), (kind, dx, y, dy, n))
-FR_PICK(fr_lstm_fwd_row, (float *g, const float *bias, const float *c_prev, float *c, float *h, int H, int act, int ract),
-        (g, bias, c_prev, c, h, H, act, ract))
 FR_PICK(fr_lstm_bwd_row, (const float *g, const float *c_prev, const float *c, const float *dh, float *dc, float *dg, float *tmp, int H, int act, int ract),
         (g, c_prev, c, dh, dc, dg, tmp, H, act, ract))
 FR_PICK(fr_gru_zr_row, (float *g, const float *rec, const float *bx, const float *br, int H, int ract),
@@ -117,6 +115,18 @@ FR_PICK(fr_matvec, (const float *R, const float *x, int M, int N, int ldr, float
         (R, x, M, N, ldr, beta, y))
 FR_PICK(fr_simple_fwd_row, (float *g, const float *bias, float *h, int H, int act), (g, bias, h, H, act))
 #undef FR_PICK
+
+/* The LSTM forward row: on AVX-512F, the default activations take gates_avx512.c's fused row. */
+void fr_lstm_fwd_row_f32(float *g, const float *bias, const float *c_prev, float *c, float *h, int H, int act,
+                         int ract)
+{
+    if (fr_level >= 2 && act == FR_TANH && ract == FR_SIGMOID)
+        fr_lstm_fwd_row_default_f32_avx512(g, bias, c_prev, c, h, H);
+    else if (fr_use_avx2)
+        fr_lstm_fwd_row_f32_avx2(g, bias, c_prev, c, h, H, act, ract);
+    else
+        fr_lstm_fwd_row_f32_scalar(g, bias, c_prev, c, h, H, act, ract);
+}
 
 /* The packed products exist only as SIMD builds (the plan keeps BLAS at level 0). */
 void fr_gemm_packed_f32(int M, int N, int K, const float *A, int lda, const float *P, float beta, float *C,

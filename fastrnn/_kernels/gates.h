@@ -16,7 +16,7 @@
  * whole row template (cell_rows.inc.h) with -mavx2 -mfma and its own exp (max abs error ~2e-7 for
  * sigmoid/tanh); otherwise gates.c's build of the same template on libm.  float64 always uses libm:
  * it is the accuracy dtype.  On a CPU with AVX-512F the packed recurrent products (not the gate math)
- * run on gemm_avx512.c instead.
+ * run on gemm_avx512.c instead, and the LSTM forward row with the default activations on gates_avx512.c.
  *
  * Gate orders follow the Keras layout: LSTM i,f,c,o; GRU z,r,h.  `# IN` / `# OUT` in the comments below
  * mark argument roles; IN/OUT is read then overwritten.
@@ -34,7 +34,8 @@ enum fr_act {
 };
 
 /* Picks the float32 kernels the CPU can run: returns the level, 0 portable, 1 AVX2/FMA (gate math and
- * packed products), 2 AVX2/FMA gate math and the packed products on AVX-512F (gemm_avx512.c).
+ * packed products), 2 AVX2/FMA gate math and the packed products on AVX-512F (gemm_avx512.c), as is the
+ * LSTM forward row with the default activations (gates_avx512.c).
  * Idempotent; called at module import.  fr_limit_simd(n) caps the level at n (tests compare the
  * builds); fr_force_scalar(1) is fr_limit_simd(0), fr_force_scalar(0) lifts the cap. */
 int fr_init_simd(void);
@@ -109,6 +110,10 @@ void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const float *P, float beta,
                              float *C, int ldc, float *work);
+
+/* fr_lstm_fwd_row_f32 for act == FR_TANH, ract == FR_SIGMOID on AVX-512F (gates_avx512.c; level 2 only,
+ * the same bits as the AVX2 row).  IN/OUT g; IN bias (or NULL), c_prev; OUT c, h */
+void fr_lstm_fwd_row_default_f32_avx512(float *g, const float *bias, const float *c_prev, float *c, float *h, int H);
 
 /* B == 1: R (K, N) packed once into ceil(N/64) panels of 64 columns, K-major, the last zero-padded
  * (FR_VEC_PACKED_SIZE(K, N) floats), then per step y := x @ R + beta*y (x (K,), y (N,)).  The panels'
