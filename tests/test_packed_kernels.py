@@ -115,3 +115,19 @@ def test_serpentine_order_does_not_change_results(cell, threads):
     np.testing.assert_array_equal(on[0], off[0])
     for a, c in zip(on[1], off[1]):
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("N", [1, 15, 16, 17, 63, 64, 65, 130, 256])
+@pytest.mark.parametrize("K", [1, 2, 7, 64])
+def test_one_row_product_on_unpacked_R(packed_build, N, K):
+    """gemm_into with one row runs fr_vecmat (AVX-512: 64-column blocks in registers, masked tails), on
+    R as it is, rows ldr apart (a column block of a wider array), for beta 0, 1 and 0.5."""
+    rng = np.random.default_rng(N * 100 + K)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    R = rng.standard_normal((K, N + 9)).astype(np.float32)[:, 4:4 + N]
+    for beta in (0.0, 1.0, 0.5):
+        y0 = rng.standard_normal((1, N)).astype(np.float32)
+        y = np.full((1, N), np.nan, np.float32) if beta == 0 else y0.copy()   # beta 0 never reads y
+        engine.gemm_into(x, R, y, beta=beta)
+        expected = x.astype(np.float64) @ R + (beta * y0 if beta else 0)
+        np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5 * (np.sqrt(K) + 1))

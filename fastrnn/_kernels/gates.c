@@ -109,8 +109,6 @@ FR_PICK(fr_gru_bwd_zh_row, (const float *g, const float *h_prev, const float *dh
         (g, h_prev, dh, dg, dh_direct, H, act, ract))
 FR_PICK(fr_gru_bwd_r_row, (const float *g, const float *a, const float *b, float *dg, int H, int ract),
         (g, a, b, dg, H, ract))
-FR_PICK(fr_vecmat, (const float *x, const float *R, int K, int N, int ldr, float beta, float *y),
-        (x, R, K, N, ldr, beta, y))
 FR_PICK(fr_matvec, (const float *R, const float *x, int M, int N, int ldr, float beta, float *y),
         (R, x, M, N, ldr, beta, y))
 FR_PICK(fr_simple_fwd_row, (float *g, const float *bias, float *h, int H, int act), (g, bias, h, H, act))
@@ -126,6 +124,17 @@ void fr_lstm_fwd_row_f32(float *g, const float *bias, const float *c_prev, float
         fr_lstm_fwd_row_f32_avx2(g, bias, c_prev, c, h, H, act, ract);
     else
         fr_lstm_fwd_row_f32_scalar(g, bias, c_prev, c, h, H, act, ract);
+}
+
+/* The one-row product on R as it is: on AVX-512F, gemm_avx512.c's register-blocked build. */
+void fr_vecmat_f32(const float *x, const float *R, int K, int N, int ldr, float beta, float *y)
+{
+    if (fr_level >= 2)
+        fr_vecmat_f32_avx512(x, R, K, N, ldr, beta, y);
+    else if (fr_use_avx2)
+        fr_vecmat_f32_avx2(x, R, K, N, ldr, beta, y);
+    else
+        fr_vecmat_f32_scalar(x, R, K, N, ldr, beta, y);
 }
 
 /* The packed products exist only as SIMD builds (the plan keeps BLAS at level 0). */

@@ -111,6 +111,10 @@ void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const float *P, float beta,
                              float *C, int ldc, float *work);
 
+/* fr_vecmat_f32 on AVX-512F (gemm_avx512.c; level 2 only): 64-column blocks of y in registers.
+ * IN x, R; IN/OUT y */
+void fr_vecmat_f32_avx512(const float *x, const float *R, int K, int N, int ldr, float beta, float *y);
+
 /* fr_lstm_fwd_row_f32 for act == FR_TANH, ract == FR_SIGMOID on AVX-512F (gates_avx512.c; level 2 only,
  * the same bits as the AVX2 row).  IN/OUT g; IN bias (or NULL), c_prev; OUT c, h */
 void fr_lstm_fwd_row_default_f32_avx512(float *g, const float *bias, const float *c_prev, float *c, float *h, int H);
