@@ -534,7 +534,7 @@ cdef inline void _hsplit_product(const Job *J, int sl, int nu, const floating *h
         if J.panels:
             for k in range(L.G):
                 fr_gemm_packed_f32(L.B, nu, L.H, hdp, ldd, pk + k * _panel_set(L.H, nu), beta, C + k * nu, N,
-                                        _vec(<floating *>J.vec, J, sl, 4))
+                                   _vec(<floating *>J.vec, J, sl, 4))
             return
     matmul(False, L.B, N, L.H, hdp, ldd, pk, N, beta, C, N)
 
@@ -1306,8 +1306,9 @@ def get_blas_threads():
     return scipy_openblas_get_num_threads()
 
 def simd_level():
-    """0: the portable float32 path; 1: gate math and packed products on AVX2/FMA; 2: the packed
-    products on AVX-512F (gate math still AVX2/FMA).  See gates.h."""
+    """0: the portable float32 path; 1: gate math and packed products on AVX2/FMA; 2: the packed and
+    one-row products and the default LSTM forward row on AVX-512F, the rest of the gate math on
+    AVX2/FMA.  See gates.h."""
     return fr_simd_level()
 
 def serpentine(on=None):

@@ -2,7 +2,7 @@
  *
  * The one-row cell updates are generated from cell_rows.inc.h for double and (portable) float; the
  * float32 entry points pick, per call, on a flag set once, this build or gates_avx2.c's; the packed
- * products pick gates_avx2.c's or gemm_avx512.c's, the LSTM forward row also gates_avx512.c's.
+ * and one-row products may also pick gemm_avx512.c's, the LSTM forward row gates_avx512.c's.
  */
 #include <math.h>
 #include "gates.h"

@@ -15,8 +15,9 @@
  * float32 runs on AVX2/FMA code when the CPU has it, chosen at run time: gates_avx2.c compiles the
  * whole row template (cell_rows.inc.h) with -mavx2 -mfma and its own exp (max abs error ~2e-7 for
  * sigmoid/tanh); otherwise gates.c's build of the same template on libm.  float64 always uses libm:
- * it is the accuracy dtype.  On a CPU with AVX-512F the packed recurrent products (not the gate math)
- * run on gemm_avx512.c instead, and the LSTM forward row with the default activations on gates_avx512.c.
+ * it is the accuracy dtype.  On a CPU with AVX-512F the packed and one-row recurrent products run on
+ * gemm_avx512.c instead, and of the gate math the LSTM forward row with the default activations on
+ * gates_avx512.c.
  *
  * Gate orders follow the Keras layout: LSTM i,f,c,o; GRU z,r,h.  `# IN` / `# OUT` in the comments below
  * mark argument roles; IN/OUT is read then overwritten.
@@ -34,8 +35,8 @@ enum fr_act {
 };
 
 /* Picks the float32 kernels the CPU can run: returns the level, 0 portable, 1 AVX2/FMA (gate math and
- * packed products), 2 AVX2/FMA gate math and the packed products on AVX-512F (gemm_avx512.c), as is the
- * LSTM forward row with the default activations (gates_avx512.c).
+ * packed products), 2 AVX2/FMA gate math but the packed and one-row products on AVX-512F
+ * (gemm_avx512.c), as is the LSTM forward row with the default activations (gates_avx512.c).
  * Idempotent; called at module import.  fr_limit_simd(n) caps the level at n (tests compare the
  * builds); fr_force_scalar(1) is fr_limit_simd(0), fr_force_scalar(0) lifts the cap. */
 int fr_init_simd(void);
@@ -103,6 +104,9 @@ FR_DECLARE(float, f32_avx2)
 #define FR_PACKED_A_SIZE(M, K) ((long)(K) * ((M) + 8))
 void fr_gemm_packed_f32(int M, int N, int K, const float *A, int lda, const float *P, float beta, float *C,
                         int ldc, float *work);
+/* The microkernels' per-step copy of A: rows [0, mr) of A (K columns, rows lda apart) k-major into
+ * dst[k*stride + i] (stride: the build's block height).  IN A; OUT dst */
+void fr_pack_row_block_f32(const float *A, int lda, int mr, int K, int stride, float *dst);
 void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *A, int lda, const float *P, float beta,
                                float *C, int ldc, float *work);
 void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P);

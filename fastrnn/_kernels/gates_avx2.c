@@ -24,35 +24,19 @@
 #include <string.h>
 #include "gates.h"
 
-static inline __m256 exp256(__m256 x)
-{
-    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365478515625f);
-    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f), shifter = _mm256_set1_ps(12582912.0f);
-    const __m256 c1 = _mm256_set1_ps(0.693359375f), c2 = _mm256_set1_ps(-2.12194440e-4f);
-    __m256 t, n, r, r2, p01, p23, p45, p;
-    __m256i e;
-    x = _mm256_min_ps(hi, _mm256_max_ps(lo, x)); /* operand order keeps NaN */
-    t = _mm256_fmadd_ps(x, log2e, shifter);     /* 1.5*2^23 + round(x*log2e): n in the low bits */
-    n = _mm256_sub_ps(t, shifter);
-    r = _mm256_fnmadd_ps(n, c1, x);
-    r = _mm256_fnmadd_ps(n, c2, r);
-    r2 = _mm256_mul_ps(r, r);
-    /* e^r = 1 + r + r^2 * (p01 + r^2 * (p23 + r^2 * p45)) */
-    p01 = _mm256_fmadd_ps(_mm256_set1_ps(1.6666665459e-1f), r, _mm256_set1_ps(5.0000001201e-1f));
-    p23 = _mm256_fmadd_ps(_mm256_set1_ps(8.3334519073e-3f), r, _mm256_set1_ps(4.1665795894e-2f));
-    p45 = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(_mm256_fmadd_ps(p45, r2, p23), r2, p01);
-    p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    /* 2^n: n's two's-complement bits shifted into the exponent field, plus the bias */
-    e = _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(t), 23), _mm256_set1_epi32(127 << 23));
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-static inline __m256 sigmoid256(__m256 x)
-{
-    const __m256 one = _mm256_set1_ps(1.0f);
-    return _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
-}
+#define FR_V __m256
+#define FR_OP(op) _mm256_##op
+#define FR_CAST_PS_SI _mm256_castps_si256
+#define FR_CAST_SI_PS _mm256_castsi256_ps
+#define FR_EXP exp256
+#define FR_SIGMOID sigmoid256
+#include "exp_simd.inc.h" /* exp256, sigmoid256 */
+#undef FR_V
+#undef FR_OP
+#undef FR_CAST_PS_SI
+#undef FR_CAST_SI_PS
+#undef FR_EXP
+#undef FR_SIGMOID
 
 static inline __m256 tanh256(__m256 x)
 {
@@ -458,12 +442,12 @@ fr_micro_wide_f32(const int mr, const int npn, int K, const float *restrict A, c
 }
 #undef FR_WIDE_J
 
-static inline void fr_pack_rows_f32(const float *restrict A, int lda, int mr, int K, float *restrict dst)
+void fr_pack_row_block_f32(const float *restrict A, int lda, int mr, int K, int stride, float *restrict dst)
 {
     int i, k;
     for (i = 0; i < mr; i++) {
         const float *src = A + (long)i * lda;
-        for (k = 0; k < K; k++) dst[(long)k * FR_MR + i] = src[k];
+        for (k = 0; k < K; k++) dst[(long)k * stride + i] = src[k];
     }
 }
 
@@ -478,12 +462,12 @@ void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int l
     const int m6 = four ? M - 8 : M - M % FR_MR;   /* rows in 6-row blocks */
     /* A -> row blocks, k-major (block[k*FR_MR + i]), so each k's broadcasts come from one cache line,
      * whatever lda is (ld = T*H in training) */
-    for (m = 0; m < m6; m += FR_MR) fr_pack_rows_f32(A + (long)m * lda, lda, FR_MR, K, work + (long)m * K);
+    for (m = 0; m < m6; m += FR_MR) fr_pack_row_block_f32(A + (long)m * lda, lda, FR_MR, K, FR_MR, work + (long)m * K);
     if (four) {
-        fr_pack_rows_f32(A + (long)m6 * lda, lda, 4, K, work + (long)m6 * K);
-        fr_pack_rows_f32(A + (long)(m6 + 4) * lda, lda, 4, K, work + (long)(m6 + FR_MR) * K);
+        fr_pack_row_block_f32(A + (long)m6 * lda, lda, 4, K, FR_MR, work + (long)m6 * K);
+        fr_pack_row_block_f32(A + (long)(m6 + 4) * lda, lda, 4, K, FR_MR, work + (long)(m6 + FR_MR) * K);
     } else if (M > m6) {
-        fr_pack_rows_f32(A + (long)m6 * lda, lda, M - m6, K, work + (long)m6 * K);
+        fr_pack_row_block_f32(A + (long)m6 * lda, lda, M - m6, K, FR_MR, work + (long)m6 * K);
     }
     /* K in blocks of FR_KC (see the top: one block up to K = 1024) */
     for (k0 = 0; k0 < K || k0 == 0; k0 += FR_KC) {

@@ -6,41 +6,26 @@
  * of lstm t100-b128-h256 inference, 23% of lstm t28-b64-h64), and on a CPU with two 512-bit FMA
  * pipes sixteen lanes an instruction do the same work in half the instructions (bench/NOTES.md 34).
  *
- * The arithmetic is gates_avx2.c's, operation for operation (the same exp: Cephes-style reduction,
- * degree-5 polynomial by Estrin's scheme, 2^n in the exponent bits; sigmoid = 1/(1+e^-x), tanh from
- * e^(-2|x|)), so both builds give the same bits for the same inputs; a tail of H % 16 units runs on
- * masked loads and stores instead of a zero-padded copy.
+ * The arithmetic is gates_avx2.c's, operation for operation (exp and sigmoid come from the same
+ * exp_simd.inc.h; tanh from e^(-2|x|) as tanh256), so both builds give the same bits for the same
+ * inputs; a tail of H % 16 units runs on masked loads and stores instead of a zero-padded copy.
  */
 #include <immintrin.h>
 #include "gates.h"
 
-static inline __m512 exp512(__m512 x)
-{
-    const __m512 hi = _mm512_set1_ps(88.3762626647949f), lo = _mm512_set1_ps(-87.3365478515625f);
-    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f), shifter = _mm512_set1_ps(12582912.0f);
-    const __m512 c1 = _mm512_set1_ps(0.693359375f), c2 = _mm512_set1_ps(-2.12194440e-4f);
-    __m512 t, n, r, r2, p01, p23, p45, p;
-    __m512i e;
-    x = _mm512_min_ps(hi, _mm512_max_ps(lo, x)); /* operand order keeps NaN, as exp256 */
-    t = _mm512_fmadd_ps(x, log2e, shifter);
-    n = _mm512_sub_ps(t, shifter);
-    r = _mm512_fnmadd_ps(n, c1, x);
-    r = _mm512_fnmadd_ps(n, c2, r);
-    r2 = _mm512_mul_ps(r, r);
-    p01 = _mm512_fmadd_ps(_mm512_set1_ps(1.6666665459e-1f), r, _mm512_set1_ps(5.0000001201e-1f));
-    p23 = _mm512_fmadd_ps(_mm512_set1_ps(8.3334519073e-3f), r, _mm512_set1_ps(4.1665795894e-2f));
-    p45 = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(_mm512_fmadd_ps(p45, r2, p23), r2, p01);
-    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    e = _mm512_add_epi32(_mm512_slli_epi32(_mm512_castps_si512(t), 23), _mm512_set1_epi32(127 << 23));
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
-
-static inline __m512 sigmoid512(__m512 x)
-{
-    const __m512 one = _mm512_set1_ps(1.0f);
-    return _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
-}
+#define FR_V __m512
+#define FR_OP(op) _mm512_##op
+#define FR_CAST_PS_SI _mm512_castps_si512
+#define FR_CAST_SI_PS _mm512_castsi512_ps
+#define FR_EXP exp512
+#define FR_SIGMOID sigmoid512
+#include "exp_simd.inc.h" /* exp512, sigmoid512: gates_avx2.c's, on 16 lanes */
+#undef FR_V
+#undef FR_OP
+#undef FR_CAST_PS_SI
+#undef FR_CAST_SI_PS
+#undef FR_EXP
+#undef FR_SIGMOID
 
 static inline __m512 tanh512(__m512 x)
 {

@@ -123,16 +123,6 @@ static void fr_micro_call(int mr, int npn, int K, const float *restrict A, const
 #undef FR_CASE
 }
 
-/* A (mr, K) rows lda apart -> dst[k*FR_MR + i] */
-static inline void fr_pack_block(const float *restrict A, int lda, int mr, int K, float *restrict dst)
-{
-    int i, k;
-    for (i = 0; i < mr; i++) {
-        const float *src = A + (long)i * lda;
-        for (k = 0; k < K; k++) dst[(long)k * FR_MR + i] = src[k];
-    }
-}
-
 void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
                                float beta, float *restrict C, int ldc, float *restrict work)
 {
@@ -142,7 +132,7 @@ void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *restrict A, int
     /* block m (its first row) at work + m*K, FR_MR floats a k: the last block ends before
      * work + (M + 7)*K <= FR_PACKED_A_SIZE(M, K) */
     for (m = 0; m < M; m += FR_MR)
-        fr_pack_block(A + (long)m * lda, lda, M - m < FR_MR ? M - m : FR_MR, K, work + (long)m * K);
+        fr_pack_row_block_f32(A + (long)m * lda, lda, M - m < FR_MR ? M - m : FR_MR, K, FR_MR, work + (long)m * K);
     for (k0 = 0; k0 < K || k0 == 0; k0 += FR_KC) {
         const int kc = K - k0 < FR_KC ? K - k0 : FR_KC;
         const float b = k0 == 0 ? beta : 1.0f;
