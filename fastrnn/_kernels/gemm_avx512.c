@@ -22,9 +22,8 @@
  * AVX2 build).  C's rows are a step's rows of xp, cold: each tile prefetches its C lines before its K
  * loop, and the panels are prefetched FR_PF rows ahead.  Tail columns use masked loads and stores.
  *
- * Vector product (B == 1).  64-column panels, four zmm a k; two k at a time into eight accumulators
- * (four chains of FMAs would wait on their latency), summed at the end.  The same on an unpacked R
- * (fr_vecmat_f32_avx512, for the products the plan does not pack) at the end of the file.
+ * Vector product (B == 1).  64 columns a block, four zmm a k, on the vector panels or on an unpacked
+ * R (the products the plan does not pack): see the end of the file.
  */
 #include <immintrin.h>
 #include "gates.h"
@@ -152,109 +151,74 @@ void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *restrict A, int
 }
 
 /* ---------------------------------------------------------------------------------------------------
- * B == 1: y := x @ R + beta*y on gates_avx2.c's 64-column vector panels (K-major, the last zero-padded).
+ * B == 1: y := x @ R + beta*y, 64 columns at a time, on gates_avx2.c's vector panels (each panel a
+ * K x 64 block, rows 64 apart) or on R as it is (rows ldr apart: the products the plan does not pack,
+ * G*H < 512 or the stream's T == 1).  A block of y lives in eight zmm accumulators (two k at a time:
+ * four chains would wait on the FMA latency) for the whole K loop and is stored once.  The portable
+ * fr_vecmat adds four rows of R into y per pass instead, so y is loaded and stored K/4 times and each
+ * pass waits on the last one's stores (perf, lstm t1000-b1-h64 on 1 thread: 49% of the call).
  * ------------------------------------------------------------------------------------------------ */
 #define FR_NV 64
+
+/* y[0:w] := x @ r[0:K, 0:w] + beta*y, w <= 64 columns, r's rows ld apart (masked past w) */
+static inline __attribute__((always_inline)) void
+fr_vecmat_block(const float *restrict x, const float *restrict r, int K, long ld, int w, float beta,
+                float *restrict y)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, e0 = a0, e1 = a0, e2 = a0, e3 = a0;
+    __m512 a[4];
+    __mmask16 m[4];
+    int k, j;
+    for (j = 0; j < 4; j++) {
+        const int wj = w - 16 * j;
+        m[j] = wj >= 16 ? (__mmask16)0xFFFF : wj > 0 ? (__mmask16)((1u << wj) - 1u) : (__mmask16)0;
+    }
+    for (k = 0; k + 1 < K; k += 2, r += 2 * ld) {
+        const __m512 x0 = _mm512_set1_ps(x[k]), x1 = _mm512_set1_ps(x[k + 1]);
+        const float *s = r + ld;
+        a0 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[0], r), a0);
+        a1 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[1], r + 16), a1);
+        a2 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[2], r + 32), a2);
+        a3 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[3], r + 48), a3);
+        e0 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m[0], s), e0);
+        e1 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m[1], s + 16), e1);
+        e2 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m[2], s + 32), e2);
+        e3 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m[3], s + 48), e3);
+    }
+    if (k < K) {   /* odd K: the last row */
+        const __m512 x0 = _mm512_set1_ps(x[k]);
+        a0 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[0], r), a0);
+        a1 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[1], r + 16), a1);
+        a2 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[2], r + 32), a2);
+        a3 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[3], r + 48), a3);
+    }
+    a[0] = _mm512_add_ps(a0, e0);
+    a[1] = _mm512_add_ps(a1, e1);
+    a[2] = _mm512_add_ps(a2, e2);
+    a[3] = _mm512_add_ps(a3, e3);
+    for (j = 0; j < 4 && m[j]; j++) {
+        __m512 v = a[j];
+        if (beta != 0.0f) v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m[j], y + 16 * j), v);
+        _mm512_mask_storeu_ps(y + 16 * j, m[j], v);
+    }
+}
 
 void fr_vecmat_panels_f32_avx512(const float *restrict x, const float *restrict P, int K, int N, float beta,
                                  float *restrict y, int reverse)
 {
     const int np = (N + FR_NV - 1) / FR_NV;
-    int i, p, k, j;
+    int i, p;
     for (i = 0; i < np; i++) {
         p = reverse ? np - 1 - i : i;
-        const float *b = P + (long)p * K * FR_NV;
-        const int w = N - p * FR_NV < FR_NV ? N - p * FR_NV : FR_NV;
-        float *o = y + p * FR_NV;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, e0 = a0, e1 = a0, e2 = a0, e3 = a0;
-        __m512 a[4];
-        for (k = 0; k + 1 < K; k += 2) {
-            const float *r = b + (long)k * FR_NV;
-            const __m512 x0 = _mm512_set1_ps(x[k]), x1 = _mm512_set1_ps(x[k + 1]);
-            a0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r), a0);
-            a1 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 16), a1);
-            a2 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 32), a2);
-            a3 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 48), a3);
-            e0 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r + 64), e0);
-            e1 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r + 80), e1);
-            e2 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r + 96), e2);
-            e3 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r + 112), e3);
-        }
-        if (k < K) {   /* odd K: the last row */
-            const float *r = b + (long)k * FR_NV;
-            const __m512 x0 = _mm512_set1_ps(x[k]);
-            a0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r), a0);
-            a1 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 16), a1);
-            a2 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 32), a2);
-            a3 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 48), a3);
-        }
-        a[0] = _mm512_add_ps(a0, e0);
-        a[1] = _mm512_add_ps(a1, e1);
-        a[2] = _mm512_add_ps(a2, e2);
-        a[3] = _mm512_add_ps(a3, e3);
-        for (j = 0; j < 4; j++) {
-            const int wj = w - 16 * j;
-            if (wj <= 0) break;
-            {
-                const __mmask16 m = wj >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << wj) - 1u);
-                __m512 v = a[j];
-                if (beta != 0.0f)
-                    v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, o + 16 * j), v);
-                _mm512_mask_storeu_ps(o + 16 * j, m, v);
-            }
-        }
+        fr_vecmat_block(x, P + (long)p * K * FR_NV, K, FR_NV, N - p * FR_NV < FR_NV ? N - p * FR_NV : FR_NV, beta,
+                        y + p * FR_NV);
     }
 }
 
-/* ---------------------------------------------------------------------------------------------------
- * B == 1 on R as it is (row-major, rows ldr apart): y := x @ R + beta*y, for the products the plan does
- * not pack (G*H < 512: R is small and in cache).  The portable fr_vecmat adds four rows of R into y per
- * pass, so y is loaded and stored K/4 times and each pass waits on the last one's stores (perf, lstm
- * t1000-b1-h64 on 1 thread: 49% of the call, most of it on y's load-add-store).  Here a 64-column
- * block of y lives in eight zmm accumulators (two k at a time) for the whole K loop and is stored once.
- * ------------------------------------------------------------------------------------------------ */
 void fr_vecmat_f32_avx512(const float *restrict x, const float *restrict R, int K, int N, int ldr, float beta,
                           float *restrict y)
 {
-    int n0, k, j;
-    for (n0 = 0; n0 < N; n0 += FR_NV) {
-        const int w = N - n0 < FR_NV ? N - n0 : FR_NV;
-        __mmask16 m[4];
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, e0 = a0, e1 = a0, e2 = a0, e3 = a0;
-        __m512 a[4];
-        const float *r = R + n0;
-        for (j = 0; j < 4; j++) {
-            const int wj = w - 16 * j;
-            m[j] = wj >= 16 ? (__mmask16)0xFFFF : wj > 0 ? (__mmask16)((1u << wj) - 1u) : (__mmask16)0;
-        }
-        for (k = 0; k + 1 < K; k += 2, r += 2L * ldr) {
-            const __m512 x0 = _mm512_set1_ps(x[k]), x1 = _mm512_set1_ps(x[k + 1]);
-            const float *s = r + ldr;
-            a0 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[0], r), a0);
-            a1 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[1], r + 16), a1);
-            a2 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[2], r + 32), a2);
-            a3 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[3], r + 48), a3);
-            e0 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m[0], s), e0);
-            e1 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m[1], s + 16), e1);
-            e2 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m[2], s + 32), e2);
-            e3 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m[3], s + 48), e3);
-        }
-        if (k < K) {   /* odd K: the last row */
-            const __m512 x0 = _mm512_set1_ps(x[k]);
-            a0 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[0], r), a0);
-            a1 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[1], r + 16), a1);
-            a2 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[2], r + 32), a2);
-            a3 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[3], r + 48), a3);
-        }
-        a[0] = _mm512_add_ps(a0, e0);
-        a[1] = _mm512_add_ps(a1, e1);
-        a[2] = _mm512_add_ps(a2, e2);
-        a[3] = _mm512_add_ps(a3, e3);
-        for (j = 0; j < 4 && m[j]; j++) {
-            float *o = y + n0 + 16 * j;
-            __m512 v = a[j];
-            if (beta != 0.0f) v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m[j], o), v);
-            _mm512_mask_storeu_ps(o, m[j], v);
-        }
-    }
+    int n0;
+    for (n0 = 0; n0 < N; n0 += FR_NV)
+        fr_vecmat_block(x, R + n0, K, ldr, N - n0 < FR_NV ? N - n0 : FR_NV, beta, y + n0);
 }
