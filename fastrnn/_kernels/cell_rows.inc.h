@@ -179,6 +179,7 @@ void FN(fr_simple_fwd_row)(T *g, const T *bias, T *h, int H, int act)
 }
 
 
+#ifndef FR_OWN_VECMAT /* gates_avx2.c brings a register-blocked intrinsics version */
 void FN(fr_vecmat)(const T *restrict x, const T *restrict R, int K, int N, int ldr, T beta, T *restrict y)
 {
     int k, n;
@@ -198,6 +199,7 @@ void FN(fr_vecmat)(const T *restrict x, const T *restrict R, int K, int N, int l
         for (n = 0; n < N; n++) y[n] += x0 * r0[n];
     }
 }
+#endif
 
 #ifndef FR_OWN_MATVEC /* gates_avx2.c brings an intrinsics version: gcc keeps this reduction scalar */
 void FN(fr_matvec)(const T *restrict R, const T *restrict x, int M, int N, int ldr, T beta, T *restrict y)

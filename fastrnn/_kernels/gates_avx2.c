@@ -124,6 +124,7 @@ void fr_matvec_f32_avx2(const float *restrict R, const float *restrict x, int M,
 #define T float
 #define SFX f32_avx2
 #define FR_OWN_MATVEC
+#define FR_OWN_VECMAT
 #define FR_OWN_LSTM_FWD
 #define FR_OWN_LSTM_BWD
 #define FR_OWN_GRU_FWD
@@ -131,6 +132,7 @@ void fr_matvec_f32_avx2(const float *restrict R, const float *restrict x, int M,
 #undef FR_OWN_GRU_FWD
 #undef FR_OWN_LSTM_BWD
 #undef FR_OWN_LSTM_FWD
+#undef FR_OWN_VECMAT
 #undef FR_OWN_MATVEC
 #undef T
 #undef SFX
@@ -555,40 +557,63 @@ void fr_pack_vec_panels_f32_avx2(const float *restrict R, int K, int ldr, int nb
     }
 }
 
+/* y[0:w] := x @ r[0:K, 0:w] + beta*y, w <= 64 columns, r's rows ld apart, eight ymm accumulators for the
+ * whole K loop.  A full block loads plainly; a tail block (w < 64) uses masked loads, so nothing past
+ * column w is read (an unpacked R's last row may end there). */
+#define FR_VM_STEP(LOAD)                                                                               \
+    for (k = 0; k < K; k++, r += ld) {                                                                 \
+        const __m256 xv = _mm256_broadcast_ss(x + k);                                                  \
+        a0 = _mm256_fmadd_ps(xv, LOAD(0), a0); a1 = _mm256_fmadd_ps(xv, LOAD(1), a1);                  \
+        a2 = _mm256_fmadd_ps(xv, LOAD(2), a2); a3 = _mm256_fmadd_ps(xv, LOAD(3), a3);                  \
+        a4 = _mm256_fmadd_ps(xv, LOAD(4), a4); a5 = _mm256_fmadd_ps(xv, LOAD(5), a5);                  \
+        a6 = _mm256_fmadd_ps(xv, LOAD(6), a6); a7 = _mm256_fmadd_ps(xv, LOAD(7), a7);                  \
+    }
+#define FR_VM_FULL(j) _mm256_loadu_ps(r + 8 * (j))
+#define FR_VM_MASKED(j) _mm256_maskload_ps(r + 8 * (j), m[j])
+static inline __attribute__((always_inline)) void
+fr_vecmat_block256(const float *restrict x, const float *restrict r, int K, long ld, int w, float beta,
+                   float *restrict y)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    __m256 a[8];
+    __m256i m[8];
+    int k, j;
+    for (j = 0; j < 8; j++)
+        m[j] = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8 * j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    if (w >= FR_NV) {
+        FR_VM_STEP(FR_VM_FULL)
+    } else {
+        FR_VM_STEP(FR_VM_MASKED)
+    }
+    a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
+    for (j = 0; j < 8 && 8 * j < w; j++) {
+        __m256 v = a[j];
+        if (beta != 0.0f) v = _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_maskload_ps(y + 8 * j, m[j]), v);
+        _mm256_maskstore_ps(y + 8 * j, m[j], v);
+    }
+}
+#undef FR_VM_MASKED
+#undef FR_VM_FULL
+#undef FR_VM_STEP
+
 void fr_vecmat_panels_f32_avx2(const float *restrict x, const float *restrict P, int K, int N, float beta,
                                float *restrict y, int reverse)
 {
-    int np = (N + FR_NV - 1) / FR_NV, i, p, k, j;
+    int np = (N + FR_NV - 1) / FR_NV, i, p;
     for (i = 0; i < np; i++) {
         p = reverse ? np - 1 - i : i;
-        const float *b = P + (long)p * K * FR_NV;
-        int w = N - p * FR_NV < FR_NV ? N - p * FR_NV : FR_NV;
-        __m256 a[8];
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-        float *o = y + p * FR_NV;
-        for (k = 0; k < K; k++) {
-            const float *r = b + (long)k * FR_NV;
-            const __m256 xv = _mm256_broadcast_ss(x + k);
-            a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r), a0);
-            a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 8), a1);
-            a2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 16), a2);
-            a3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 24), a3);
-            a4 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 32), a4);
-            a5 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 40), a5);
-            a6 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 48), a6);
-            a7 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r + 56), a7);
-        }
-        a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
-        if (w == FR_NV) {
-            for (j = 0; j < 8; j++) {
-                __m256 v = beta == 0.0f ? a[j]
-                                        : _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(o + 8 * j), a[j]);
-                _mm256_storeu_ps(o + 8 * j, v);
-            }
-        } else {
-            float tile[FR_NV];
-            for (j = 0; j < 8; j++) _mm256_storeu_ps(tile + 8 * j, a[j]);
-            for (j = 0; j < w; j++) o[j] = beta == 0.0f ? tile[j] : beta * o[j] + tile[j];
-        }
+        fr_vecmat_block256(x, P + (long)p * K * FR_NV, K, FR_NV, N - p * FR_NV < FR_NV ? N - p * FR_NV : FR_NV,
+                           beta, y + p * FR_NV);
     }
+}
+
+/* The one-row product on R as it is (rows ldr apart; the products the plan does not pack): 64 columns
+ * of y in registers for the whole K loop, where cell_rows.inc.h's fr_vecmat passes through y in memory
+ * every four rows (gemm_avx512.c measures the difference). */
+void fr_vecmat_f32_avx2(const float *restrict x, const float *restrict R, int K, int N, int ldr, float beta,
+                        float *restrict y)
+{
+    int n0;
+    for (n0 = 0; n0 < N; n0 += FR_NV)
+        fr_vecmat_block256(x, R + n0, K, ldr, N - n0 < FR_NV ? N - n0 : FR_NV, beta, y + n0);
 }
