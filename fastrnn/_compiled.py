@@ -12,8 +12,8 @@ fastrnn/_scratch.py, which keeps them mapped between calls.
 """
 import numpy as np
 
-from fastrnn._dispatch import cpu_plan
 from fastrnn import _scratch
+from fastrnn._dispatch import cpu_plan
 from fastrnn._native import engine
 from fastrnn._spec import GATES, check_cotangents
 
@@ -81,7 +81,6 @@ class Workspace:
         self.hd = alloc(seq, dt) if self.rdmask is not None else None
         self.aux = alloc(one, dt) if spec.cell == "gru" else None
         self.rec = np.empty((B, GH), dt) if spec.cell == "gru" and spec.reset_after else None
-
 
     def release(self):
         """Hand the scratch xp back (inference, after the loop); the workspace must not run again."""
@@ -199,8 +198,8 @@ def _backward(spec, arrays, ws, d_outputs, d_final_states, plan):
 
 def _hoisted_gradients(spec, arrays, ws, plan):
     """The backward loop, then the hoisted gradients from its dxp/drec: the gradients dict."""
-    B, T, I, H, G = spec.B, spec.T, spec.I, spec.H, spec.G
-    N, GH, dt = B * T, G * H, spec.dtype
+    I, H, GH, dt = spec.I, spec.H, spec.G * spec.H, spec.dtype
+    N = spec.B * spec.T
     engine.backward(ws, spec, plan)
 
     # the hoisted gradients: single GEMMs and reductions over all N = B*T rows
