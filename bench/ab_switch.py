@@ -1,0 +1,92 @@
+"""fastrnn against itself with one engine switch on and off, alternating in one process: the same-run
+ratios behind bench/NOTES.md 31-34.
+
+    python bench/ab_switch.py SWITCH CELL T B I H [--threads N] [--train] [--rounds R]
+
+SWITCH (the "on" side first; the ratio is on / off):
+  simd        AVX-512 builds (simd level 2) vs AVX2 (level 1)        engine.limit_simd
+  serpentine  one-row products alternate their panel order vs not    engine.serpentine
+  scratch     the scratch pool vs fresh buffers every call           fastrnn._scratch.MIN_BYTES
+  packed      the packed-R microkernel where the plan allows vs BLAS fastrnn._dispatch.packed_gemm
+  hidden      the hidden-unit split forced for any batch vs the rule  fastrnn._dispatch.HIDDEN_SPLIT_MAX_B
+  threads     2 threads vs 1                                         fastrnn.set_num_threads
+
+Each round times both sides for ~0.4 s each (median per call); prints the medians over rounds and
+their ratio.  The data and the checked call are the bench's (bench/cases.py, tests/problems.py).
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "tests")]
+
+import cases  # noqa: E402
+import fastrnn  # noqa: E402
+from engines import ENGINES  # noqa: E402
+from fastrnn import _dispatch, _scratch  # noqa: E402
+from fastrnn._native import engine  # noqa: E402
+from problems import Problem  # noqa: E402
+
+
+def _scratch_switch(on):
+    _scratch.MIN_BYTES = 1 << 20 if on else 1 << 62
+    if not on:
+        _scratch.clear()
+
+
+SWITCHES = {
+    "simd": lambda on: engine.limit_simd(2 if on else 1),
+    "serpentine": lambda on: engine.serpentine(on),
+    "scratch": _scratch_switch,
+    "packed": lambda on: _dispatch.packed_gemm(on),
+    "hidden": lambda on: setattr(_dispatch, "HIDDEN_SPLIT_MAX_B", 1 << 20 if on else 4),
+    "threads": lambda on: fastrnn.set_num_threads(2 if on else 1),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("switch", choices=sorted(SWITCHES))
+    ap.add_argument("cell", choices=["lstm", "gru", "simple_rnn"])
+    ap.add_argument("shape", nargs=4, type=int, metavar="T B I H")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train", action="store_true")
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    if args.switch == "simd" and engine.simd_level() < 2:
+        sys.exit("ab_switch: simd needs a CPU with AVX-512F (simd_level() is %d)" % engine.simd_level())
+    mode = "training" if args.train else "forward"
+    cases.apply_threads(args.threads)
+    problem = Problem(args.cell, *args.shape)
+    run, _ = ENGINES["fastrnn"].prepare(problem, cases.problem_data(problem), mode)
+    switch = SWITCHES[args.switch]
+    for on in (True, False):   # warm both sides
+        switch(on)
+        run()
+        run()
+    t0 = time.perf_counter()
+    run()
+    calls = max(2, int(0.4 / (time.perf_counter() - t0)))
+    medians = {True: [], False: []}
+    try:
+        for _ in range(args.rounds):
+            for on in (True, False):
+                switch(on)
+                times = []
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    run()
+                    times.append(time.perf_counter() - t0)
+                medians[on].append(statistics.median(times))
+    finally:
+        switch(True)
+    on, off = statistics.median(medians[True]), statistics.median(medians[False])
+    print(f"{problem.id} {mode} threads={args.threads} {args.switch}: on {1e3 * on:.3f} ms, "
+          f"off {1e3 * off:.3f} ms, on/off {on / off:.3f}  ({args.rounds} rounds of {calls} calls)")
+
+
+if __name__ == "__main__":
+    main()
