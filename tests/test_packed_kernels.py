@@ -118,9 +118,10 @@ def test_serpentine_order_does_not_change_results(cell, threads):
 
 
 @pytest.mark.parametrize("N", [1, 15, 16, 17, 63, 64, 65, 130, 256])
-@pytest.mark.parametrize("K", [1, 2, 7, 64])
+@pytest.mark.parametrize("K", [1, 2, 7, 37, 64])
 def test_one_row_product_on_unpacked_R(packed_build, N, K):
-    """gemm_into with one row runs fr_vecmat (AVX-512: 64-column blocks in registers, masked tails), on
+    """gemm_into with one row runs fr_vecmat (64-column blocks in registers for 16 rows at a time, masked
+    tails; K = 37 ends in a partial block of rows), on
     R as it is, rows ldr apart (a column block of a wider array), for beta 0, 1 and 0.5."""
     rng = np.random.default_rng(N * 100 + K)
     x = rng.standard_normal((1, K)).astype(np.float32)

@@ -608,12 +608,17 @@ void fr_vecmat_panels_f32_avx2(const float *restrict x, const float *restrict P,
 }
 
 /* The one-row product on R as it is (rows ldr apart; the products the plan does not pack): 64 columns
- * of y in registers for the whole K loop, where cell_rows.inc.h's fr_vecmat passes through y in memory
+ * of y in registers for 16 rows at a time, where cell_rows.inc.h's fr_vecmat passes through y in memory
  * every four rows (gemm_avx512.c measures the difference). */
 void fr_vecmat_f32_avx2(const float *restrict x, const float *restrict R, int K, int N, int ldr, float beta,
                         float *restrict y)
 {
-    int n0;
-    for (n0 = 0; n0 < N; n0 += FR_NV)
-        fr_vecmat_block256(x, R + n0, K, ldr, N - n0 < FR_NV ? N - n0 : FR_NV, beta, y + n0);
+    int n0, k0 = 0;
+    do {   /* 16 rows at a time across every block: sequential row streams (gemm_avx512.c, FR_VM_KB) */
+        const int kb = K - k0 < 16 ? K - k0 : 16;
+        for (n0 = 0; n0 < N; n0 += FR_NV)
+            fr_vecmat_block256(x + k0, R + (long)k0 * ldr + n0, kb, ldr, N - n0 < FR_NV ? N - n0 : FR_NV,
+                               k0 == 0 ? beta : 1.0f, y + n0);
+        k0 += kb;
+    } while (k0 < K);
 }
