@@ -155,9 +155,10 @@ void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *restrict A, int
  * B == 1: y := x @ R + beta*y, 64 columns at a time, on gates_avx2.c's vector panels (each panel a
  * K x 64 block, rows 64 apart) or on R as it is (rows ldr apart: the products the plan does not pack,
  * G*H < 512 or the stream's T == 1).  A block of y lives in eight zmm accumulators (two k at a time:
- * four chains would wait on the FMA latency) for the whole K loop and is stored once.  The portable
- * fr_vecmat adds four rows of R into y per pass instead, so y is loaded and stored K/4 times and each
- * pass waits on the last one's stores (perf, lstm t1000-b1-h64 on 1 thread: 49% of the call).
+ * four chains would wait on the FMA latency) for the whole K loop of a panel, or for 16 rows of an
+ * unpacked R (FR_VM_KB, below), and is stored once per pass.  The portable fr_vecmat adds four rows of
+ * R into y per pass instead, so y is loaded and stored K/4 times and each pass waits on the last one's
+ * stores (perf, lstm t1000-b1-h64 on 1 thread: 49% of the call).
  * ------------------------------------------------------------------------------------------------ */
 #define FR_NV 64
 
