@@ -126,8 +126,8 @@ def test_serpentine_order_does_not_change_results(cell, threads):
 @pytest.mark.parametrize("N", [1, 15, 16, 17, 63, 64, 65, 130, 256])
 @pytest.mark.parametrize("K", [1, 2, 7, 37, 64])
 def test_one_row_product_on_unpacked_R(packed_build, N, K):
-    """gemm_into with one row runs fr_vecmat (64-column blocks in registers for 16 rows at a time, masked
-    tails; K = 37 ends in a partial block of rows), on
+    """gemm_into with one row runs fr_vecmat (64-column blocks in registers for all of K while R is
+    small, masked tails), on
     R as it is, rows ldr apart (a column block of a wider array), for beta 0, 1 and 0.5."""
     rng = np.random.default_rng(N * 100 + K)
     x = rng.standard_normal((1, K)).astype(np.float32)
@@ -138,3 +138,18 @@ def test_one_row_product_on_unpacked_R(packed_build, N, K):
         engine.gemm_into(x, R, y, beta=beta)
         expected = x.astype(np.float64) @ R + (beta * y0 if beta else 0)
         np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5 * (np.sqrt(K) + 1))
+
+
+@pytest.mark.parametrize("K", [300, 301])
+def test_one_row_product_on_a_large_unpacked_R(packed_build, K):
+    """Above 256 KiB, fr_vecmat takes 16 rows of R at a time across every column block (a partial last
+    block of rows here) and accumulates into y between passes: still x @ R + beta*y."""
+    rng = np.random.default_rng(K)
+    N = 700
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    R = rng.standard_normal((K, N + 5)).astype(np.float32)[:, 2:2 + N]   # 840 KiB, rows N + 5 apart
+    for beta in (0.0, 1.0):
+        y0 = rng.standard_normal((1, N)).astype(np.float32)
+        y = np.full((1, N), np.nan, np.float32) if beta == 0 else y0.copy()
+        engine.gemm_into(x, R, y, beta=beta)
+        np.testing.assert_allclose(y, x.astype(np.float64) @ R + beta * y0, rtol=0, atol=2e-4)

@@ -608,14 +608,17 @@ void fr_vecmat_panels_f32_avx2(const float *restrict x, const float *restrict P,
 }
 
 /* The one-row product on R as it is (rows ldr apart; the products the plan does not pack): 64 columns
- * of y in registers for 16 rows at a time, where cell_rows.inc.h's fr_vecmat passes through y in memory
- * every four rows (gemm_avx512.c measures the difference). */
+ * of y in registers for all of K (16 rows at a time on a large R), where cell_rows.inc.h's fr_vecmat
+ * passes through y in memory every four rows (gemm_avx512.c measures the difference). */
 void fr_vecmat_f32_avx2(const float *restrict x, const float *restrict R, int K, int N, int ldr, float beta,
                         float *restrict y)
 {
+    /* an R beyond 256 KiB: 16 rows at a time across every block, sequential row streams (the same rule
+     * as gemm_avx512.c's FR_VM_KB / FR_VM_WHOLE) */
+    const int step = (long)K * ldr * (long)sizeof(float) <= (256L << 10) ? K : 16;
     int n0, k0 = 0;
-    do {   /* 16 rows at a time across every block: sequential row streams (gemm_avx512.c, FR_VM_KB) */
-        const int kb = K - k0 < 16 ? K - k0 : 16;
+    do {
+        const int kb = K - k0 < step ? K - k0 : step;
         for (n0 = 0; n0 < N; n0 += FR_NV)
             fr_vecmat_block256(x + k0, R + (long)k0 * ldr + n0, kb, ldr, N - n0 < FR_NV ? N - n0 : FR_NV,
                                k0 == 0 ? beta : 1.0f, y + n0);

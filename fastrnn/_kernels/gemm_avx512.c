@@ -217,18 +217,23 @@ void fr_vecmat_panels_f32_avx512(const float *restrict x, const float *restrict 
     }
 }
 
-/* Unpacked R: FR_VM_KB rows at a time across every column block, so R is read as FR_VM_KB sequential
- * row streams (a block walking all K rows of an unpacked R jumps ldr floats a row: a new page every row
- * once R is large, which made the H=512 stream step 1.4-5x slower than rows read in full), and y is
- * loaded and stored once per FR_VM_KB rows. */
+/* Unpacked R larger than FR_VM_WHOLE bytes: FR_VM_KB rows at a time across every column block, so R is
+ * read as FR_VM_KB sequential row streams (a block walking all K rows of a large unpacked R jumps ldr
+ * floats a row, a new page every row: the H=512 stream step ran 1.4-5x slower), and y is loaded and
+ * stored once per FR_VM_KB rows.  A smaller R (in L2) takes whole K at once: C harness, K x N = 64 x 256
+ * and 128 x 512, 4-8% faster than 16 rows a pass; 1024 x 1024 13-30% slower (bench/NOTES.md 34f). */
+#ifndef FR_VM_KB
 #define FR_VM_KB 16
+#endif
+#define FR_VM_WHOLE (256L << 10)
 
 void fr_vecmat_f32_avx512(const float *restrict x, const float *restrict R, int K, int N, int ldr, float beta,
                           float *restrict y)
 {
+    const int step = (long)K * ldr * (long)sizeof(float) <= FR_VM_WHOLE ? K : FR_VM_KB;
     int n0, k0 = 0;
     do {
-        const int kb = K - k0 < FR_VM_KB ? K - k0 : FR_VM_KB;
+        const int kb = K - k0 < step ? K - k0 : step;
         for (n0 = 0; n0 < N; n0 += FR_NV)
             fr_vecmat_block(x + k0, R + (long)k0 * ldr + n0, kb, ldr, N - n0 < FR_NV ? N - n0 : FR_NV,
                             k0 == 0 ? beta : 1.0f, y + n0);
