@@ -70,7 +70,8 @@ from posix.unistd cimport usleep
 from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads, scipy_openblas_get_num_threads
 from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2,
                                      fr_gemm_packed_f32, fr_pack_vec_panels_f32_avx2,
-                                     fr_vecmat_panels_f32, FR_VEC_PACKED_SIZE, FR_PACKED_A_SIZE)
+                                     fr_vecmat_panels_f32, FR_VEC_PACKED_SIZE, FR_PACKED_A_SIZE,
+                                     fr_pack_a_f32_avx512, fr_gemm_prepacked_f32_avx512)
 from fastrnn._kernels._pool cimport fr_pool_run, fr_pool_parts, fr_pool_barrier, fr_pool_stats
 from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row,
@@ -1029,6 +1030,65 @@ ctypedef struct GemmJob:
     const void *B
     void *C
     double beta
+    # the packed path (_packed_gemm_part): each part's scratch, `scratch` floats apart from J.work on
+    bint packed
+    int mc             # rows of op(A) packed at a time
+    float *work
+    Py_ssize_t scratch
+
+
+# The hoisted GEMMs on fastrnn's own microkernel (float32, AVX-512F): OpenBLAS has no pack-once API, and
+# its kernels are whatever its build or OPENBLAS_CORETYPE picked (on this project's machines the
+# environment sets OPENBLAS_CORETYPE=Haswell: AVX2, half of an AVX-512 core's FMA width; bench/NOTES.md 35).
+# K runs in blocks of GEMM_KC; each part packs its op(B) columns of one K block (GEMM_KC x its width:
+# <= 2 MiB at 512 columns) and op(A) GEMM_MC_FLOATS at a time (512 KiB), both L2-sized, before the
+# microkernel passes over them; C gains each K block's share in turn (the first with beta), in the same
+# order whatever the split, so every thread count gives the same bits.
+cdef enum:
+    GEMM_KC = 1024
+    GEMM_MC_FLOATS = 128 * 1024
+
+
+cdef void _packed_gemm_part(const GemmJob *J, int part) noexcept nogil:
+    """Part `part` of C := op(A) @ op(B) + beta*C (float32) on the packed microkernel: whole 16-column
+    panels of C (J.by_rows false) or rows of C; K in blocks of GEMM_KC, each packed here (op(B)'s share
+    into panels, op(A) mc rows at a time into 8-row blocks, either taken transposed) before
+    fr_gemm_prepacked_f32_avx512 runs it.  The part's scratch: J.work + part*J.scratch."""
+    cdef int np_ = (J.N + 15) // 16, per, m0 = 0, mw = J.M, n0 = 0, nw = J.N, k0, kc, i0, mc
+    cdef float b
+    cdef const float *A = <const float *>J.A
+    cdef const float *B = <const float *>J.B
+    cdef float *C = <float *>J.C
+    cdef float *P = J.work + part * J.scratch
+    cdef float *work = P + <Py_ssize_t>GEMM_KC * ((J.N + 15) // 16 * 16)
+    if J.by_rows:
+        per = (J.M + J.parts - 1) // J.parts
+        m0 = part * per
+        mw = J.M - m0 if J.M - m0 < per else per
+    else:
+        per = (np_ + J.parts - 1) // J.parts * 16
+        n0 = part * per
+        nw = J.N - n0 if J.N - n0 < per else per
+    if mw <= 0 or nw <= 0:
+        return
+    k0 = 0
+    while k0 < J.K:
+        kc = J.K - k0 if J.K - k0 < GEMM_KC else GEMM_KC
+        b = <float>J.beta if k0 == 0 else 1.0
+        if J.tb:   # op(B) = B^T: B is (N, K)
+            fr_pack_panels_t_f32_avx2(B + <Py_ssize_t>n0 * J.ldb + k0, kc, nw, J.ldb, P)
+        else:
+            fr_pack_panels_f32_avx2(B + <Py_ssize_t>k0 * J.ldb + n0, kc, nw, J.ldb, P)
+        i0 = m0
+        while i0 < m0 + mw:
+            mc = m0 + mw - i0 if m0 + mw - i0 < J.mc else J.mc
+            if J.ta:   # op(A) = A^T: A is (K, M)
+                fr_pack_a_f32_avx512(A + <Py_ssize_t>k0 * J.lda + i0, J.lda, 1, mc, kc, work)
+            else:
+                fr_pack_a_f32_avx512(A + <Py_ssize_t>i0 * J.lda + k0, J.lda, 0, mc, kc, work)
+            fr_gemm_prepacked_f32_avx512(mc, nw, kc, work, P, b, C + <Py_ssize_t>i0 * J.ldc + n0, J.ldc)
+            i0 += mc
+        k0 += kc
 
 
 cdef void _gemm_part(const GemmJob *J, floating beta, int part) noexcept nogil:
@@ -1061,7 +1121,9 @@ cdef void _gemm_part(const GemmJob *J, floating beta, int part) noexcept nogil:
 
 cdef void _gemm_part_task(void *arg, int part) noexcept nogil:
     cdef GemmJob *J = <GemmJob *>arg
-    if J.f32:
+    if J.packed:
+        _packed_gemm_part(J, part)
+    elif J.f32:
         _gemm_part[float](J, <float>J.beta, part)
     else:
         _gemm_part[double](J, J.beta, part)
@@ -1070,13 +1132,26 @@ cdef void _gemm_part_task(void *arg, int part) noexcept nogil:
 # A GEMM is split over the pool from this many flops on (~50 us on one core): below it, waking the
 # workers costs more than it saves.
 GEMM_SPLIT_MIN_FLOPS = 4_000_000
+cdef bint _packed_gemm_enabled = True
+
+
+def packed_gemm(on=None):
+    """Whether gemm_into may take the packed microkernel (A/B runs and tests switch it off to compare with
+    OpenBLAS); `on` changes the setting.  Returns the setting in force."""
+    global _packed_gemm_enabled
+    if on is not None:
+        _packed_gemm_enabled = bool(on)
+    return _packed_gemm_enabled
 
 
 def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, bint trans_b=False,
               double beta=0.0):
     """C := op(A) @ op(B) + beta*C for 2-D arrays of one float dtype whose rows are contiguous
     (row strides may be larger: column blocks of a wider array are fine).  Large products are split
-    over fastrnn's pool along the longer of C's dimensions, one 1-thread BLAS call per part."""
+    over fastrnn's pool along the longer of C's dimensions (the packed path: by whole panels of columns
+    while there are two a part), one 1-thread BLAS call per part, or for float32 with at least 2 rows and
+    1 column of K, beta 0 or 1, on an AVX-512 CPU (simd_level() == 2) fastrnn's packed microkernel
+    (_packed_gemm_part)."""
     for arr in (A, B, C):
         if arr.ndim != 2 or arr.dtype != C.dtype or C.dtype not in (np.float32, np.float64):
             raise ValueError("gemm_into: expected 2-D float32/float64 arrays of one dtype")
@@ -1095,10 +1170,22 @@ def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, b
     J.beta = beta
     J.by_rows = M >= N
     J.parts = 1
+    J.packed = (J.f32 and M >= 2 and K >= 1 and (beta == 0.0 or beta == 1.0) and fr_simd_level() >= 2
+                and _packed_gemm_enabled)   # the microkernel's C update is C := P or C += P
     _pin_blas()
     if _n_threads > 1 and 2.0 * M * N * K >= GEMM_SPLIT_MIN_FLOPS:
-        # parts of at least 16 rows/columns (a BLAS microkernel's width), one per thread
+        if J.packed:   # whole panels of columns while each part gets two, else rows
+            J.by_rows = (N + 15) // 16 < 2 * _n_threads
+        # parts of at least 16 rows/columns (a microkernel's width), one per thread
         J.parts = max(1, min(_n_threads, (M if J.by_rows else N) // 16))
+    if J.packed:
+        kc = min(K, GEMM_KC)
+        J.mc = max(8, min(M, GEMM_MC_FLOATS // kc // 8 * 8))
+        # per part: one K block of op(B) in panels of all N columns (a column part uses its share), then
+        # op(A)'s mc-row blocks; whole cache lines apart
+        J.scratch = (<Py_ssize_t>GEMM_KC * ((N + 15) // 16 * 16) + FR_PACKED_A_SIZE(J.mc, kc) + 15) // 16 * 16
+        buf = _empty_aligned(J.scratch * J.parts, np.float32)
+        J.work = <float *>cnp.PyArray_DATA(<cnp.ndarray>buf)
     with nogil:
         fr_pool_parts(J.parts, J.parts, _gemm_part_task, &J)
 

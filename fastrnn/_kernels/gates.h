@@ -109,6 +109,14 @@ void fr_gemm_packed_f32(int M, int N, int K, const float *A, int lda, const floa
 void fr_pack_row_block_f32(const float *A, int lda, int mr, int K, int stride, float *dst);
 void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *A, int lda, const float *P, float beta,
                                float *C, int ldc, float *work);
+/* fr_gemm_packed_f32_avx512 in its two halves (level 2 only), for the hoisted GEMMs (_engine.pyx,
+ * gemm_into), which pack op(A) in row chunks and may take A transposed:
+ * pack: op(A) (M, K) = A (trans 0: rows lda apart) or A^T (trans 1: A is (K, M), rows lda apart) into
+ *       FR_PACKED_A_SIZE(M, K) floats of 8-row blocks.  IN A; OUT work
+ * prepacked: C := op(A) @ P + beta*C from that.  IN work, P; IN/OUT C */
+void fr_pack_a_f32_avx512(const float *A, int lda, int trans, int M, int K, float *work);
+void fr_gemm_prepacked_f32_avx512(int M, int N, int K, const float *work, const float *P, float beta,
+                                  float *C, int ldc);
 void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 /* The same panels for R^T (K, N), read from R (N, K) rows ldr apart (backward: dG @ R^T).  IN R; OUT P */
 void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P);

@@ -123,16 +123,12 @@ static void fr_micro_call(int mr, int npn, int K, const float *restrict A, const
 #undef FR_CASE
 }
 
-void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
-                               float beta, float *restrict C, int ldc, float *restrict work)
+void fr_gemm_prepacked_f32_avx512(int M, int N, int K, const float *restrict work, const float *restrict P,
+                                  float beta, float *restrict C, int ldc)
 {
     const int np = (N + FR_NR - 1) / FR_NR;
     const long ps = (long)K * FR_NR;
     int m, p, q, k0;
-    /* block m (its first row) at work + m*K, FR_MR floats a k: the last block ends before
-     * work + (M + 7)*K <= FR_PACKED_A_SIZE(M, K) */
-    for (m = 0; m < M; m += FR_MR)
-        fr_pack_row_block_f32(A + (long)m * lda, lda, M - m < FR_MR ? M - m : FR_MR, K, FR_MR, work + (long)m * K);
     for (k0 = 0; k0 < K || k0 == 0; k0 += FR_KC) {
         const int kc = K - k0 < FR_KC ? K - k0 : FR_KC;
         const float b = k0 == 0 ? beta : 1.0f;
@@ -149,6 +145,34 @@ void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *restrict A, int
             }
         }
     }
+}
+
+void fr_pack_a_f32_avx512(const float *restrict A, int lda, int trans, int M, int K, float *restrict work)
+{
+    int m, k;
+    /* block m (its first row) at work + m*K, FR_MR floats a k: the last block ends before
+     * work + (M + 7)*K <= FR_PACKED_A_SIZE(M, K) */
+    if (!trans) {
+        for (m = 0; m < M; m += FR_MR)
+            fr_pack_row_block_f32(A + (long)m * lda, lda, M - m < FR_MR ? M - m : FR_MR, K, FR_MR, work + (long)m * K);
+        return;
+    }
+    /* op(A) = A^T: a k's FR_MR values of a block are FR_MR consecutive floats of A's row k (masked
+     * 512-bit moves of mr <= 8 lanes: AVX-512F alone, no VL; masked-off lanes are neither read nor written) */
+    for (m = 0; m < M; m += FR_MR) {
+        const int mr = M - m < FR_MR ? M - m : FR_MR;
+        const __mmask16 lanes = (__mmask16)((1u << mr) - 1u);
+        float *dst = work + (long)m * K;
+        for (k = 0; k < K; k++)
+            _mm512_mask_storeu_ps(dst + (long)k * FR_MR, lanes, _mm512_maskz_loadu_ps(lanes, A + (long)k * lda + m));
+    }
+}
+
+void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
+                               float beta, float *restrict C, int ldc, float *restrict work)
+{
+    fr_pack_a_f32_avx512(A, lda, 0, M, K, work);
+    fr_gemm_prepacked_f32_avx512(M, N, K, work, P, beta, C, ldc);
 }
 
 /* ---------------------------------------------------------------------------------------------------
