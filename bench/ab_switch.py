@@ -8,6 +8,9 @@ SWITCH (the "on" side first; the ratio is on / off):
   serpentine  one-row products alternate their panel order vs not    engine.serpentine
   scratch     the scratch pool vs fresh buffers every call           fastrnn._scratch.MIN_BYTES
   packed      the packed-R microkernel where the plan allows vs BLAS fastrnn._dispatch.packed_gemm
+  gemm        the hoisted GEMMs on the packed microkernel vs BLAS    engine.packed_gemm
+  packrows    the packed-R microkernel at any rows a thread vs the rule fastrnn._dispatch.PACK_MAX_ROWS
+              (the rule bounds the AVX2 build only: a no-op at simd level 2)
   hidden      the hidden-unit split forced for any batch vs the rule  fastrnn._dispatch.HIDDEN_SPLIT_MAX_B
   threads     2 threads vs 1                                         fastrnn.set_num_threads
 
@@ -42,6 +45,8 @@ SWITCHES = {
     "serpentine": lambda on: engine.serpentine(on),
     "scratch": _scratch_switch,
     "packed": lambda on: _dispatch.packed_gemm(on),
+    "gemm": lambda on: engine.packed_gemm(on),
+    "packrows": lambda on: setattr(_dispatch, "PACK_MAX_ROWS", 1 << 20 if on else 16),
     "hidden": lambda on: setattr(_dispatch, "HIDDEN_SPLIT_MAX_B", 1 << 20 if on else 4),
     "threads": lambda on: fastrnn.set_num_threads(2 if on else 1),
 }

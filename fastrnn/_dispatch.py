@@ -41,6 +41,12 @@ class CpuPlan(NamedTuple):
 # fewer columns its per-step copy of A into row blocks is not paid back: SimpleRNN H=256, 64 rows,
 # sgemm 1.2-1.5x faster.  Backward (dG @ R^T, K = G*H): wins at every row count measured (1.0-1.3x).
 # H <= 1024: at H = 2048 the two tie (R^T no longer fits L3), and the packed copy costs memory.
+# On AVX-512 (simd level 2) the microkernel wins at any row count: 8 x 48 tiles on 32 registers, against
+# OpenBLAS's sgemm (which this project's environment pins to its AVX2 kernels, OPENBLAS_CORETYPE=Haswell),
+# same process, packed at every row count vs the rule (bench/ab_switch.py packrows), Zen 5, medians of 5:
+# lstm t28-b64-h64 0.75x (2 threads) and 0.72x (1), simple_rnn t100-b128-h256 0.76x and 0.76x, gru
+# t28-b64 0.78x; on the Xeon (OpenBLAS's own AVX-512 kernels) lstm t28-b64 0.90-0.98x (bench/NOTES.md 35).
+# So PACK_MAX_ROWS and PACK_MIN_COLUMNS bound the AVX2 build only.
 # B == 1 packs R into 64-column vector panels (one sequential stream per panel) from G*H >= 512 columns,
 # where R outgrows L2 and the row-major vecmat's four row streams plus y traffic lose (bench/NOTES.md 25).
 PACK_MAX_ROWS = 16
@@ -111,7 +117,8 @@ def cpu_plan(spec, training, threads=None):
     if spec.B == 1:   # the one-row product on R's vector panels (serial, or the hidden split's slices)
         forward_packed = packable and wide
     else:
-        forward_packed = packable and 2 <= forward_rows and (forward_rows <= PACK_MAX_ROWS or wide)
+        forward_packed = packable and 2 <= forward_rows and (forward_rows <= PACK_MAX_ROWS or wide
+                                                             or engine.simd_level() >= 2)
     return CpuPlan(n, forward, backward if training else "serial", forward_packed,
                    training and packable and 2 <= backward_rows)
 

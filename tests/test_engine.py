@@ -170,7 +170,7 @@ def test_backward_can_be_called_twice():
                          ids=["b2", "b7", "b8", "b14", "b16", "b40", "b1"])  # 8, 14: row blocks end in 4 + 4
 def test_packed_recurrent_product(cell, extra, shape, packed_build):
     """float32, one thread: the per-step products run on the packed-R microkernel (_engine.pyx, 'Packed
-    R') in the forward at 2 <= B <= 16, or any B once G*H >= 512 (B = 40: LSTM and GRU), and in the
+    R') in the forward at 2 <= B <= 16, or any B once G*H >= 512 (B = 40: LSTM and GRU) or on AVX-512, in the
     backward at B >= 2; B == 1 on R's vector panels once G*H >= 512 (LSTM and GRU, with a tail panel:
     G*H = 704 and 528); they must agree with the float64 reference like the BLAS path does, with masks,
     go_backwards and an initial state, in the inference and the training forward and the gradients."""
@@ -185,7 +185,9 @@ def test_packed_recurrent_product(cell, extra, shape, packed_build):
         assert _dispatch.packed_gemm()
         G = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
         wide = G * H >= 512
-        packs = (cell != "gru" or extra.get("reset_after", True)) and (wide if B == 1 else (B <= 16 or wide))
+        any_rows = packed_build == "avx512"   # the AVX-512 build packs at any row count
+        packs = (cell != "gru" or extra.get("reset_after", True)) and (
+            wide if B == 1 else (B <= 16 or wide or any_rows))
         kernel = "packed-vecmat" if B == 1 else "packed-microkernel"
         assert (kernel in F.explain(cell, *args, **kw)) == packs
         check_against_reference(cell, args, kw, np.dtype(np.float32), rng)

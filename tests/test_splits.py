@@ -103,8 +103,9 @@ def test_plans_follow_the_thread_count():
 
 def test_packed_plan_rules():
     """Where the plan puts the per-step product on the packed microkernel (fastrnn._dispatch, PACK_*):
-    forward at <= 16 rows a thread, or at any row count once G*H >= 512 columns (B == 1: on vector
-    panels, from G*H >= 512); backward at 2 or more rows a thread; float32 with H <= 1024 only."""
+    forward at <= 16 rows a thread, or at any row count once G*H >= 512 columns or on AVX-512 (B == 1:
+    on vector panels, from G*H >= 512); backward at 2 or more rows a thread; float32 with H <= 1024 only.
+    Runs at each SIMD level this CPU has."""
     from fastrnn._spec import build_spec
 
     if engine.simd_level() < 1:
@@ -116,11 +117,16 @@ def test_packed_plan_rules():
         b = np.zeros((2, G * H), dtype) if cell == "gru" else None
         return _dispatch.cpu_plan(build_spec(cell, x, W, R, b)[0], training=True, threads=threads)
 
-    assert plan("lstm", 32, 64).forward_packed                      # 16 rows a thread
-    assert not plan("lstm", 64, 64).forward_packed                  # 32 rows, G*H = 256
-    assert plan("lstm", 64, 64).backward_packed
+    for level in range(1, engine.simd_level() + 1):
+        engine.limit_simd(level)
+        try:
+            assert plan("lstm", 32, 64).forward_packed                          # 16 rows a thread
+            assert plan("lstm", 64, 64).forward_packed == (level >= 2)          # 32 rows, G*H = 256
+            assert plan("simple_rnn", 128, 256).forward_packed == (level >= 2)  # G*H = 256
+            assert plan("lstm", 64, 64).backward_packed
+        finally:
+            engine.limit_simd(2)
     assert plan("lstm", 128, 128).forward_packed                    # G*H = 512
-    assert not plan("simple_rnn", 128, 256).forward_packed          # G*H = 256
     assert plan("simple_rnn", 128, 512).forward_packed
     assert plan("gru", 64, 1024).forward_packed
     assert not plan("lstm", 64, 2048).forward_packed                # H > 1024
