@@ -42,7 +42,10 @@ def pytest_generate_tests(metafunc):
         cs = _cases.build_cases(quick=quick)
         metafunc.parametrize("case", cs, ids=[c.id for c in cs])
     if "sgemm_impl" in metafunc.fixturenames:
-        metafunc.parametrize("sgemm_impl", ["numpy", "torch"])
+        # fastrnn: its own gemm_into (the packed AVX-512 microkernel where the CPU has it), because numpy's
+        # OpenBLAS runs whatever OPENBLAS_CORETYPE says (Haswell's AVX2 kernels in this project's
+        # environment: half of an AVX-512 core's peak), and the peak is the best sgemm of the session
+        metafunc.parametrize("sgemm_impl", ["numpy", "torch", "fastrnn"])
 
 
 @pytest.fixture(scope="session")
