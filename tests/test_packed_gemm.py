@@ -50,7 +50,7 @@ def test_against_float64(trans_a, trans_b, M, N, K, beta):
 def test_every_split_gives_the_same_bits(trans_a, trans_b, M, N, K):
     """By rows or by column panels, on 1 or 2 threads: each element sums its K in the same order."""
     rng = np.random.default_rng(11)
-    A, B, c = _case(rng, M, N, K, trans_a, trans_b, pad=0)
+    A, B, _ = _case(rng, M, N, K, trans_a, trans_b, pad=0)
     got = {}
     for n in (1, 2):
         with fastrnn.threads(n):
@@ -58,7 +58,7 @@ def test_every_split_gives_the_same_bits(trans_a, trans_b, M, N, K):
             engine.gemm_into(A, B, C, trans_a, trans_b)
             got[n] = C
     np.testing.assert_array_equal(got[1], got[2])
-    want = _want(A, B, c, trans_a, trans_b, 0.0)
+    want = _want(A, B, np.zeros((M, N), np.float32), trans_a, trans_b, 0.0)
     np.testing.assert_allclose(got[1], want, rtol=0, atol=2e-6 * np.abs(want).max() * K ** 0.5)
 
 
@@ -91,3 +91,24 @@ def test_switch_off_matches_blas_closely():
     finally:
         engine.packed_gemm(True)
     np.testing.assert_allclose(C1, C2, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("M,N,K", [(2, 16, 5), (9, 48, 33), (48, 1040, 70), (49, 64, 1025), (30, 96, 2100)])
+def test_b_in_place_gives_the_packed_bits(trans_a, M, N, K):
+    """With few rows of op(A) (gemm_unpacked_max_m) the microkernel reads B's rows in place (rows ldb
+    apart, N a multiple of 16) instead of packing them: the same arithmetic, so the same bits."""
+    rng = np.random.default_rng(M + N + K)
+    A, B, _ = _case(rng, M, N, K, trans_a, False, pad=5)
+    got = {}
+    try:
+        for max_m in (10 ** 6, 0):
+            engine.gemm_unpacked_max_m(max_m)
+            C = np.full((M, N), np.nan, np.float32)
+            engine.gemm_into(A, B, C, trans_a, False)
+            got[max_m] = C
+    finally:
+        engine.gemm_unpacked_max_m(48)
+    np.testing.assert_array_equal(got[10 ** 6], got[0])
+    want = _want(A, B, np.zeros((M, N), np.float32), trans_a, False, 0.0)
+    np.testing.assert_allclose(got[0], want, rtol=0, atol=2e-6 * np.abs(want).max() * K ** 0.5)

@@ -1032,6 +1032,7 @@ ctypedef struct GemmJob:
     double beta
     # the packed path (_packed_gemm_part): each part's scratch, `scratch` floats apart from J.work on
     bint packed
+    bint unpacked      # ... reading op(B) = B in place (few rows of A: see GEMM_UNPACKED_MAX_M)
     int mc             # rows of op(A) packed at a time
     float *work
     Py_ssize_t scratch
@@ -1047,6 +1048,21 @@ ctypedef struct GemmJob:
 cdef enum:
     GEMM_KC = 1024
     GEMM_MC_FLOATS = 128 * 1024
+# With few rows of op(A) the copy of op(B) into panels is not paid back (each panel row is used by only
+# M rows): up to this many rows the microkernel reads B's rows in place (not for B^T, and only when N is
+# a multiple of 16, as a panel's loads are whole rows of 16).  K x N = 512 x 2048 on one Zen 5 core,
+# GFLOP/s in place vs packed: 8 rows 110 vs 54, 16 166 vs 106, 32 148 vs 126, 48 146 vs 143, 64 130 vs
+# 141, 96 120 vs 137 (bench/NOTES.md 35).
+cdef int _gemm_unpacked_max_m = 48
+
+
+def gemm_unpacked_max_m(n=None):
+    """The most rows of op(A) for which gemm_into's packed path reads B in place (tests and A/B runs
+    change it); `n` sets it.  Returns the setting in force."""
+    global _gemm_unpacked_max_m
+    if n is not None:
+        _gemm_unpacked_max_m = int(n)
+    return _gemm_unpacked_max_m
 
 
 cdef void _packed_gemm_part(const GemmJob *J, int part) noexcept nogil:
@@ -1056,6 +1072,8 @@ cdef void _packed_gemm_part(const GemmJob *J, int part) noexcept nogil:
     fr_gemm_prepacked_f32_avx512 runs it.  The part's scratch: J.work + part*J.scratch."""
     cdef int np_ = (J.N + 15) // 16, per, m0 = 0, mw = J.M, n0 = 0, nw = J.N, k0, kc, i0, mc
     cdef float b
+    cdef const float *bp
+    cdef Py_ssize_t ps, ks
     cdef const float *A = <const float *>J.A
     cdef const float *B = <const float *>J.B
     cdef float *C = <float *>J.C
@@ -1075,10 +1093,14 @@ cdef void _packed_gemm_part(const GemmJob *J, int part) noexcept nogil:
     while k0 < J.K:
         kc = J.K - k0 if J.K - k0 < GEMM_KC else GEMM_KC
         b = <float>J.beta if k0 == 0 else 1.0
-        if J.tb:   # op(B) = B^T: B is (N, K)
-            fr_pack_panels_t_f32_avx2(B + <Py_ssize_t>n0 * J.ldb + k0, kc, nw, J.ldb, P)
+        if J.unpacked:   # the microkernel reads B's rows where they are
+            bp, ps, ks = B + <Py_ssize_t>k0 * J.ldb + n0, 16, J.ldb
         else:
-            fr_pack_panels_f32_avx2(B + <Py_ssize_t>k0 * J.ldb + n0, kc, nw, J.ldb, P)
+            bp, ps, ks = P, <Py_ssize_t>kc * 16, 16
+            if J.tb:   # op(B) = B^T: B is (N, K)
+                fr_pack_panels_t_f32_avx2(B + <Py_ssize_t>n0 * J.ldb + k0, kc, nw, J.ldb, P)
+            else:
+                fr_pack_panels_f32_avx2(B + <Py_ssize_t>k0 * J.ldb + n0, kc, nw, J.ldb, P)
         i0 = m0
         while i0 < m0 + mw:
             mc = m0 + mw - i0 if m0 + mw - i0 < J.mc else J.mc
@@ -1086,7 +1108,7 @@ cdef void _packed_gemm_part(const GemmJob *J, int part) noexcept nogil:
                 fr_pack_a_f32_avx512(A + <Py_ssize_t>k0 * J.lda + i0, J.lda, 1, mc, kc, work)
             else:
                 fr_pack_a_f32_avx512(A + <Py_ssize_t>i0 * J.lda + k0, J.lda, 0, mc, kc, work)
-            fr_gemm_prepacked_f32_avx512(mc, nw, kc, work, P, b, C + <Py_ssize_t>i0 * J.ldc + n0, J.ldc)
+            fr_gemm_prepacked_f32_avx512(mc, nw, kc, work, bp, ps, ks, b, C + <Py_ssize_t>i0 * J.ldc + n0, J.ldc)
             i0 += mc
         k0 += kc
 
@@ -1178,6 +1200,7 @@ def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, b
             J.by_rows = (N + 15) // 16 < 2 * _n_threads
         # parts of at least 16 rows/columns (a microkernel's width), one per thread
         J.parts = max(1, min(_n_threads, (M if J.by_rows else N) // 16))
+    J.unpacked = J.packed and not trans_b and N % 16 == 0 and M <= _gemm_unpacked_max_m
     if J.packed:
         kc = min(K, GEMM_KC)
         J.mc = max(8, min(M, GEMM_MC_FLOATS // kc // 8 * 8))

@@ -113,10 +113,12 @@ void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *A, int lda, con
  * gemm_into), which pack op(A) in row chunks and may take A transposed:
  * pack: op(A) (M, K) = A (trans 0: rows lda apart) or A^T (trans 1: A is (K, M), rows lda apart) into
  *       FR_PACKED_A_SIZE(M, K) floats of 8-row blocks.  IN A; OUT work
- * prepacked: C := op(A) @ P + beta*C from that.  IN work, P; IN/OUT C */
+ * prepacked: C := op(A) @ B + beta*C from that, B's 16-column panel j at P + j*ps and row k of a panel
+ *       ks floats after row k-1: packed panels (ps = K*16, ks = 16) or B as it is (ps = 16, ks = its
+ *       row stride; its N a multiple of 16, as a panel's loads are whole).  IN work, P; IN/OUT C */
 void fr_pack_a_f32_avx512(const float *A, int lda, int trans, int M, int K, float *work);
-void fr_gemm_prepacked_f32_avx512(int M, int N, int K, const float *work, const float *P, float beta,
-                                  float *C, int ldc);
+void fr_gemm_prepacked_f32_avx512(int M, int N, int K, const float *work, const float *P, long ps, long ks,
+                                  float beta, float *C, int ldc);
 void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 /* The same panels for R^T (K, N), read from R (N, K) rows ldr apart (backward: dG @ R^T).  IN R; OUT P */
 void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P);

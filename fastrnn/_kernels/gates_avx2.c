@@ -540,20 +540,34 @@ void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int l
 void fr_pack_vec_panels_f32_avx2(const float *restrict R, int K, int ldr, int nblk, int blk_stride, int blk_w,
                                  float *restrict P)
 {
-    int N = nblk * blk_w, np = (N + FR_NV - 1) / FR_NV, k, b, c;
-    for (k = 0; k < K; k++) {
-        const float *row = R + (long)k * ldr;
-        for (b = 0; b < nblk; b++) {
-            for (c = b * blk_w; c < (b + 1) * blk_w;) {   /* runs of columns within one panel */
-                int off = c % FR_NV, n = FR_NV - off;
-                if (n > (b + 1) * blk_w - c) n = (b + 1) * blk_w - c;
-                memcpy(P + ((long)(c / FR_NV) * K + k) * FR_NV + off,
-                       row + (long)b * blk_stride + (c - b * blk_w),
-                       (size_t)n * sizeof(float));
-                c += n;
-            }
+    /* Panel by panel, so the writes are one sequential stream (row by row, every panel took a write
+     * stream of its own: 32 at once for a 512 x 2048 R), with each panel's runs of columns from one
+     * source block worked out once, not per row: 512 x 2048 pack + one-row product 184-192 -> see
+     * bench/NOTES.md 35. */
+    int N = nblk * blk_w, np = (N + FR_NV - 1) / FR_NV, p, k, r, j;
+    int doff[FR_NV], soff[FR_NV], len[FR_NV];
+    for (p = 0; p < np; p++) {
+        const int c0 = p * FR_NV, end = N - c0 < FR_NV ? N : c0 + FR_NV;
+        int c = c0, nr = 0;
+        float *dst = P + (long)p * K * FR_NV;
+        while (c < end) {   /* runs of columns within one block */
+            const int b = c / blk_w, stop = (b + 1) * blk_w < end ? (b + 1) * blk_w : end;
+            doff[nr] = c - c0;
+            soff[nr] = b * blk_stride + (c - b * blk_w);
+            len[nr++] = stop - c;
+            c = stop;
         }
-        for (c = N; c < np * FR_NV; c++) P[((long)(np - 1) * K + k) * FR_NV + c % FR_NV] = 0.0f;
+        if (nr == 1 && len[0] == FR_NV) {
+            const float *src = R + soff[0];
+            for (k = 0; k < K; k++, dst += FR_NV, src += ldr)
+                for (j = 0; j < FR_NV; j += 8) _mm256_storeu_ps(dst + j, _mm256_loadu_ps(src + j));
+            continue;
+        }
+        for (k = 0; k < K; k++, dst += FR_NV) {
+            const float *row = R + (long)k * ldr;
+            for (r = 0; r < nr; r++) memcpy(dst + doff[r], row + soff[r], (size_t)len[r] * sizeof(float));
+            for (j = end - c0; j < FR_NV; j++) dst[j] = 0.0f;
+        }
     }
 }
 

@@ -56,7 +56,7 @@ static inline __attribute__((always_inline)) void fr_store16(float *restrict c, 
  * accumulators are named scalars (arrays of vectors make gcc keep them in memory).  nleft: the columns
  * of C left from this tile's first panel on (the matrix's last panel stores only its real columns). */
 static inline __attribute__((always_inline)) void
-fr_micro(const int mr, const int npn, int K, const float *restrict A, const float *restrict P, long ps,
+fr_micro(const int mr, const int npn, int K, const float *restrict A, const float *restrict P, long ps, long ks,
          float beta, float *restrict C, int ldc, int nleft)
 {
     int k;
@@ -79,10 +79,10 @@ fr_micro(const int mr, const int npn, int K, const float *restrict A, const floa
 #undef FR_PF_C
     }
     for (k = 0; k < K; k++) {
-        const float *pk = P + (long)k * FR_NR;
+        const float *pk = P + (long)k * ks;
 #define FR_LOAD(q)                                                                                     \
     const __m512 b##q = q < npn ? _mm512_loadu_ps(pk + (q) * ps) : _mm512_setzero_ps();                \
-    if (q < npn) _mm_prefetch((const char *)(pk + (q) * ps + FR_PF * FR_NR), _MM_HINT_T0);
+    if (q < npn) _mm_prefetch((const char *)(pk + (q) * ps + FR_PF * ks), _MM_HINT_T0);
         FR_LOAD(0) FR_LOAD(1) FR_LOAD(2) FR_LOAD(3) FR_LOAD(4) FR_LOAD(5)
 #undef FR_LOAD
 #define FR_FMA(i, q) if (q < npn) c##i##q = _mm512_fmadd_ps(a, b##q, c##i##q);
@@ -107,9 +107,9 @@ static inline int fr_max_panels(int mr) { return mr <= 4 ? 6 : mr <= 6 ? 4 : 3; 
 
 /* fr_micro with run-time (mr, npn), 1 <= mr <= 8, 1 <= npn <= fr_max_panels(mr): one instantiation each */
 static void fr_micro_call(int mr, int npn, int K, const float *restrict A, const float *restrict P, long ps,
-                          float beta, float *restrict C, int ldc, int nleft)
+                          long ks, float beta, float *restrict C, int ldc, int nleft)
 {
-#define FR_CASE(r, n) case (r) * 8 + (n): fr_micro(r, n, K, A, P, ps, beta, C, ldc, nleft); return;
+#define FR_CASE(r, n) case (r) * 8 + (n): fr_micro(r, n, K, A, P, ps, ks, beta, C, ldc, nleft); return;
 #define FR_CASES6(r) FR_CASE(r, 1) FR_CASE(r, 2) FR_CASE(r, 3) FR_CASE(r, 4) FR_CASE(r, 5) FR_CASE(r, 6)
     switch (mr * 8 + npn) {
     FR_CASES6(1) FR_CASES6(2) FR_CASES6(3) FR_CASES6(4)
@@ -124,10 +124,9 @@ static void fr_micro_call(int mr, int npn, int K, const float *restrict A, const
 }
 
 void fr_gemm_prepacked_f32_avx512(int M, int N, int K, const float *restrict work, const float *restrict P,
-                                  float beta, float *restrict C, int ldc)
+                                  long ps, long ks, float beta, float *restrict C, int ldc)
 {
     const int np = (N + FR_NR - 1) / FR_NR;
-    const long ps = (long)K * FR_NR;
     int m, p, q, k0;
     for (k0 = 0; k0 < K || k0 == 0; k0 += FR_KC) {
         const int kc = K - k0 < FR_KC ? K - k0 : FR_KC;
@@ -139,8 +138,8 @@ void fr_gemm_prepacked_f32_avx512(int M, int N, int K, const float *restrict wor
                 const float *Am = work + (long)m * K + (long)k0 * FR_MR;
                 for (q = 0; q < g; q += most) {
                     const int n0 = (p + q) * FR_NR;
-                    fr_micro_call(mr, g - q < most ? g - q : most, kc, Am, P + (long)(p + q) * ps + (long)k0 * FR_NR,
-                                  ps, b, C + (long)m * ldc + n0, ldc, N - n0);
+                    fr_micro_call(mr, g - q < most ? g - q : most, kc, Am, P + (long)(p + q) * ps + (long)k0 * ks,
+                                  ps, ks, b, C + (long)m * ldc + n0, ldc, N - n0);
                 }
             }
         }
@@ -172,7 +171,7 @@ void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *restrict A, int
                                float beta, float *restrict C, int ldc, float *restrict work)
 {
     fr_pack_a_f32_avx512(A, lda, 0, M, K, work);
-    fr_gemm_prepacked_f32_avx512(M, N, K, work, P, beta, C, ldc);
+    fr_gemm_prepacked_f32_avx512(M, N, K, work, P, (long)K * FR_NR, FR_NR, beta, C, ldc);
 }
 
 /* ---------------------------------------------------------------------------------------------------
