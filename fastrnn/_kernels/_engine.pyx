@@ -62,6 +62,7 @@ Backward does only the dh/dc recursion per step (one GEMM against R^T, two for G
 dW, dR, dx and the bias gradient are single big GEMMs/reductions after the loop (`gemm_tn`, `gemm_nt`).
 """
 import numpy as np
+from fastrnn import _scratch
 cimport numpy as cnp
 from cython cimport floating
 from libc.string cimport memcpy, memset
@@ -1030,12 +1031,13 @@ ctypedef struct GemmJob:
     const void *B
     void *C
     double beta
-    # the packed path (_packed_gemm_part): each part's scratch, `scratch` floats apart from J.work on
+    # the packed path (_packed_gemm_part): each part's scratch, `scratch` floats apart from J.work on:
+    # `panel_floats` of op(B)'s panels (none when B is read in place), then op(A)'s row blocks
     bint packed
-    bint unpacked      # ... reading op(B) = B in place (few rows of A: see GEMM_UNPACKED_MAX_M)
+    bint unpacked      # ... reading op(B) = B in place (few rows of A: see _gemm_unpacked_max_m)
     int mc             # rows of op(A) packed at a time
     float *work
-    Py_ssize_t scratch
+    Py_ssize_t scratch, panel_floats
 
 
 # The hoisted GEMMs on fastrnn's own microkernel (float32, AVX-512F): OpenBLAS has no pack-once API, and
@@ -1078,7 +1080,7 @@ cdef void _packed_gemm_part(const GemmJob *J, int part) noexcept nogil:
     cdef const float *B = <const float *>J.B
     cdef float *C = <float *>J.C
     cdef float *P = J.work + part * J.scratch
-    cdef float *work = P + <Py_ssize_t>GEMM_KC * ((J.N + 15) // 16 * 16)
+    cdef float *work = P + J.panel_floats
     if J.by_rows:
         per = (J.M + J.parts - 1) // J.parts
         m0 = part * per
@@ -1201,16 +1203,23 @@ def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, b
         # parts of at least 16 rows/columns (a microkernel's width), one per thread
         J.parts = max(1, min(_n_threads, (M if J.by_rows else N) // 16))
     J.unpacked = J.packed and not trans_b and N % 16 == 0 and M <= _gemm_unpacked_max_m
+    token = None
     if J.packed:
         kc = min(K, GEMM_KC)
         J.mc = max(8, min(M, GEMM_MC_FLOATS // kc // 8 * 8))
-        # per part: one K block of op(B) in panels of all N columns (a column part uses its share), then
-        # op(A)'s mc-row blocks; whole cache lines apart
-        J.scratch = (<Py_ssize_t>GEMM_KC * ((N + 15) // 16 * 16) + FR_PACKED_A_SIZE(J.mc, kc) + 15) // 16 * 16
-        buf = _empty_aligned(J.scratch * J.parts, np.float32)
+        # per part: one K block of op(B) in panels of its columns (a row part: all of them), then op(A)'s
+        # mc-row blocks; parts whole cache lines apart.  From the scratch pool: mapped already.
+        width = N if J.by_rows else (N + 15) // 16 // J.parts * 16 + 16
+        J.panel_floats = 0 if J.unpacked else <Py_ssize_t>kc * ((width + 15) // 16 * 16)
+        J.scratch = (J.panel_floats + FR_PACKED_A_SIZE(J.mc, kc) + 15) // 16 * 16
+        buf, token = _scratch.take((J.scratch * J.parts + 16,), np.float32)
         J.work = <float *>cnp.PyArray_DATA(<cnp.ndarray>buf)
-    with nogil:
-        fr_pool_parts(J.parts, J.parts, _gemm_part_task, &J)
+        J.work += (16 - <Py_ssize_t>J.work // 4 % 16) % 16   # a cache line's start (C division: no negatives)
+    try:
+        with nogil:
+            fr_pool_parts(J.parts, J.parts, _gemm_part_task, &J)
+    finally:
+        _scratch.give(token)
 
 
 # ---------------------------------------------------------------------------------------------------
