@@ -59,7 +59,12 @@ part runs the loop on its rows; forward and backward) or, for the forward of B <
 with one barrier per step.  See the "threads" section below.  OpenBLAS runs one thread, always.
 
 Backward does only the dh/dc recursion per step (one GEMM against R^T, two for GRU reset_after=False);
-dW, dR, dx and the bias gradient are single big GEMMs/reductions after the loop (`gemm_tn`, `gemm_nt`).
+dW, dR, dx and the bias gradient are single big GEMMs/reductions after the loop (`gemm_into`).
+
+Hoisted GEMMs.  `gemm_into` (the input projection x @ W, and dW, dR, dx) runs on the same microkernel
+at simd level 2 (float32), packing op(B) per K block and part and op(A) in L2-sized row chunks
+(`_packed_gemm_part`), or reading B in place for few rows of A; elsewhere it is one 1-thread BLAS
+call per part.  OpenBLAS's kernels are whatever its build or OPENBLAS_CORETYPE chose (bench/NOTES.md 35).
 """
 import numpy as np
 from fastrnn import _scratch

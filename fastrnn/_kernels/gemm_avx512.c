@@ -23,6 +23,12 @@
  * AVX2 build).  C's rows are a step's rows of xp, cold: each tile prefetches its C lines before its K
  * loop, and the panels are prefetched FR_PF rows ahead.  Tail columns use masked loads and stores.
  *
+ * Hoisted GEMMs.  The same loops serve _engine.pyx's gemm_into (the input projection and the weight
+ * and input gradients: OpenBLAS's kernels there are whatever OPENBLAS_CORETYPE says, AVX2 on this
+ * project's machines): fr_pack_a_f32_avx512 copies op(A) into the 8-row blocks (A^T straight from A's
+ * rows), fr_gemm_prepacked_f32_avx512 runs the tiles over them, on packed panels or on B as it is (a
+ * k stride `ks` and panel stride `ps` say where panel j's row k lies).
+ *
  * Vector product (B == 1).  64 columns a block, four zmm a k, on the vector panels or on an unpacked
  * R (the products the plan does not pack): see the end of the file.
  */
