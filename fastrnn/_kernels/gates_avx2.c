@@ -444,9 +444,48 @@ fr_micro_wide_f32(const int mr, const int npn, int K, const float *restrict A, c
 }
 #undef FR_WIDE_J
 
+/* dst[j*8 + i] = src[i*lda + j] for an 8 x 8 block: the standard unpack / shuffle / lane-swap transpose */
+static inline __attribute__((always_inline)) void fr_transpose8x8(const float *restrict src, long lda,
+                                                                  float *restrict dst)
+{
+    const __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lda);
+    const __m256 r2 = _mm256_loadu_ps(src + 2 * lda), r3 = _mm256_loadu_ps(src + 3 * lda);
+    const __m256 r4 = _mm256_loadu_ps(src + 4 * lda), r5 = _mm256_loadu_ps(src + 5 * lda);
+    const __m256 r6 = _mm256_loadu_ps(src + 6 * lda), r7 = _mm256_loadu_ps(src + 7 * lda);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    /* u_j: column j (j < 4) of rows 0-3 in the low lane, column j + 4 in the high lane; v_j rows 4-7 */
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 v0 = _mm256_shuffle_ps(t4, t6, 0x44), v1 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 v2 = _mm256_shuffle_ps(t5, t7, 0x44), v3 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, v0, 0x20));
+    _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(u1, v1, 0x20));
+    _mm256_storeu_ps(dst + 16, _mm256_permute2f128_ps(u2, v2, 0x20));
+    _mm256_storeu_ps(dst + 24, _mm256_permute2f128_ps(u3, v3, 0x20));
+    _mm256_storeu_ps(dst + 32, _mm256_permute2f128_ps(u0, v0, 0x31));
+    _mm256_storeu_ps(dst + 40, _mm256_permute2f128_ps(u1, v1, 0x31));
+    _mm256_storeu_ps(dst + 48, _mm256_permute2f128_ps(u2, v2, 0x31));
+    _mm256_storeu_ps(dst + 56, _mm256_permute2f128_ps(u3, v3, 0x31));
+}
+
 void fr_pack_row_block_f32(const float *restrict A, int lda, int mr, int K, int stride, float *restrict dst)
 {
-    int i, k;
+    int i, k = 0;
+    /* A full 8-row block (the AVX-512 microkernel's, every step): 8 x 8 transposes in registers, then
+     * the last K % 8 columns one by one.  perf, lstm t100-b128-h256 forward on 2 threads: the
+     * element-by-element copy was 4.7% of the call (bench/NOTES.md 35). */
+    if (mr == 8 && stride == 8) {
+        for (; k + 8 <= K; k += 8) fr_transpose8x8(A + k, lda, dst + (long)k * 8);
+        for (i = 0; i < 8; i++) {
+            const float *src = A + (long)i * lda;
+            int kk;
+            for (kk = k; kk < K; kk++) dst[(long)kk * 8 + i] = src[kk];
+        }
+        return;
+    }
     for (i = 0; i < mr; i++) {
         const float *src = A + (long)i * lda;
         for (k = 0; k < K; k++) dst[(long)k * stride + i] = src[k];
