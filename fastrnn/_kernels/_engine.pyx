@@ -1058,9 +1058,10 @@ cdef enum:
 # With few rows of op(A) the copy of op(B) into panels is not paid back (each panel row is used by only
 # M rows): up to this many rows the microkernel reads B's rows in place (not for B^T, and only when N is
 # a multiple of 16, as a panel's loads are whole rows of 16).  K x N = 512 x 2048 on one Zen 5 core,
-# GFLOP/s in place vs packed: 8 rows 110 vs 54, 16 166 vs 106, 32 148 vs 126, 48 146 vs 143, 64 130 vs
-# 141, 96 120 vs 137 (bench/NOTES.md 35).
-cdef int _gemm_unpacked_max_m = 48
+# GFLOP/s in place vs packed: 8 rows 110 vs 54, 16 166 vs 106, 32 148 vs 126, 50 130-143 vs 123-126
+# (three runs), 64 130-152 vs 125-141 (won 2 of 3), 96 120-151 vs 137-162, 128 149-157 vs 168-184
+# (bench/NOTES.md 35).
+cdef int _gemm_unpacked_max_m = 64
 
 
 def gemm_unpacked_max_m(n=None):
