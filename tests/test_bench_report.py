@@ -38,6 +38,25 @@ def test_targets_table_flags_needs_above_the_peak(report):
     assert "| 1.0x | 0.90x |" in gru and gru.endswith("| no |")                     # slower, within the peak
 
 
+def test_targets_table_asks_85_percent_of_the_peak_at_large_batch(report):
+    def eng(fr_gflops, peer_gflops):
+        return {"fastrnn": {"median": 1.0 / fr_gflops, "gflops": fr_gflops},
+                "torch": {"median": 1.0 / peer_gflops, "gflops": peer_gflops}}
+
+    rows = {("lstm", "lstm-t50-b64-i512-h512", "forward", 2): eng(100.0, 90.0),     # faster, 50% of the peak
+            ("gru", "gru-t50-b64-i512-h512", "forward", 2): eng(180.0, 150.0),      # faster, 90%
+            ("lstm", "lstm-t50-b16-i512-h512", "forward", 2): eng(100.0, 60.0),     # B = 16: no share target
+            ("gru", "gru-t50-b128-i512-h512", "training", 2): eng(100.0, 70.0)}     # training: none either
+    text = report.targets_table(rows, {2: {"numpy": 200.0}})
+    lines = {tuple(line.split(" | ")[:2]): line for line in text.splitlines()[2:]}
+    assert lines[("| lstm", "t50-b64-i512-h512")].endswith("| no (50% of peak < 85%) |")
+    assert lines[("| gru", "t50-b64-i512-h512")].endswith("| yes |")
+    assert lines[("| lstm", "t50-b16-i512-h512")].endswith("| yes |")
+    assert lines[("| gru", "t50-b128-i512-h512")].endswith("| yes |")
+    assert report.peak_share_target("simple_rnn-t28-b64-i28-h64", "forward") == 0.85
+    assert report.peak_share_target("simple_rnn-t28-b64-i28-h64", "training") is None
+
+
 def test_best_keeps_each_engines_lowest_median(report, tmp_path):
     import json
 
