@@ -46,7 +46,8 @@ class CpuPlan(NamedTuple):
 # same process, packed at every row count vs the rule (bench/ab_switch.py packrows), Zen 5, medians of 5:
 # lstm t28-b64-h64 0.75x (2 threads) and 0.72x (1), simple_rnn t100-b128-h256 0.76x and 0.76x, gru
 # t28-b64 0.78x; on the Xeon (OpenBLAS's own AVX-512 kernels) lstm t28-b64 0.90-0.98x (bench/NOTES.md 35).
-# So PACK_MAX_ROWS and PACK_MIN_COLUMNS bound the AVX2 build only.
+# So PACK_MAX_ROWS (and its G*H >= PACK_MIN_COLUMNS exception) bound the AVX2 build's B >= 2 rule
+# only; B == 1 keeps PACK_MIN_COLUMNS at every level.
 # B == 1 packs R into 64-column vector panels (one sequential stream per panel) from G*H >= 512 columns,
 # where R outgrows L2 and the row-major vecmat's four row streams plus y traffic lose (bench/NOTES.md 25).
 PACK_MAX_ROWS = 16
