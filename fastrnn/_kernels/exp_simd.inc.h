@@ -6,6 +6,7 @@
  *   FR_OP(op)      the intrinsic of that width for op (_mm256_##op, _mm512_##op)
  *   FR_CAST_PS_SI  float -> integer vector bit cast;  FR_CAST_SI_PS  integer -> float
  *   FR_EXP, FR_SIGMOID  the names of the two functions this file defines (static inline)
+ * It #undefs all six at its end (FR_SIGMOID is also gates.h's activation code once undefined).
  */
 static inline FR_V FR_EXP(FR_V x)
 {
@@ -35,3 +36,11 @@ static inline FR_V FR_SIGMOID(FR_V x)
     const FR_V one = FR_OP(set1_ps)(1.0f);
     return FR_OP(div_ps)(one, FR_OP(add_ps)(one, FR_EXP(FR_OP(sub_ps)(FR_OP(setzero_ps)(), x))));
 }
+
+/* the parameters end with this file: the next include (another width) defines them afresh */
+#undef FR_V
+#undef FR_OP
+#undef FR_CAST_PS_SI
+#undef FR_CAST_SI_PS
+#undef FR_EXP
+#undef FR_SIGMOID

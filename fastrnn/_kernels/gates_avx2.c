@@ -31,12 +31,6 @@
 #define FR_EXP exp256
 #define FR_SIGMOID sigmoid256
 #include "exp_simd.inc.h" /* exp256, sigmoid256 */
-#undef FR_V
-#undef FR_OP
-#undef FR_CAST_PS_SI
-#undef FR_CAST_SI_PS
-#undef FR_EXP
-#undef FR_SIGMOID
 
 static inline __m256 tanh256(__m256 x)
 {

@@ -20,12 +20,6 @@
 #define FR_EXP exp512
 #define FR_SIGMOID sigmoid512
 #include "exp_simd.inc.h" /* exp512, sigmoid512: gates_avx2.c's, on 16 lanes */
-#undef FR_V
-#undef FR_OP
-#undef FR_CAST_PS_SI
-#undef FR_CAST_SI_PS
-#undef FR_EXP
-#undef FR_SIGMOID
 
 static inline __m512 tanh512(__m512 x)
 {
