@@ -10,6 +10,8 @@ fastrnn/_scratch.py, which keeps them mapped between calls.
 `forward_vjp` keeps the forward's buffers in its backward closure; `forward_residuals` /
 `backward_from_residuals` hand the same buffers out and back in as plain arrays (torch custom ops).
 """
+import weakref
+
 import numpy as np
 
 from fastrnn import _scratch
@@ -26,9 +28,12 @@ class Workspace:
     or forward loop runs, and the outputs/final-h buffers are not allocated (backward never reads them).
     `zeroed`: the saved sequences start as zeros instead of uninitialised memory (a masked step leaves
     some rows unwritten, e.g. GRU's aux), for residuals handed out of fastrnn, which must be deterministic.
-    `scratch`: xp is borrowed from fastrnn/_scratch.py (for a call that ends with `release`)."""
+    `scratch`: xp is borrowed from fastrnn/_scratch.py (for a call that ends with `release`).
+    `pooled` (training): the saved sequences (xp, hp, cp, hd, aux) are borrowed from fastrnn/_scratch.py
+    and handed back when the workspace is collected (forward_vjp: with its backward closure), so a
+    training loop does not fault in fresh zeroed pages for them at every call (bench/NOTES.md 36)."""
 
-    def __init__(self, spec, arrays, training, saved=None, zeroed=False, scratch=False):
+    def __init__(self, spec, arrays, training, saved=None, zeroed=False, scratch=False, pooled=False):
         B, T, I, H, G = spec.B, spec.T, spec.I, spec.H, spec.G
         N, GH, dt = B * T, G * H, spec.dtype
         self.training = training
@@ -67,15 +72,27 @@ class Workspace:
             self.cT = saved["c_last"]
             self.out = self.hT = self.rec = None  # written by the forward only; backward never reads them
             return
+        alloc = xp_alloc = np.zeros if zeroed else np.empty
+        if pooled and training and not zeroed:
+            tokens = []
+
+            def alloc(shape, dtype):
+                a, token = _scratch.take(shape, dtype)
+                tokens.append(token)
+                return a
+
+            xp_alloc = alloc
+            weakref.finalize(self, _scratch.give_all, tokens)
+        elif zeroed:
+            xp_alloc = np.empty   # the GEMM writes every element
         # scratch (a one-shot inference call): xp comes from _scratch and goes back in `release`
-        self.xp, self._xp_token = _scratch.take((N, GH), dt) if scratch else (np.empty((N, GH), dt), None)
+        self.xp, self._xp_token = _scratch.take((N, GH), dt) if scratch else (xp_alloc((N, GH), dt), None)
         engine.gemm_into(self.xd, self.W, self.xp)
         self.out = np.empty((N, H), dt)
         self.hT = np.empty((B, H), dt)
         self.cT = np.empty((B, H), dt) if spec.cell == "lstm" else None
         seq = (N, H) if training else (2 * B, H)  # saved state chain, or a ping-pong pair
         one = (N, H) if training else (B, H)
-        alloc = np.zeros if zeroed else np.empty
         self.hp = alloc(seq, dt)
         self.cp = alloc(seq, dt) if spec.cell == "lstm" else None
         self.hd = alloc(seq, dt) if self.rdmask is not None else None
@@ -109,7 +126,7 @@ def forward(spec, arrays, plan=None):
 
 def forward_vjp(spec, arrays, plan=None):
     """Training forward: (outputs, final_states, backward) with backward(d_outputs, d_final_states)."""
-    ws = Workspace(spec, arrays, training=True)
+    ws = Workspace(spec, arrays, training=True, pooled=True)
     plan = plan or cpu_plan(spec, training=True)
     engine.forward(ws, spec, plan)
     outputs, states = _outputs(spec, ws), _states(spec, ws)

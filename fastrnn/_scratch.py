@@ -1,5 +1,6 @@
-"""Large temporary buffers kept between calls: the inference forward's input projection xp and the
-backward's gate gradients (dxp, drec), which never leave fastrnn.
+"""Large temporary buffers kept between calls: the inference forward's input projection xp, the
+backward's gate gradients (dxp, drec) and a training forward's saved sequences (the gates, hp, cp, hd,
+aux its backward closure reads), none of which leave fastrnn.
 
 Why: glibc serves an allocation this big (above its mmap threshold, at most 32 MiB) with fresh pages
 from the OS, and the kernel zeroes every page on first touch.  For lstm t100-b128-h256 xp alone is
@@ -9,8 +10,9 @@ from the OS, and the kernel zeroes every page on first touch.  For lstm t100-b12
 Contract: `take(shape, dtype)` returns ``(array, token)``; the array is uninitialised, like np.empty,
 and belongs to the caller until it hands the token back with `give(token)` (it must not use the array
 afterwards).  Thread-safe: two calls in flight never get the same buffer.  Holds at most KEEP idle
-buffers, each at most MAX_BYTES; smaller requests than MIN_BYTES are plain np.empty (malloc reuses
-those itself).
+buffers, each at most MAX_BYTES and MAX_IDLE_BYTES in all (the largest stay); smaller requests than
+MIN_BYTES are plain np.empty (malloc reuses those itself).  KEEP covers one training call's buffers
+(a forward's five sequences, its backward's two gradients) with one to spare.
 """
 import threading
 
@@ -18,7 +20,8 @@ import numpy as np
 
 MIN_BYTES = 1 << 20
 MAX_BYTES = 256 << 20
-KEEP = 2
+MAX_IDLE_BYTES = 512 << 20
+KEEP = 8
 
 _lock = threading.Lock()
 _idle = []   # raw uint8 buffers, free to take
@@ -39,13 +42,25 @@ def take(shape, dtype):
 
 
 def give(token):
-    """Return a buffer from `take` (None is ignored); the largest KEEP idle buffers stay."""
+    """Return a buffer from `take` (None is ignored); the largest idle buffers within KEEP and
+    MAX_IDLE_BYTES stay."""
     if token is None:
         return
     with _lock:
         _idle.append(token)
-        if len(_idle) > KEEP:
-            del _idle[min(range(len(_idle)), key=lambda i: _idle[i].nbytes)]
+        _idle.sort(key=lambda raw: raw.nbytes, reverse=True)
+        total = 0
+        for i, raw in enumerate(_idle):
+            total += raw.nbytes
+            if i >= KEEP or total > MAX_IDLE_BYTES:
+                del _idle[i:]
+                break
+
+
+def give_all(tokens):
+    """`give` each token of a list (a workspace's finalizer)."""
+    for token in tokens:
+        give(token)
 
 
 def idle_bytes():

@@ -33,12 +33,24 @@ def test_take_give_reuse_and_limits():
         _scratch.give(t)
     big, tbig = _scratch.take((3 * MiB,), np.uint8)
     _scratch.give(tbig)
-    assert _scratch.idle_bytes() == MiB + 3 * MiB            # KEEP = 2: the two largest stay
+    assert _scratch.idle_bytes() == 2 * MiB + 3 * MiB        # all three kept (KEEP, MAX_IDLE_BYTES)
     _scratch.give(_scratch.take((2 * MiB,), np.uint8)[1])   # takes the 3 MiB one (best fit), gives it back
-    assert _scratch.idle_bytes() == MiB + 3 * MiB
+    assert _scratch.idle_bytes() == 2 * MiB + 3 * MiB
     huge, th = _scratch.take((_scratch.MAX_BYTES // 4 + 1,), np.float32)
     assert th is None                                        # above MAX_BYTES: not pooled
     _scratch.give(None)
+
+
+def test_idle_limits_keep_the_largest(monkeypatch):
+    monkeypatch.setattr(_scratch, "KEEP", 2)
+    tokens = [_scratch.take((n * MiB,), np.uint8)[1] for n in (1, 3, 2)]
+    _scratch.give_all(tokens)
+    assert _scratch.idle_bytes() == 3 * MiB + 2 * MiB        # KEEP = 2: the two largest stay
+    _scratch.clear()
+    monkeypatch.setattr(_scratch, "KEEP", 8)
+    monkeypatch.setattr(_scratch, "MAX_IDLE_BYTES", 4 * MiB)
+    _scratch.give_all([_scratch.take((n * MiB,), np.uint8)[1] for n in (1, 3, 2)])
+    assert _scratch.idle_bytes() == 3 * MiB                  # 3 + 2 would pass the byte limit: 2 and 1 go
 
 
 def _problem(rng, cell, B=8, T=96, I=24, H=128):
@@ -97,3 +109,37 @@ def test_concurrent_calls_never_share_a_buffer():
         assert len(outs) == 5
         for out in outs:
             np.testing.assert_array_equal(out, alone[i])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_training_buffers_return_to_the_pool_and_stale_contents_never_leak(cell):
+    """forward_vjp borrows its saved sequences (gates, hp, cp, aux) from the pool and hands them back
+    when its backward closure is collected.  Buffers full of NaN in the pool, a mask with holes and a
+    fully masked row (steps that leave saved rows unwritten): the gradients still match the reference."""
+    rng = np.random.default_rng(7)
+    x, W, R, b = _problem(rng, cell, T=300)   # hp, cp, aux (2400, 128) float32: 1.2 MiB, pooled too
+    B, T = x.shape[:2]
+    mask = rng.random((B, T)) > 0.3
+    mask[0] = False
+    poison = []
+    for _ in range(_scratch.KEEP):
+        raw, token = _scratch.take((4 * MiB,), np.float32)
+        raw[...] = np.nan
+        poison.append(token)
+    _scratch.give_all(poison)
+    vjp = getattr(F, cell + "_vjp")
+    _, _, ref_backward = getattr(reference, cell + "_vjp")(x.astype(np.float64), W, R, b, mask=mask)
+    d = rng.standard_normal((B, T, R.shape[0])).astype(np.float32)
+    ref_grads = ref_backward(d.astype(np.float64))
+    for _ in range(2):
+        idle = _scratch.idle_bytes()
+        out, _, backward = vjp(x, W, R, b, mask=mask)
+        assert _scratch.idle_bytes() < idle, "the training forward should borrow from the pool"
+        grads = backward(d)
+        for key in ("x", "kernel", "recurrent_kernel", "bias"):
+            assert np.isfinite(grads[key]).all(), key
+            scale = np.abs(ref_grads[key]).max()
+            np.testing.assert_allclose(grads[key], ref_grads[key], rtol=0, atol=1e-4 * scale, err_msg=key)
+        held = _scratch.idle_bytes()
+        del backward
+        assert _scratch.idle_bytes() > held, "collecting the closure should return its buffers"
