@@ -3,7 +3,7 @@
 * Cython 3 extensions in fastrnn/_kernels, compiled with -O3 but never -march=native: the AVX2/FMA gate
   math lives in gates_avx2.c, compiled with -mavx2 -mfma on its own and chosen at run time
   (__builtin_cpu_supports), with a portable scalar twin in gates.c; the AVX-512 packed products and
-  LSTM row in gemm_avx512.c and gates_avx512.c, compiled with -mavx512f -mfma on their own, likewise.
+  fused cell rows in gemm_avx512.c and gates_avx512.c, compiled with -mavx512f -mfma on their own, likewise.
 * BLAS is scipy-openblas32 from PyPI (CBLAS API, symbols prefixed scipy_); fastrnn/__init__ loads the
   library with RTLD_GLOBAL before importing the extension (no rpath: an isolated build environment's
   copy of the library is gone after the build).

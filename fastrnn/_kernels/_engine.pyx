@@ -1432,7 +1432,7 @@ def get_blas_threads():
 
 def simd_level():
     """0: the portable float32 path; 1: gate math and packed products on AVX2/FMA; 2: the packed and
-    one-row products and the default LSTM forward row on AVX-512F, the rest of the gate math on
+    one-row products and the cell rows fused for the default activations on AVX-512F, the rest of the gate math on
     AVX2/FMA.  See gates.h."""
     return fr_simd_level()
 

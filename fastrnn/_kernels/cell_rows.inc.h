@@ -168,7 +168,11 @@ void FN(fr_gru_bwd_r_row)(const T *restrict g, const T *restrict a, const T *res
     FN(fr_dact)(ract, dr, g + H, dr, H);
 }
 
+#ifdef FR_OWN_SIMPLE_FWD /* gates_avx2.c fuses tanh and calls this for the others */
+static void FN(fr_simple_fwd_row_generic)(T *g, const T *bias, T *h, int H, int act)
+#else
 void FN(fr_simple_fwd_row)(T *g, const T *bias, T *h, int H, int act)
+#endif
 {
     int j;
     if (bias)

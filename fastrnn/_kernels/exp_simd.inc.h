@@ -1,6 +1,6 @@
 /* exp_simd.inc.h - the float32 exp and sigmoid of the SIMD builds, written once for every vector width,
  * so gates_avx2.c (256-bit) and gates_avx512.c (512-bit) run the same operations on the same constants
- * and give the same bits (a test compares the two LSTM rows).  The method is described at the top of
+ * and give the same bits (tests compare the rows of the two builds).  The method is described at the top of
  * gates_avx2.c.  Include after defining:
  *   FR_V           the float vector type (__m256, __m512)
  *   FR_OP(op)      the intrinsic of that width for op (_mm256_##op, _mm512_##op)

@@ -2,7 +2,8 @@
  *
  * The one-row cell updates are generated from cell_rows.inc.h for double and (portable) float; the
  * float32 entry points pick, per call, on a flag set once, this build or gates_avx2.c's; the packed
- * and one-row products may also pick gemm_avx512.c's, the LSTM forward row gates_avx512.c's.
+ * and one-row products may also pick gemm_avx512.c's, the rows fused for the default activations
+ * gates_avx512.c's.
  */
 #include <math.h>
 #include "gates.h"
@@ -95,36 +96,50 @@ void fr_act_f64(int kind, double *y, const double *x, int n) { fr_act_scalar_f64
     }
 FR_PICK(fr_act, (int kind, float *y, const float *x, int n), (kind, y, x, n))
 FR_PICK(fr_dact, (int kind, float *dx, const float *y, const float *dy, int n), (kind, dx, y, dy, n))
-FR_PICK(fr_lstm_bwd_row, (const float *g, const float *c_prev, const float *c, const float *dh, float *dc, float *dg, float *tmp, int H, int act, int ract),
-        (g, c_prev, c, dh, dc, dg, tmp, H, act, ract))
 FR_PICK(fr_gru_zr_row, (float *g, const float *rec, const float *bx, const float *br, int H, int ract),
         (g, rec, bx, br, H, ract))
 FR_PICK(fr_gru_reset_after_row, (float *g, const float *rec, const float *bx, const float *br, float *rh, int H),
         (g, rec, bx, br, rh, H))
 FR_PICK(fr_gru_h_row, (float *g, const float *b_h, const float *h_prev, float *h, int H, int act),
         (g, b_h, h_prev, h, H, act))
-FR_PICK(fr_gru_reset_after_fwd_row, (float *g, const float *rec, const float *bx, const float *br, float *rh, const float *h_prev, float *h, int H, int act, int ract),
-        (g, rec, bx, br, rh, h_prev, h, H, act, ract))
 FR_PICK(fr_gru_bwd_zh_row, (const float *g, const float *h_prev, const float *dh, float *dg, float *dh_direct, int H, int act, int ract),
         (g, h_prev, dh, dg, dh_direct, H, act, ract))
 FR_PICK(fr_gru_bwd_r_row, (const float *g, const float *a, const float *b, float *dg, int H, int ract),
         (g, a, b, dg, H, ract))
 FR_PICK(fr_matvec, (const float *R, const float *x, int M, int N, int ldr, float beta, float *y),
         (R, x, M, N, ldr, beta, y))
-FR_PICK(fr_simple_fwd_row, (float *g, const float *bias, float *h, int H, int act), (g, bias, h, H, act))
 #undef FR_PICK
 
-/* The LSTM forward row: on AVX-512F, the default activations take gates_avx512.c's fused row. */
-void fr_lstm_fwd_row_f32(float *g, const float *bias, const float *c_prev, float *c, float *h, int H, int act,
-                         int ract)
-{
-    if (fr_level >= 2 && act == FR_TANH && ract == FR_SIGMOID)
-        fr_lstm_fwd_row_default_f32_avx512(g, bias, c_prev, c, h, H);
-    else if (fr_use_avx2)
-        fr_lstm_fwd_row_f32_avx2(g, bias, c_prev, c, h, H, act, ract);
-    else
-        fr_lstm_fwd_row_f32_scalar(g, bias, c_prev, c, h, H, act, ract);
-}
+/* The rows fused for the default activations: on AVX-512F, gates_avx512.c's 16-lane build (`fused`)
+ * when the activations are the defaults (`is_default`), else as FR_PICK. */
+#define FR_PICK_FUSED(name, fused, params, args, fused_args, is_default)                               \
+    void name##_f32 params                                                                             \
+    {                                                                                                  \
+        if (fr_level >= 2 && (is_default))                                                             \
+            fused fused_args;                                                                          \
+        else if (fr_use_avx2)                                                                          \
+            name##_f32_avx2 args;                                                                      \
+        else                                                                                           \
+            name##_f32_scalar args;                                                                    \
+    }
+FR_PICK_FUSED(fr_lstm_fwd_row, fr_lstm_fwd_row_default_f32_avx512,
+              (float *g, const float *bias, const float *c_prev, float *c, float *h, int H, int act, int ract),
+              (g, bias, c_prev, c, h, H, act, ract), (g, bias, c_prev, c, h, H),
+              act == FR_TANH && ract == FR_SIGMOID)
+FR_PICK_FUSED(fr_lstm_bwd_row, fr_lstm_bwd_row_default_f32_avx512,
+              (const float *g, const float *c_prev, const float *c, const float *dh, float *dc, float *dg,
+               float *tmp, int H, int act, int ract),
+              (g, c_prev, c, dh, dc, dg, tmp, H, act, ract), (g, c_prev, c, dh, dc, dg, H),
+              act == FR_TANH && ract == FR_SIGMOID)
+FR_PICK_FUSED(fr_gru_reset_after_fwd_row, fr_gru_reset_after_fwd_row_default_f32_avx512,
+              (float *g, const float *rec, const float *bx, const float *br, float *rh, const float *h_prev,
+               float *h, int H, int act, int ract),
+              (g, rec, bx, br, rh, h_prev, h, H, act, ract), (g, rec, bx, br, rh, h_prev, h, H),
+              act == FR_TANH && ract == FR_SIGMOID)
+FR_PICK_FUSED(fr_simple_fwd_row, fr_simple_fwd_row_tanh_f32_avx512,
+              (float *g, const float *bias, float *h, int H, int act), (g, bias, h, H, act),
+              (g, bias, h, H), act == FR_TANH)
+#undef FR_PICK_FUSED
 
 /* The one-row product on R as it is: on AVX-512F, gemm_avx512.c's register-blocked build. */
 void fr_vecmat_f32(const float *x, const float *R, int K, int N, int ldr, float beta, float *y)

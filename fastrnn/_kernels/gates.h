@@ -16,8 +16,8 @@
  * whole row template (cell_rows.inc.h) with -mavx2 -mfma and its own exp (max abs error ~2e-7 for
  * sigmoid/tanh); otherwise gates.c's build of the same template on libm.  float64 always uses libm:
  * it is the accuracy dtype.  On a CPU with AVX-512F the packed and one-row recurrent products run on
- * gemm_avx512.c instead, and of the gate math the LSTM forward row with the default activations on
- * gates_avx512.c.
+ * gemm_avx512.c instead, and of the gate math the rows fused for the default activations (LSTM
+ * forward and backward, GRU reset_after forward, SimpleRNN tanh: fused_rows.inc.h) on gates_avx512.c.
  *
  * Gate orders follow the Keras layout: LSTM i,f,c,o; GRU z,r,h.  `# IN` / `# OUT` in the comments below
  * mark argument roles; IN/OUT is read then overwritten.
@@ -36,7 +36,7 @@ enum fr_act {
 
 /* Picks the float32 kernels the CPU can run: returns the level, 0 portable, 1 AVX2/FMA (gate math and
  * packed products), 2 AVX2/FMA gate math but the packed and one-row products on AVX-512F
- * (gemm_avx512.c), as is the LSTM forward row with the default activations (gates_avx512.c).
+ * (gemm_avx512.c), as are the rows fused for the default activations (gates_avx512.c).
  * Idempotent; called at module import.  fr_limit_simd(n) caps the level at n (tests compare the
  * builds); fr_force_scalar(1) is fr_limit_simd(0), fr_force_scalar(0) lifts the cap. */
 int fr_init_simd(void);
@@ -129,9 +129,22 @@ void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const
  * IN x, R; IN/OUT y */
 void fr_vecmat_f32_avx512(const float *x, const float *R, int K, int N, int ldr, float beta, float *y);
 
-/* fr_lstm_fwd_row_f32 for act == FR_TANH, ract == FR_SIGMOID on AVX-512F (gates_avx512.c; level 2 only,
- * the same bits as the AVX2 row).  IN/OUT g; IN bias (or NULL), c_prev; OUT c, h */
-void fr_lstm_fwd_row_default_f32_avx512(float *g, const float *bias, const float *c_prev, float *c, float *h, int H);
+/* The rows fused for the default activations (fused_rows.inc.h): the contracts of fr_lstm_fwd_row_f32,
+ * fr_lstm_bwd_row_f32 (no tmp), fr_gru_reset_after_fwd_row_f32 with act == FR_TANH, ract == FR_SIGMOID,
+ * and of fr_simple_fwd_row_f32 with act == FR_TANH; on 8 lanes (gates_avx2.c, level >= 1) and on 16
+ * (gates_avx512.c, level 2 only), the same bits. */
+#define FR_DECLARE_FUSED(SFX)                                                                          \
+    void fr_lstm_fwd_row_default_f32_##SFX(float *g, const float *bias, const float *c_prev, float *c,  \
+                                           float *h, int H);                                           \
+    void fr_lstm_bwd_row_default_f32_##SFX(const float *g, const float *c_prev, const float *c,         \
+                                           const float *dh, float *dc, float *dg, int H);              \
+    void fr_gru_reset_after_fwd_row_default_f32_##SFX(float *g, const float *rec, const float *bx,      \
+                                                      const float *br, float *rh, const float *h_prev,  \
+                                                      float *h, int H);                                 \
+    void fr_simple_fwd_row_tanh_f32_##SFX(float *g, const float *bias, float *h, int H);
+FR_DECLARE_FUSED(avx2)
+FR_DECLARE_FUSED(avx512)
+#undef FR_DECLARE_FUSED
 
 /* B == 1: R (K, N) packed once into ceil(N/64) panels of 64 columns, K-major, the last zero-padded
  * (FR_VEC_PACKED_SIZE(K, N) floats), then per step y := x @ R + beta*y (x (K,), y (N,)).  The panels'

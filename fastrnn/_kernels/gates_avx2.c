@@ -16,8 +16,9 @@
  * sees the same arithmetic whatever its position.
  *
  * Contents, in order: the activations; the generic one-row cell updates (cell_rows.inc.h); the LSTM
- * forward and backward rows and the GRU reset_after forward row fused for the default activations
- * (sigmoid gates, tanh), one pass over the row each, the generic rows serving the other activations;
+ * forward and backward rows, the GRU reset_after forward row and the SimpleRNN row fused for the
+ * default activations (fused_rows.inc.h: one pass over the row each), the generic rows serving the
+ * other activations;
  * the packed-R microkernel (B >= 2); the vector-panel product (B == 1).
  */
 #include <immintrin.h>
@@ -122,7 +123,9 @@ void fr_matvec_f32_avx2(const float *restrict R, const float *restrict x, int M,
 #define FR_OWN_LSTM_FWD
 #define FR_OWN_LSTM_BWD
 #define FR_OWN_GRU_FWD
+#define FR_OWN_SIMPLE_FWD
 #include "cell_rows.inc.h"
+#undef FR_OWN_SIMPLE_FWD
 #undef FR_OWN_GRU_FWD
 #undef FR_OWN_LSTM_BWD
 #undef FR_OWN_LSTM_FWD
@@ -131,127 +134,37 @@ void fr_matvec_f32_avx2(const float *restrict R, const float *restrict x, int M,
 #undef T
 #undef SFX
 
-/* The fused rows below work on 8 units at a time (a function of (j, tail, m)): whole vectors, then the
- * H % 8 tail on masked loads and stores, so every unit gets the same arithmetic wherever it sits in the
- * row (the hidden split's slices see the same numbers as the whole row). */
+/* The rows fused for the default activations (fused_rows.inc.h) on 8 lanes; the generic rows above
+ * serve every other activation. */
+#define FR_V __m256
+#define FR_OP(op) _mm256_##op
+#define FR_LANES 8
+#define FR_MASK __m256i
+#define FR_TAIL_MASK(n) _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
 #define FR_LD(p) (tail ? _mm256_maskload_ps((p), m) : _mm256_loadu_ps(p))
 #define FR_ST(p, v) (tail ? _mm256_maskstore_ps((p), m, (v)) : _mm256_storeu_ps((p), (v)))
-#define FR_FOR_UNITS(H, UNITS)                                                                         \
-    do {                                                                                               \
-        int j_ = 0;                                                                                    \
-        for (; j_ + 8 <= (H); j_ += 8) UNITS(j_, 0, _mm256_setzero_si256());                           \
-        if (j_ < (H))                                                                                  \
-            UNITS(j_, 1, _mm256_cmpgt_epi32(_mm256_set1_epi32((H) - j_),                                \
-                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));               \
-    } while (0)
-
-/* LSTM row with the default activations (sigmoid gates, tanh cell) in one pass: each 8-unit vector
- * loads its four pre-activations, the bias and c_prev once and stores the gates, c and h once, where
- * the generic row makes seven passes over the row and four calls of fr_act (perf, lstm t28-b64-i28-h64:
- * fr_act 31% and the row 5% of the forward). */
-static inline __attribute__((always_inline)) void
-fr_lstm_fwd_units(float *restrict g, const float *restrict bias, const float *restrict c_prev,
-                  float *restrict c, float *restrict h, int H, int j, int tail, __m256i m)
-{
-    float *gi = g + j, *gf = g + H + j, *gc = g + 2 * H + j, *go = g + 3 * H + j;
-    __m256 vi = FR_LD(gi), vf = FR_LD(gf), vc = FR_LD(gc), vo = FR_LD(go), cn;
-    if (bias) {
-        vi = _mm256_add_ps(vi, FR_LD(bias + j));
-        vf = _mm256_add_ps(vf, FR_LD(bias + H + j));
-        vc = _mm256_add_ps(vc, FR_LD(bias + 2 * H + j));
-        vo = _mm256_add_ps(vo, FR_LD(bias + 3 * H + j));
-    }
-    vi = sigmoid256(vi);
-    vf = sigmoid256(vf);
-    vc = tanh256(vc);
-    vo = sigmoid256(vo);
-    cn = _mm256_fmadd_ps(vf, FR_LD(c_prev + j), _mm256_mul_ps(vi, vc));
-    FR_ST(gi, vi);
-    FR_ST(gf, vf);
-    FR_ST(gc, vc);
-    FR_ST(go, vo);
-    FR_ST(c + j, cn);
-    FR_ST(h + j, _mm256_mul_ps(vo, tanh256(cn)));
-}
+#define FR_SIG sigmoid256
+#define FR_TANH_V tanh256
+#define FR_ROW(name) name##_avx2
+#include "fused_rows.inc.h"
 
 void fr_lstm_fwd_row_f32_avx2(float *restrict g, const float *restrict bias, const float *restrict c_prev,
                               float *restrict c, float *restrict h, int H, int act, int ract)
 {
-    if (act != FR_TANH || ract != FR_SIGMOID) {
+    if (act == FR_TANH && ract == FR_SIGMOID)
+        fr_lstm_fwd_row_default_f32_avx2(g, bias, c_prev, c, h, H);
+    else
         fr_lstm_fwd_row_generic_f32_avx2(g, bias, c_prev, c, h, H, act, ract);
-        return;
-    }
-#define FR_UNITS(j, tail, m) fr_lstm_fwd_units(g, bias, c_prev, c, h, H, j, tail, m)
-    FR_FOR_UNITS(H, FR_UNITS);
-#undef FR_UNITS
-}
-
-/* The LSTM backward row with the default activations in one pass, likewise (the generic row makes
- * eight passes): per 8 units, with ac = tanh(c) recomputed,
- *   d := dc + dh*o*(1 - ac^2);  dg_i := d*cand*i(1-i);  dg_f := d*c_prev*f(1-f);  dg_c := d*i*(1-cand^2);
- *   dg_o := dh*ac*o(1-o);  dc := d*f.   tmp is not used. */
-static inline __attribute__((always_inline)) void
-fr_lstm_bwd_units(const float *restrict g, const float *restrict c_prev, const float *restrict c,
-                  const float *restrict dh, float *restrict dc, float *restrict dg, int H, int j, int tail,
-                  __m256i m)
-{
-    const __m256 one = _mm256_set1_ps(1.0f);
-    __m256 vi = FR_LD(g + j), vf = FR_LD(g + H + j), vc = FR_LD(g + 2 * H + j), vo = FR_LD(g + 3 * H + j);
-    __m256 vdh = FR_LD(dh + j), ac = tanh256(FR_LD(c + j));
-    __m256 dct = _mm256_mul_ps(_mm256_mul_ps(vdh, vo), _mm256_fnmadd_ps(ac, ac, one));
-    __m256 d = _mm256_add_ps(FR_LD(dc + j), dct);
-    FR_ST(dg + j, _mm256_mul_ps(_mm256_mul_ps(d, vc), _mm256_mul_ps(vi, _mm256_sub_ps(one, vi))));
-    FR_ST(dg + H + j,
-          _mm256_mul_ps(_mm256_mul_ps(d, FR_LD(c_prev + j)), _mm256_mul_ps(vf, _mm256_sub_ps(one, vf))));
-    FR_ST(dg + 2 * H + j, _mm256_mul_ps(_mm256_mul_ps(d, vi), _mm256_fnmadd_ps(vc, vc, one)));
-    FR_ST(dg + 3 * H + j, _mm256_mul_ps(_mm256_mul_ps(vdh, ac), _mm256_mul_ps(vo, _mm256_sub_ps(one, vo))));
-    FR_ST(dc + j, _mm256_mul_ps(d, vf));
 }
 
 void fr_lstm_bwd_row_f32_avx2(const float *restrict g, const float *restrict c_prev, const float *restrict c,
                               const float *restrict dh, float *restrict dc, float *restrict dg,
                               float *restrict tmp, int H, int act, int ract)
 {
-    if (act != FR_TANH || ract != FR_SIGMOID) {
+    if (act == FR_TANH && ract == FR_SIGMOID)   /* tmp is not used */
+        fr_lstm_bwd_row_default_f32_avx2(g, c_prev, c, dh, dc, dg, H);
+    else
         fr_lstm_bwd_row_generic_f32_avx2(g, c_prev, c, dh, dc, dg, tmp, H, act, ract);
-        return;
-    }
-#define FR_UNITS(j, tail, m) fr_lstm_bwd_units(g, c_prev, c, dh, dc, dg, H, j, tail, m)
-    FR_FOR_UNITS(H, FR_UNITS);
-#undef FR_UNITS
-}
-
-/* The GRU (reset_after=True) row with the default activations in one pass, likewise (the generic row
- * is three functions, six passes): per 8 units
- *   z, r := sigmoid(g + rec + bx + br);  rh := rec_h + br_h;  hh := tanh(g_h + (r*rh + bx_h));
- *   h := z*h_prev + (1-z)*hh,  with g := z, r, hh and rh kept for backward. */
-static inline __attribute__((always_inline)) __m256
-fr_gru_pre(const float *restrict g, const float *restrict rec, const float *restrict bx,
-           const float *restrict br, int o, int tail, __m256i m)
-{
-    __m256 v = _mm256_add_ps(FR_LD(g + o), FR_LD(rec + o));
-    if (bx) v = _mm256_add_ps(v, FR_LD(bx + o));
-    if (br) v = _mm256_add_ps(v, FR_LD(br + o));
-    return v;
-}
-
-static inline __attribute__((always_inline)) void
-fr_gru_fwd_units(float *restrict g, const float *restrict rec, const float *restrict bx,
-                 const float *restrict br, float *restrict rh, const float *restrict h_prev,
-                 float *restrict h, int H, int j, int tail, __m256i m)
-{
-    const __m256 zero = _mm256_setzero_ps();
-    __m256 z = sigmoid256(fr_gru_pre(g, rec, bx, br, j, tail, m));
-    __m256 r = sigmoid256(fr_gru_pre(g, rec, bx, br, H + j, tail, m));
-    __m256 vrh = _mm256_add_ps(FR_LD(rec + 2 * H + j), br ? FR_LD(br + 2 * H + j) : zero);
-    __m256 hh = tanh256(_mm256_add_ps(FR_LD(g + 2 * H + j),
-                                      _mm256_fmadd_ps(r, vrh, bx ? FR_LD(bx + 2 * H + j) : zero)));
-    FR_ST(g + j, z);
-    FR_ST(g + H + j, r);
-    FR_ST(g + 2 * H + j, hh);
-    FR_ST(rh + j, vrh);
-    FR_ST(h + j, _mm256_fmadd_ps(z, FR_LD(h_prev + j),
-                                 _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), z), hh)));
 }
 
 void fr_gru_reset_after_fwd_row_f32_avx2(float *restrict g, const float *restrict rec, const float *restrict bx,
@@ -259,17 +172,19 @@ void fr_gru_reset_after_fwd_row_f32_avx2(float *restrict g, const float *restric
                                          const float *restrict h_prev, float *restrict h, int H, int act,
                                          int ract)
 {
-    if (act != FR_TANH || ract != FR_SIGMOID) {
+    if (act == FR_TANH && ract == FR_SIGMOID)
+        fr_gru_reset_after_fwd_row_default_f32_avx2(g, rec, bx, br, rh, h_prev, h, H);
+    else
         fr_gru_reset_after_fwd_row_generic_f32_avx2(g, rec, bx, br, rh, h_prev, h, H, act, ract);
-        return;
-    }
-#define FR_UNITS(j, tail, m) fr_gru_fwd_units(g, rec, bx, br, rh, h_prev, h, H, j, tail, m)
-    FR_FOR_UNITS(H, FR_UNITS);
-#undef FR_UNITS
 }
-#undef FR_FOR_UNITS
-#undef FR_LD
-#undef FR_ST
+
+void fr_simple_fwd_row_f32_avx2(float *g, const float *bias, float *h, int H, int act)
+{
+    if (act == FR_TANH)
+        fr_simple_fwd_row_tanh_f32_avx2(g, bias, h, H);
+    else
+        fr_simple_fwd_row_generic_f32_avx2(g, bias, h, H, act);
+}
 
 /* ---------------------------------------------------------------------------------------------------
  * Packed recurrent GEMM: C := A @ R + beta*C with R packed once per forward call (gates.h).

@@ -1,14 +1,17 @@
-/* gates_avx512.c - the fused LSTM forward row (default activations: sigmoid gates, tanh) on 512-bit
- * registers, for CPUs with AVX-512F (fr_simd_level() == 2; gates.c picks it, and keeps gates_avx2.c's
- * rows for every other row and activation).  Compiled on its own with -mavx512f -mfma (setup.py).
+/* gates_avx512.c - the gate math fused for the default activations (sigmoid gates, tanh) on 512-bit
+ * registers: the LSTM forward and backward rows, the GRU reset_after forward row and the SimpleRNN tanh
+ * row of fused_rows.inc.h on 16 lanes, for CPUs with AVX-512F (fr_simd_level() == 2; gates.c picks
+ * them, and keeps gates_avx2.c's rows for every other row and activation).  Compiled on its own with
+ * -mavx512f -mfma (setup.py).
  *
- * Why only this row: it is the gate math the big LSTM rows spend their time in (perf, 1 thread: 11%
- * of lstm t100-b128-h256 inference, 23% of lstm t28-b64-h64), and on a CPU with two 512-bit FMA
- * pipes sixteen lanes an instruction do the same work in half the instructions (bench/NOTES.md 34).
+ * Why: they are the gate math the big rows spend their time in (perf, 1 thread: the LSTM row 11% of
+ * lstm t100-b128-h256 inference, 23% of lstm t28-b64-h64; the GRU row 26% of gru t28-b64-h64 on Zen 4),
+ * and sixteen lanes an instruction do the same work in half the instructions: on a CPU with two
+ * 512-bit FMA pipes, and even on Zen 4, which splits each 512-bit op in two (bench/NOTES.md 34, 36).
  *
  * The arithmetic is gates_avx2.c's, operation for operation (exp and sigmoid come from the same
- * exp_simd.inc.h; tanh from e^(-2|x|) as tanh256), so both builds give the same bits for the same
- * inputs; a tail of H % 16 units runs on masked loads and stores instead of a zero-padded copy.
+ * exp_simd.inc.h, the rows from the same fused_rows.inc.h; tanh from e^(-2|x|) as tanh256), so both
+ * builds give the same bits for the same inputs; a tail of H % 16 units runs on masked loads and stores.
  */
 #include <immintrin.h>
 #include "gates.h"
@@ -32,38 +35,15 @@ static inline __m512 tanh512(__m512 x)
                                                _mm512_and_si512(sign, _mm512_castps_si512(x))));
 }
 
-/* 16 units (m: the live lanes) of the LSTM row: gates, c and h, one load and one store each */
-static inline __attribute__((always_inline)) void
-fr_lstm_fwd_units512(float *restrict g, const float *restrict bias, const float *restrict c_prev,
-                     float *restrict c, float *restrict h, int H, int j, __mmask16 m)
-{
-    float *gi = g + j, *gf = g + H + j, *gc = g + 2 * H + j, *go = g + 3 * H + j;
-    __m512 vi = _mm512_maskz_loadu_ps(m, gi), vf = _mm512_maskz_loadu_ps(m, gf);
-    __m512 vc = _mm512_maskz_loadu_ps(m, gc), vo = _mm512_maskz_loadu_ps(m, go), cn;
-    if (bias) {
-        vi = _mm512_add_ps(vi, _mm512_maskz_loadu_ps(m, bias + j));
-        vf = _mm512_add_ps(vf, _mm512_maskz_loadu_ps(m, bias + H + j));
-        vc = _mm512_add_ps(vc, _mm512_maskz_loadu_ps(m, bias + 2 * H + j));
-        vo = _mm512_add_ps(vo, _mm512_maskz_loadu_ps(m, bias + 3 * H + j));
-    }
-    vi = sigmoid512(vi);
-    vf = sigmoid512(vf);
-    vc = tanh512(vc);
-    vo = sigmoid512(vo);
-    cn = _mm512_fmadd_ps(vf, _mm512_maskz_loadu_ps(m, c_prev + j), _mm512_mul_ps(vi, vc));
-    _mm512_mask_storeu_ps(gi, m, vi);
-    _mm512_mask_storeu_ps(gf, m, vf);
-    _mm512_mask_storeu_ps(gc, m, vc);
-    _mm512_mask_storeu_ps(go, m, vo);
-    _mm512_mask_storeu_ps(c + j, m, cn);
-    _mm512_mask_storeu_ps(h + j, m, _mm512_mul_ps(vo, tanh512(cn)));
-}
-
-/* Same contract as fr_lstm_fwd_row_f32 (gates.h) for act == FR_TANH, ract == FR_SIGMOID only. */
-void fr_lstm_fwd_row_default_f32_avx512(float *restrict g, const float *restrict bias, const float *restrict c_prev,
-                                        float *restrict c, float *restrict h, int H)
-{
-    int j = 0;
-    for (; j + 16 <= H; j += 16) fr_lstm_fwd_units512(g, bias, c_prev, c, h, H, j, (__mmask16)0xFFFF);
-    if (j < H) fr_lstm_fwd_units512(g, bias, c_prev, c, h, H, j, (__mmask16)((1u << (H - j)) - 1u));
-}
+/* The rows fused for the default activations (fused_rows.inc.h) on 16 lanes */
+#define FR_V __m512
+#define FR_OP(op) _mm512_##op
+#define FR_LANES 16
+#define FR_MASK __mmask16
+#define FR_TAIL_MASK(n) ((__mmask16)((1u << (n)) - 1u))
+#define FR_LD(p) (tail ? _mm512_maskz_loadu_ps(m, (p)) : _mm512_loadu_ps(p))
+#define FR_ST(p, v) (tail ? _mm512_mask_storeu_ps((p), m, (v)) : _mm512_storeu_ps((p), (v)))
+#define FR_SIG sigmoid512
+#define FR_TANH_V tanh512
+#define FR_ROW(name) name##_avx512
+#include "fused_rows.inc.h"

@@ -3,7 +3,7 @@
  * Same contracts and the same packed layouts as fr_gemm_packed_f32_avx2 / fr_vecmat_panels_f32_avx2
  * (gates.h): R is packed by gates_avx2.c's functions whatever the build, and gates.c picks this file's
  * products at run time when the CPU has AVX-512F (fr_simd_level() == 2).  Compiled on its own with
- * -mavx512f -mfma (setup.py), as is gates_avx512.c (the LSTM row); the rest of the library never
+ * -mavx512f -mfma (setup.py), as is gates_avx512.c (the fused cell rows); the rest of the library never
  * needs AVX-512.
  *
  * Why: a CPU with two 512-bit FMA pipes (Intel Xeon from Skylake-SP on) runs ymm FMAs at half its

@@ -1,0 +1,170 @@
+/* fused_rows.inc.h - the one-row cell updates fused for the default activations (sigmoid gates, tanh),
+ * written once for every vector width: gates_avx2.c includes it for 8 lanes, gates_avx512.c for 16.
+ * Each row is one pass: a vector of units loads its pre-activations, biases and states once and stores
+ * the gates and the new state once, where the generic rows of cell_rows.inc.h make a pass (and an
+ * fr_act call) per gate (perf, lstm t28-b64-i28-h64: fr_act 31% and the row 5% of the forward).
+ * Whole vectors first, then the H % LANES tail on masked loads and stores, so every unit gets the same
+ * arithmetic wherever it sits in the row (the hidden split's slices see the same numbers as the whole
+ * row), and both widths run the same operations in the same order: the same bits (tests/test_simd.py).
+ * Sixteen lanes are not only for CPUs with 512-bit FMA pipes: C harness on Zen 4 (which splits each
+ * 512-bit op in two), the GRU row 2.14 -> 1.2 ns a unit (bench/NOTES.md 36).
+ *
+ * Include after defining:
+ *   FR_V, FR_OP         the float vector type and the intrinsic of that width, as for exp_simd.inc.h
+ *   FR_LANES            its lanes;  FR_MASK  the tail-mask type;  FR_TAIL_MASK(n)  the mask of n < FR_LANES lanes
+ *   FR_LD(p), FR_ST(p, v)  a load and a store that use the locals `tail` (0 or 1) and `m` (the mask)
+ *   FR_SIG, FR_TANH_V   the sigmoid and tanh of that width
+ *   FR_ROW(name)        the name of a row function of that width (name##_avx2, name##_avx512)
+ * It #undefs all of them at its end.
+ * Rows (gates.h has each contract; these are its act == FR_TANH, ract == FR_SIGMOID cases):
+ *   FR_ROW(fr_lstm_fwd_row_default_f32)   IN/OUT g; IN bias (or NULL), c_prev; OUT c, h
+ *   FR_ROW(fr_lstm_bwd_row_default_f32)   IN g, c_prev, c, dh; IN/OUT dc; OUT dg
+ *   FR_ROW(fr_gru_reset_after_fwd_row_default_f32)  IN/OUT g; IN rec, bx, br (or NULL), h_prev; OUT rh, h
+ *   FR_ROW(fr_simple_fwd_row_tanh_f32)    IN/OUT g; IN bias (or NULL); OUT h (may be g)
+ */
+#define FR_FOR_UNITS(H, UNITS)                                                                         \
+    do {                                                                                               \
+        int j_ = 0;                                                                                    \
+        for (; j_ + FR_LANES <= (H); j_ += FR_LANES) UNITS(j_, 0, FR_TAIL_MASK(FR_LANES));             \
+        if (j_ < (H)) UNITS(j_, 1, FR_TAIL_MASK((H) - j_));                                            \
+    } while (0)
+#define FR_UNITS_FN(name) FR_ROW(name##_units)
+
+/* LSTM forward, per vector of units: i, f, o := sigmoid, cand := tanh of g + bias; c := f*c_prev +
+ * i*cand; h := o*tanh(c); g keeps the post-activation gates for backward. */
+static inline __attribute__((always_inline)) void
+FR_UNITS_FN(fr_lstm_fwd)(float *restrict g, const float *restrict bias, const float *restrict c_prev,
+                         float *restrict c, float *restrict h, int H, int j, int tail, FR_MASK m)
+{
+    float *gi = g + j, *gf = g + H + j, *gc = g + 2 * H + j, *go = g + 3 * H + j;
+    FR_V vi = FR_LD(gi), vf = FR_LD(gf), vc = FR_LD(gc), vo = FR_LD(go), cn;
+    if (bias) {
+        vi = FR_OP(add_ps)(vi, FR_LD(bias + j));
+        vf = FR_OP(add_ps)(vf, FR_LD(bias + H + j));
+        vc = FR_OP(add_ps)(vc, FR_LD(bias + 2 * H + j));
+        vo = FR_OP(add_ps)(vo, FR_LD(bias + 3 * H + j));
+    }
+    vi = FR_SIG(vi);
+    vf = FR_SIG(vf);
+    vc = FR_TANH_V(vc);
+    vo = FR_SIG(vo);
+    cn = FR_OP(fmadd_ps)(vf, FR_LD(c_prev + j), FR_OP(mul_ps)(vi, vc));
+    FR_ST(gi, vi);
+    FR_ST(gf, vf);
+    FR_ST(gc, vc);
+    FR_ST(go, vo);
+    FR_ST(c + j, cn);
+    FR_ST(h + j, FR_OP(mul_ps)(vo, FR_TANH_V(cn)));
+}
+
+void FR_ROW(fr_lstm_fwd_row_default_f32)(float *restrict g, const float *restrict bias,
+                                         const float *restrict c_prev, float *restrict c, float *restrict h,
+                                         int H)
+{
+#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_lstm_fwd)(g, bias, c_prev, c, h, H, j, tail, m)
+    FR_FOR_UNITS(H, FR_UNITS);
+#undef FR_UNITS
+}
+
+/* LSTM backward, per vector of units, with ac = tanh(c) recomputed:
+ *   d := dc + dh*o*(1 - ac^2);  dg_i := d*cand*i(1-i);  dg_f := d*c_prev*f(1-f);  dg_c := d*i*(1-cand^2);
+ *   dg_o := dh*ac*o(1-o);  dc := d*f. */
+static inline __attribute__((always_inline)) void
+FR_UNITS_FN(fr_lstm_bwd)(const float *restrict g, const float *restrict c_prev, const float *restrict c,
+                         const float *restrict dh, float *restrict dc, float *restrict dg, int H, int j,
+                         int tail, FR_MASK m)
+{
+    const FR_V one = FR_OP(set1_ps)(1.0f);
+    FR_V vi = FR_LD(g + j), vf = FR_LD(g + H + j), vc = FR_LD(g + 2 * H + j), vo = FR_LD(g + 3 * H + j);
+    FR_V vdh = FR_LD(dh + j), ac = FR_TANH_V(FR_LD(c + j));
+    FR_V dct = FR_OP(mul_ps)(FR_OP(mul_ps)(vdh, vo), FR_OP(fnmadd_ps)(ac, ac, one));
+    FR_V d = FR_OP(add_ps)(FR_LD(dc + j), dct);
+    FR_ST(dg + j, FR_OP(mul_ps)(FR_OP(mul_ps)(d, vc), FR_OP(mul_ps)(vi, FR_OP(sub_ps)(one, vi))));
+    FR_ST(dg + H + j,
+          FR_OP(mul_ps)(FR_OP(mul_ps)(d, FR_LD(c_prev + j)), FR_OP(mul_ps)(vf, FR_OP(sub_ps)(one, vf))));
+    FR_ST(dg + 2 * H + j, FR_OP(mul_ps)(FR_OP(mul_ps)(d, vi), FR_OP(fnmadd_ps)(vc, vc, one)));
+    FR_ST(dg + 3 * H + j, FR_OP(mul_ps)(FR_OP(mul_ps)(vdh, ac), FR_OP(mul_ps)(vo, FR_OP(sub_ps)(one, vo))));
+    FR_ST(dc + j, FR_OP(mul_ps)(d, vf));
+}
+
+void FR_ROW(fr_lstm_bwd_row_default_f32)(const float *restrict g, const float *restrict c_prev,
+                                         const float *restrict c, const float *restrict dh, float *restrict dc,
+                                         float *restrict dg, int H)
+{
+#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_lstm_bwd)(g, c_prev, c, dh, dc, dg, H, j, tail, m)
+    FR_FOR_UNITS(H, FR_UNITS);
+#undef FR_UNITS
+}
+
+/* GRU (reset_after=True) forward, per vector of units:
+ *   z, r := sigmoid(g + rec + bx + br);  rh := rec_h + br_h;  hh := tanh(g_h + (r*rh + bx_h));
+ *   h := z*h_prev + (1-z)*hh,  with g := z, r, hh and rh kept for backward. */
+static inline __attribute__((always_inline)) FR_V
+FR_UNITS_FN(fr_gru_pre)(const float *restrict g, const float *restrict rec, const float *restrict bx,
+                        const float *restrict br, int o, int tail, FR_MASK m)
+{
+    FR_V v = FR_OP(add_ps)(FR_LD(g + o), FR_LD(rec + o));
+    if (bx) v = FR_OP(add_ps)(v, FR_LD(bx + o));
+    if (br) v = FR_OP(add_ps)(v, FR_LD(br + o));
+    return v;
+}
+
+static inline __attribute__((always_inline)) void
+FR_UNITS_FN(fr_gru_fwd)(float *restrict g, const float *restrict rec, const float *restrict bx,
+                        const float *restrict br, float *restrict rh, const float *restrict h_prev,
+                        float *restrict h, int H, int j, int tail, FR_MASK m)
+{
+    const FR_V zero = FR_OP(setzero_ps)();
+    FR_V z = FR_SIG(FR_UNITS_FN(fr_gru_pre)(g, rec, bx, br, j, tail, m));
+    FR_V r = FR_SIG(FR_UNITS_FN(fr_gru_pre)(g, rec, bx, br, H + j, tail, m));
+    FR_V vrh = FR_OP(add_ps)(FR_LD(rec + 2 * H + j), br ? FR_LD(br + 2 * H + j) : zero);
+    FR_V hh = FR_TANH_V(FR_OP(add_ps)(FR_LD(g + 2 * H + j),
+                                      FR_OP(fmadd_ps)(r, vrh, bx ? FR_LD(bx + 2 * H + j) : zero)));
+    FR_ST(g + j, z);
+    FR_ST(g + H + j, r);
+    FR_ST(g + 2 * H + j, hh);
+    FR_ST(rh + j, vrh);
+    FR_ST(h + j, FR_OP(fmadd_ps)(z, FR_LD(h_prev + j), FR_OP(mul_ps)(FR_OP(sub_ps)(FR_OP(set1_ps)(1.0f), z), hh)));
+}
+
+void FR_ROW(fr_gru_reset_after_fwd_row_default_f32)(float *restrict g, const float *restrict rec,
+                                                    const float *restrict bx, const float *restrict br,
+                                                    float *restrict rh, const float *restrict h_prev,
+                                                    float *restrict h, int H)
+{
+#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_fwd)(g, rec, bx, br, rh, h_prev, h, H, j, tail, m)
+    FR_FOR_UNITS(H, FR_UNITS);
+#undef FR_UNITS
+}
+
+/* SimpleRNN forward with tanh, per vector of units: g := tanh(g + bias); h := g (g keeps the output:
+ * backward takes act' from it).  h may be g, so no restrict on either. */
+static inline __attribute__((always_inline)) void
+FR_UNITS_FN(fr_simple_fwd)(float *g, const float *restrict bias, float *h, int j, int tail, FR_MASK m)
+{
+    FR_V v = FR_LD(g + j);
+    if (bias) v = FR_OP(add_ps)(v, FR_LD(bias + j));
+    v = FR_TANH_V(v);
+    FR_ST(g + j, v);
+    if (h != g) FR_ST(h + j, v);
+}
+
+void FR_ROW(fr_simple_fwd_row_tanh_f32)(float *g, const float *restrict bias, float *h, int H)
+{
+#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_simple_fwd)(g, bias, h, j, tail, m)
+    FR_FOR_UNITS(H, FR_UNITS);
+#undef FR_UNITS
+}
+
+#undef FR_UNITS_FN
+#undef FR_FOR_UNITS
+#undef FR_V
+#undef FR_OP
+#undef FR_LANES
+#undef FR_MASK
+#undef FR_TAIL_MASK
+#undef FR_LD
+#undef FR_ST
+#undef FR_SIG
+#undef FR_TANH_V
+#undef FR_ROW
