@@ -1,6 +1,7 @@
 """Driver of the compiled CPU engine: allocates a Workspace, runs the kernel loops, does the big GEMMs.
 
-Per call:  xp := (x * dropout_mask) @ W   (one GEMM for all T steps, rows in x's own layout)
+Per call:  xp := (x * dropout_mask) @ W   (one GEMM for all T steps, rows in x's own layout; engine.forward
+                                          runs it, the batch split's parts each on their own rows)
            _engine.forward: per step one GEMM/GEMV against R, fused gate math, masks, state chain
            backward (training only): _engine.backward does the dh/dc recursion, then
            dW := xd^T @ dG,  dx := (dG @ W^T) * dropout_mask,  dR := h_d^T @ dG_rec,  db := sum(dG)
@@ -29,11 +30,14 @@ class Workspace:
     `zeroed`: the saved sequences start as zeros instead of uninitialised memory (a masked step leaves
     some rows unwritten, e.g. GRU's aux), for residuals handed out of fastrnn, which must be deterministic.
     `scratch`: xp is borrowed from fastrnn/_scratch.py (for a call that ends with `release`).
+    `project`: compute xp := xd @ W here; False leaves it to engine.forward (`projected` says which is
+    done), whose batch split has each thread compute its own rows.
     `pooled` (training): the saved sequences (xp, hp, cp, hd, aux) are borrowed from fastrnn/_scratch.py
     and handed back when the workspace is collected (forward_vjp: with its backward closure), so a
     training loop does not fault in fresh zeroed pages for them at every call (bench/NOTES.md 36)."""
 
-    def __init__(self, spec, arrays, training, saved=None, zeroed=False, scratch=False, pooled=False):
+    def __init__(self, spec, arrays, training, saved=None, zeroed=False, scratch=False, pooled=False,
+                 project=True):
         B, T, I, H, G = spec.B, spec.T, spec.I, spec.H, spec.G
         N, GH, dt = B * T, G * H, spec.dtype
         self.training = training
@@ -67,6 +71,7 @@ class Workspace:
             setattr(self, name, None)
         self.tmp = np.empty((B, 2 * H), dt) if spec.cell == "lstm" else None
         self._xp_token = None
+        self.projected = saved is not None or project
         if saved is not None:
             self.xp, self.hp, self.cp, self.hd, self.aux = (saved[k] for k in ("gates", "hp", "cp", "hd", "aux"))
             self.cT = saved["c_last"]
@@ -87,7 +92,8 @@ class Workspace:
             xp_alloc = np.empty   # the GEMM writes every element
         # scratch (a one-shot inference call): xp comes from _scratch and goes back in `release`
         self.xp, self._xp_token = _scratch.take((N, GH), dt) if scratch else (xp_alloc((N, GH), dt), None)
-        engine.gemm_into(self.xd, self.W, self.xp)
+        if project:
+            engine.gemm_into(self.xd, self.W, self.xp)
         self.out = np.empty((N, H), dt)
         self.hT = np.empty((B, H), dt)
         self.cT = np.empty((B, H), dt) if spec.cell == "lstm" else None
@@ -116,7 +122,7 @@ def _outputs(spec, ws):
 
 def forward(spec, arrays, plan=None):
     """Inference: (outputs, final_states).  plan: fastrnn._dispatch's CpuPlan (None: made here)."""
-    ws = Workspace(spec, arrays, training=False, scratch=True)
+    ws = Workspace(spec, arrays, training=False, scratch=True, project=False)
     try:
         engine.forward(ws, spec, plan or cpu_plan(spec, training=False))
     finally:
@@ -126,7 +132,7 @@ def forward(spec, arrays, plan=None):
 
 def forward_vjp(spec, arrays, plan=None):
     """Training forward: (outputs, final_states, backward) with backward(d_outputs, d_final_states)."""
-    ws = Workspace(spec, arrays, training=True, pooled=True)
+    ws = Workspace(spec, arrays, training=True, pooled=True, project=False)
     plan = plan or cpu_plan(spec, training=True)
     engine.forward(ws, spec, plan)
     outputs, states = _outputs(spec, ws), _states(spec, ws)
@@ -159,7 +165,7 @@ def forward_residuals(spec, arrays):
     `backward_from_residuals` turns the residuals into gradients without running the forward again.  The
     residuals share no memory with the inputs, the outputs or the final states, and are deterministic
     (rows a masked step does not write are zeros)."""
-    ws = Workspace(spec, arrays, training=True, zeroed=spec.has_mask)
+    ws = Workspace(spec, arrays, training=True, zeroed=spec.has_mask, project=False)
     engine.forward(ws, spec, cpu_plan(spec, training=True))
     residuals = {"gates": ws.xp, "hp": ws.hp, "cp": ws.cp, "hd": ws.hd, "aux": ws.aux,
                  "c_last": None if ws.cT is None else ws.cT.copy()}

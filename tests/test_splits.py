@@ -196,6 +196,39 @@ def test_split_gemm(threads, trans_a, trans_b, dtype):
         np.testing.assert_allclose(C, C1, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
+def test_batch_parts_project_their_own_rows(threads, cell, dtype):
+    """The batch split of a batch-major forward computes each part's rows of xp = x @ W in the part's
+    task (engine.forward, Job.proj): bit for bit the hoisted gemm_into's xp (each element sums its K in
+    the same order), so outputs, states and gradients equal those of a workspace projected up front;
+    B = 7 over 2 or 3 parts (uneven rows of <= 64: W read in place), B = 128 (parts that pack W)."""
+    from fastrnn import _compiled
+    from fastrnn._spec import build_spec
+
+    G = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
+    rng = np.random.default_rng(threads)
+    for B, T, I, H in [(7, 9, 17, 20), (128, 1, 5, 16), (128, 2, 24, 40)]:   # T = 1: gemm_into (one row a part)
+        x = rng.standard_normal((B, T, I)).astype(dtype)
+        W = (rng.standard_normal((I, G * H)) * 0.3).astype(dtype)
+        R = (rng.standard_normal((H, G * H)) * 0.3).astype(dtype)
+        b = (rng.standard_normal((2, G * H) if cell == "gru" else G * H) * 0.3).astype(dtype)
+        spec, arrays = build_spec(cell, x, W, R, b)
+        plan = _dispatch.cpu_plan(spec, training=False)
+        assert plan.forward_split == "batch"
+        got = {}
+        for project in (True, False):
+            ws = _compiled.Workspace(spec, arrays, training=False, project=project)
+            engine.forward(ws, spec, plan)
+            assert ws.projected
+            got[project] = (ws.xp.copy(), ws.out.copy(), ws.hT.copy())
+        for a, c in zip(got[True], got[False]):
+            np.testing.assert_array_equal(a, c)
+    out, _ = getattr(F, cell)(x, W, R, b)
+    ref, _ = getattr(F, cell)(x, W, R, b, engine="reference")
+    np.testing.assert_allclose(out, ref, atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 @pytest.mark.parametrize("name,make", [("lstm", lambda: layers.LSTM(96)), ("gru", lambda: layers.GRU(112)),
                                        ("simple_rnn", lambda: layers.SimpleRNN(184, activation="relu"))],
                          ids=["lstm", "gru", "simple"])

@@ -63,7 +63,7 @@ dW, dR, dx and the bias gradient are single big GEMMs/reductions after the loop 
 
 Hoisted GEMMs.  `gemm_into` (the input projection x @ W, and dW, dR, dx) runs on the same microkernel
 at simd level 2 (float32), packing op(B) per K block and part and op(A) in L2-sized row chunks
-(`_packed_gemm_part`), or reading B in place for few rows of A; elsewhere it is one 1-thread BLAS
+(`_packed_gemm_block`), or reading B in place for few rows of A; elsewhere it is one 1-thread BLAS
 call per part.  OpenBLAS's kernels are whatever its build or OPENBLAS_CORETYPE chose (bench/NOTES.md 35).
 """
 import numpy as np
@@ -379,6 +379,22 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
 # overwrites what another reads.  Step 0 reads h0 itself and the last step ends with the pool's own
 # join, so a streaming step (T = 1) has no barrier at all.
 
+ctypedef struct GemmJob:
+    bint f32, ta, tb, by_rows
+    int M, N, K, lda, ldb, ldc, parts
+    const void *A
+    const void *B
+    void *C
+    double beta
+    # the packed path (_packed_gemm_block): each part's scratch, `scratch` floats apart from J.work on:
+    # `panel_floats` of op(B)'s panels (none when B is read in place), then op(A)'s row blocks
+    bint packed
+    bint unpacked      # ... reading op(B) = B in place (few rows of A: see _gemm_unpacked_max_m)
+    int mc             # rows of op(A) packed at a time
+    float *work
+    Py_ssize_t scratch, panel_floats
+
+
 ctypedef struct Job:
     Loop *L
     bint f32, backward
@@ -399,6 +415,8 @@ ctypedef struct Job:
     const void *xin            # streaming (StepKernel): the step's input x (1, n_in); NULL: use xp
     const void *W              # with xin: the input kernel (n_in, G*H), packed per slice below R_k
     int n_in
+    GemmJob *proj              # batch split forward: each part computes its own rows of xp := x @ W
+                               # first (rows by part, scratch slot = part), or NULL (xp is ready)
 
 
 cdef void _job_init(Job *J, Loop *L, bint f32, bint backward) noexcept:
@@ -442,6 +460,8 @@ cdef void _batch_part(void *arg, int part) noexcept nogil:
     cdef int nb = B - b0 if B - b0 < per else per
     if nb <= 0:
         return
+    if J.proj != NULL:   # batch-major: the part's rows of xp are contiguous, and now in this core's cache
+        _gemm_rows(J.proj, part, b0 * J.L.T, nb * J.L.T)
     _sub_loop(J.L, &S, b0, nb, J.item)
     if S.Rp != NULL:
         S.Ap = _at(J.Ap, part * J.ap_stride, J.item)
@@ -838,10 +858,22 @@ cdef object _pack_recurrent_vec(Loop *L):
     return packed
 
 
+# The batch split's parts compute their own rows of xp (Job.proj) while W is at most this big: each part
+# packs all of W (gemm_into's column split packs half a thread), which costs more than the locality
+# pays at LSTM I = H = 1024 (16 MiB: lstm t25-b32 training 196-205 -> 203-214 ms); up to L2's size it
+# wins: 2 threads, old/new medians, gru t28-b64 0.467 -> 0.438 ms, simple_rnn t100-b128-h256 19.2 ->
+# 17.7, lstm t28-b64 0.596 -> 0.584, gru t100-b128 51.8 -> 50.5; lstm t100-b128 (1 MiB) level
+# (bench/NOTES.md 36).
+PART_PROJECTION_MAX_W_BYTES = 1 << 20
+
+
 def forward(ws, spec, plan=None):
     """Run the forward time loop over the Workspace `ws` (arrays prepared by fastrnn.functional).
 
-    IN ws.xp (N, G*H) = x @ W, ws.R, ws.bx, ws.br, ws.h0, ws.c0, ws.mask (B, T) uint8, ws.rdmask (B, H);
+    IN ws.xp (N, G*H) = x @ W, or when not ws.projected ws.xd (N, I) and ws.W, from which this computes
+    xp first (the batch split of a batch-major call: each part its own rows, in its task, so the rows
+    it reads every step are in its core's cache; otherwise gemm_into), ws.R, ws.bx, ws.br, ws.h0,
+    ws.c0, ws.mask (B, T) uint8, ws.rdmask (B, H);
     OUT ws.out (N, H), ws.hT, ws.cT, and when ws.training the saved gates (in ws.xp), hp, hd, cp, aux.
     `plan` is fastrnn._dispatch.cpu_plan's choice: forward_split "serial" | "batch" | "hidden" over
     plan.threads threads, and plan.forward_packed (the packed-R microkernel for the per-step product;
@@ -849,6 +881,7 @@ def forward(ws, spec, plan=None):
     """
     cdef Loop L
     cdef Job J
+    cdef GemmJob P
     cdef _HSplitBuffers bufs
     cdef int n = 1
     cdef bint f32 = ws.xp.dtype == np.float32
@@ -856,6 +889,9 @@ def forward(ws, spec, plan=None):
     _fill(&L, ws, spec)
     _job_init(&J, &L, f32, False)
     split = "serial" if plan is None else plan.forward_split
+    if not ws.projected and split != "batch":
+        gemm_into(ws.xd, ws.W, ws.xp)
+        ws.projected = True
     if split != "serial":
         n = plan.threads
     if split == "hidden":
@@ -865,9 +901,23 @@ def forward(ws, spec, plan=None):
         with nogil:
             fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
         return
+    proj_buf = proj_token = None
+    if not ws.projected:
+        if (split == "batch" and not L.time_major and L.T >= 2
+                and ws.W.nbytes <= PART_PROJECTION_MAX_W_BYTES
+                and _gemm_prepare(&P, ws.xd, ws.W, ws.xp, False, False, 0.0)):
+            P.parts, P.by_rows = n, True   # part p: the rows of batch part p (_batch_part)
+            proj_buf, proj_token = _gemm_scratch(&P, (L.B + n - 1) // n * L.T)
+            J.proj = &P
+        else:
+            gemm_into(ws.xd, ws.W, ws.xp)
+        ws.projected = True
     if plan is not None and plan.forward_packed and f32 and fr_simd_level():
         keep = _pack_recurrent_vec(&L) if L.B == 1 else _pack_recurrent(&L, &J, n, False)
-    _run_batch(&J, n)
+    try:
+        _run_batch(&J, n)
+    finally:
+        _scratch.give(proj_token)
 
 
 
@@ -1029,21 +1079,6 @@ cdef int _ld(cnp.ndarray arr) except -1:
     return arr.strides[0] // item
 
 
-ctypedef struct GemmJob:
-    bint f32, ta, tb, by_rows
-    int M, N, K, lda, ldb, ldc, parts
-    const void *A
-    const void *B
-    void *C
-    double beta
-    # the packed path (_packed_gemm_part): each part's scratch, `scratch` floats apart from J.work on:
-    # `panel_floats` of op(B)'s panels (none when B is read in place), then op(A)'s row blocks
-    bint packed
-    bint unpacked      # ... reading op(B) = B in place (few rows of A: see _gemm_unpacked_max_m)
-    int mc             # rows of op(A) packed at a time
-    float *work
-    Py_ssize_t scratch, panel_floats
-
 
 # The hoisted GEMMs on fastrnn's own microkernel (float32, AVX-512F): OpenBLAS has no pack-once API, and
 # its kernels are whatever its build or OPENBLAS_CORETYPE picked (on this project's machines the
@@ -1073,28 +1108,20 @@ def gemm_unpacked_max_m(n=None):
     return _gemm_unpacked_max_m
 
 
-cdef void _packed_gemm_part(const GemmJob *J, int part) noexcept nogil:
-    """Part `part` of C := op(A) @ op(B) + beta*C (float32) on the packed microkernel: whole 16-column
-    panels of C (J.by_rows false) or rows of C; K in blocks of GEMM_KC, each packed here (op(B)'s share
-    into panels, op(A) mc rows at a time into 8-row blocks, either taken transposed) before
-    fr_gemm_prepacked_f32_avx512 runs it.  The part's scratch: J.work + part*J.scratch."""
-    cdef int np_ = (J.N + 15) // 16, per, m0 = 0, mw = J.M, n0 = 0, nw = J.N, k0, kc, i0, mc
+cdef void _packed_gemm_block(const GemmJob *J, int slot, int m0, int mw, int n0, int nw) noexcept nogil:
+    """C[m0:m0+mw, n0:n0+nw] := (op(A) @ op(B))[that block] + beta*C (float32) on the packed microkernel,
+    K in blocks of GEMM_KC, each packed here (op(B)'s columns n0.. into panels, op(A) mc rows at a time
+    into 8-row blocks, either taken transposed) before fr_gemm_prepacked_f32_avx512 runs it; n0 a
+    multiple of 16.  Scratch: J.work + slot*J.scratch."""
+    cdef int k0, kc, i0, mc
     cdef float b
     cdef const float *bp
     cdef Py_ssize_t ps, ks
     cdef const float *A = <const float *>J.A
     cdef const float *B = <const float *>J.B
     cdef float *C = <float *>J.C
-    cdef float *P = J.work + part * J.scratch
+    cdef float *P = J.work + slot * J.scratch
     cdef float *work = P + J.panel_floats
-    if J.by_rows:
-        per = (J.M + J.parts - 1) // J.parts
-        m0 = part * per
-        mw = J.M - m0 if J.M - m0 < per else per
-    else:
-        per = (np_ + J.parts - 1) // J.parts * 16
-        n0 = part * per
-        nw = J.N - n0 if J.N - n0 < per else per
     if mw <= 0 or nw <= 0:
         return
     k0 = 0
@@ -1121,42 +1148,47 @@ cdef void _packed_gemm_part(const GemmJob *J, int part) noexcept nogil:
         k0 += kc
 
 
-cdef void _gemm_part(const GemmJob *J, floating beta, int part) noexcept nogil:
-    """Part `part` of C := op(A) @ op(B) + beta*C: a block of rows of C (from rows of op(A)) or of
-    columns (from columns of op(B)), as one 1-thread BLAS call."""
-    cdef int n = J.M if J.by_rows else J.N
-    cdef int per = (n + J.parts - 1) // J.parts
-    cdef int i0 = part * per
-    cdef int cnt = n - i0 if n - i0 < per else per
+cdef void _gemm_block(const GemmJob *J, floating beta, int m0, int mw, int n0, int nw) noexcept nogil:
+    """The same block of C as one 1-thread BLAS call."""
     cdef const floating *A = <const floating *>J.A
     cdef const floating *B = <const floating *>J.B
-    cdef floating *C = <floating *>J.C
-    if cnt <= 0:
+    cdef floating *C = <floating *>J.C + <Py_ssize_t>m0 * J.ldc + n0
+    if mw <= 0 or nw <= 0:
         return
-    if J.by_rows:   # rows i0.. of op(A): A's rows, or A's columns when transposed
-        A = A + (i0 if J.ta else <Py_ssize_t>i0 * J.lda)
-        C = C + <Py_ssize_t>i0 * J.ldc
-        if J.ta:
-            gemm(True, J.tb, cnt, J.N, J.K, A, J.lda, B, J.ldb, beta, C, J.ldc)
-        else:
-            matmul(J.tb, cnt, J.N, J.K, A, J.lda, B, J.ldb, beta, C, J.ldc)
-    else:           # columns i0.. of op(B): B's columns, or B's rows when transposed
-        B = B + (<Py_ssize_t>i0 * J.ldb if J.tb else i0)
-        C = C + i0
-        if J.ta:
-            gemm(True, J.tb, J.M, cnt, J.K, A, J.lda, B, J.ldb, beta, C, J.ldc)
-        else:
-            matmul(J.tb, J.M, cnt, J.K, A, J.lda, B, J.ldb, beta, C, J.ldc)
+    A = A + (m0 if J.ta else <Py_ssize_t>m0 * J.lda)    # rows m0.. of op(A): A's rows, or A's columns
+    B = B + (<Py_ssize_t>n0 * J.ldb if J.tb else n0)   # columns n0.. of op(B): B's columns, or B's rows
+    if J.ta:
+        gemm(True, J.tb, mw, nw, J.K, A, J.lda, B, J.ldb, beta, C, J.ldc)
+    else:
+        matmul(J.tb, mw, nw, J.K, A, J.lda, B, J.ldb, beta, C, J.ldc)
+
+
+cdef void _gemm_rows(const GemmJob *J, int slot, int m0, int mw) noexcept nogil:
+    """Rows [m0, m0 + mw) of C, all its columns, on the packed microkernel or BLAS (scratch slot `slot`)."""
+    if J.packed:
+        _packed_gemm_block(J, slot, m0, mw, 0, J.N)
+    elif J.f32:
+        _gemm_block[float](J, <float>J.beta, m0, mw, 0, J.N)
+    else:
+        _gemm_block[double](J, J.beta, m0, mw, 0, J.N)
 
 
 cdef void _gemm_part_task(void *arg, int part) noexcept nogil:
+    """Part `part` of J.parts: a block of rows of C (J.by_rows) or of columns (whole 16-column panels
+    on the packed path)."""
     cdef GemmJob *J = <GemmJob *>arg
+    cdef int per
+    if J.by_rows:
+        per = (J.M + J.parts - 1) // J.parts
+        _gemm_rows(J, part, part * per, min(per, J.M - part * per))
+        return
+    per = ((J.N + 15) // 16 + J.parts - 1) // J.parts * 16 if J.packed else (J.N + J.parts - 1) // J.parts
     if J.packed:
-        _packed_gemm_part(J, part)
+        _packed_gemm_block(J, part, 0, J.M, part * per, min(per, J.N - part * per))
     elif J.f32:
-        _gemm_part[float](J, <float>J.beta, part)
+        _gemm_block[float](J, <float>J.beta, 0, J.M, part * per, min(per, J.N - part * per))
     else:
-        _gemm_part[double](J, J.beta, part)
+        _gemm_block[double](J, J.beta, 0, J.M, part * per, min(per, J.N - part * per))
 
 
 # A GEMM is split over the pool from this many flops on (~50 us on one core): below it, waking the
@@ -1174,14 +1206,9 @@ def packed_gemm(on=None):
     return _packed_gemm_enabled
 
 
-def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, bint trans_b=False,
-              double beta=0.0):
-    """C := op(A) @ op(B) + beta*C for 2-D arrays of one float dtype whose rows are contiguous
-    (row strides may be larger: column blocks of a wider array are fine).  Large products are split
-    over fastrnn's pool along the longer of C's dimensions (the packed path: by whole panels of columns
-    while there are two a part), one 1-thread BLAS call per part, or for float32 with at least 2 rows and
-    1 column of K, beta 0 or 1, on an AVX-512 CPU (simd_level() == 2) fastrnn's packed microkernel
-    (_packed_gemm_part)."""
+cdef bint _gemm_prepare(GemmJob *J, cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a, bint trans_b,
+                        double beta) except -1:
+    """J := C := op(A) @ op(B) + beta*C, checked, as one part; False when C is empty (nothing to do)."""
     for arr in (A, B, C):
         if arr.ndim != 2 or arr.dtype != C.dtype or C.dtype not in (np.float32, np.float64):
             raise ValueError("gemm_into: expected 2-D float32/float64 arrays of one dtype")
@@ -1191,8 +1218,7 @@ def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, b
             or (B.shape[0] if trans_b else B.shape[1]) != N:
         raise ValueError(f"gemm_into: shapes {(<object>A).shape} {(<object>B).shape} -> {(<object>C).shape} do not chain")
     if M == 0 or N == 0:
-        return
-    cdef GemmJob J
+        return False
     J.f32, J.ta, J.tb = C.dtype == np.float32, trans_a, trans_b
     J.M, J.N, J.K = M, N, K
     J.lda, J.ldb, J.ldc = _ld(A), _ld(B), _ld(C)
@@ -1202,25 +1228,50 @@ def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, b
     J.parts = 1
     J.packed = (J.f32 and M >= 2 and K >= 1 and (beta == 0.0 or beta == 1.0) and fr_simd_level() >= 2
                 and _packed_gemm_enabled)   # the microkernel's C update is C := P or C += P
+    J.unpacked = False
+    J.work = NULL
+    return True
+
+
+cdef object _gemm_scratch(GemmJob *J, int rows):
+    """The packed path's scratch for J.parts parts of at most `rows` rows of C each (J.by_rows: all of
+    C's columns; else the panels of one column part): J.unpacked, J.mc, J.panel_floats, J.scratch and
+    J.work, from the scratch pool (mapped already).  Returns (buffer, pool token): the caller keeps the
+    buffer alive while J runs (a small one is a plain array, with no token) and gives the token back."""
+    if not J.packed:
+        return None, None
+    J.unpacked = not J.tb and J.N % 16 == 0 and rows <= _gemm_unpacked_max_m
+    kc = min(J.K, GEMM_KC)
+    J.mc = max(8, min(rows, GEMM_MC_FLOATS // kc // 8 * 8))
+    # per part: one K block of op(B) in panels of its columns (a row part: all of them), then op(A)'s
+    # mc-row blocks; parts whole cache lines apart
+    width = J.N if J.by_rows else (J.N + 15) // 16 // J.parts * 16 + 16
+    J.panel_floats = 0 if J.unpacked else <Py_ssize_t>kc * ((width + 15) // 16 * 16)
+    J.scratch = (J.panel_floats + FR_PACKED_A_SIZE(J.mc, kc) + 15) // 16 * 16
+    buf, token = _scratch.take((J.scratch * J.parts + 16,), np.float32)
+    J.work = <float *>cnp.PyArray_DATA(<cnp.ndarray>buf)
+    J.work += (16 - <Py_ssize_t>J.work // 4 % 16) % 16   # a cache line's start (C division: no negatives)
+    return buf, token
+
+
+def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, bint trans_b=False,
+              double beta=0.0):
+    """C := op(A) @ op(B) + beta*C for 2-D arrays of one float dtype whose rows are contiguous
+    (row strides may be larger: column blocks of a wider array are fine).  Large products are split
+    over fastrnn's pool along the longer of C's dimensions (the packed path: by whole panels of columns
+    while there are two a part), one 1-thread BLAS call per part, or for float32 with at least 2 rows and
+    1 column of K, beta 0 or 1, on an AVX-512 CPU (simd_level() == 2) fastrnn's packed microkernel
+    (_packed_gemm_block)."""
+    cdef GemmJob J
+    if not _gemm_prepare(&J, A, B, C, trans_a, trans_b, beta):
+        return
     _pin_blas()
-    if _n_threads > 1 and 2.0 * M * N * K >= GEMM_SPLIT_MIN_FLOPS:
+    if _n_threads > 1 and 2.0 * J.M * J.N * J.K >= GEMM_SPLIT_MIN_FLOPS:
         if J.packed:   # whole panels of columns while each part gets two, else rows
-            J.by_rows = (N + 15) // 16 < 2 * _n_threads
+            J.by_rows = (J.N + 15) // 16 < 2 * _n_threads
         # parts of at least 16 rows/columns (a microkernel's width), one per thread
-        J.parts = max(1, min(_n_threads, (M if J.by_rows else N) // 16))
-    J.unpacked = J.packed and not trans_b and N % 16 == 0 and M <= _gemm_unpacked_max_m
-    token = None
-    if J.packed:
-        kc = min(K, GEMM_KC)
-        J.mc = max(8, min(M, GEMM_MC_FLOATS // kc // 8 * 8))
-        # per part: one K block of op(B) in panels of its columns (a row part: all of them), then op(A)'s
-        # mc-row blocks; parts whole cache lines apart.  From the scratch pool: mapped already.
-        width = N if J.by_rows else (N + 15) // 16 // J.parts * 16 + 16
-        J.panel_floats = 0 if J.unpacked else <Py_ssize_t>kc * ((width + 15) // 16 * 16)
-        J.scratch = (J.panel_floats + FR_PACKED_A_SIZE(J.mc, kc) + 15) // 16 * 16
-        buf, token = _scratch.take((J.scratch * J.parts + 16,), np.float32)
-        J.work = <float *>cnp.PyArray_DATA(<cnp.ndarray>buf)
-        J.work += (16 - <Py_ssize_t>J.work // 4 % 16) % 16   # a cache line's start (C division: no negatives)
+        J.parts = max(1, min(_n_threads, (J.M if J.by_rows else J.N) // 16))
+    buf, token = _gemm_scratch(&J, J.M)
     try:
         with nogil:
             fr_pool_parts(J.parts, J.parts, _gemm_part_task, &J)
