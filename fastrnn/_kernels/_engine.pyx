@@ -889,18 +889,8 @@ def forward(ws, spec, plan=None):
     _fill(&L, ws, spec)
     _job_init(&J, &L, f32, False)
     split = "serial" if plan is None else plan.forward_split
-    if not ws.projected and split != "batch":
-        gemm_into(ws.xd, ws.W, ws.xp)
-        ws.projected = True
     if split != "serial":
         n = plan.threads
-    if split == "hidden":
-        bufs = _HSplitBuffers(L.B, L.H, L.G, n, ws.xp.dtype, plan.forward_packed and f32 and fr_simd_level())
-        bufs.fill(&J)
-        J.pack = True
-        with nogil:
-            fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
-        return
     proj_buf = proj_token = None
     if not ws.projected:
         if (split == "batch" and not L.time_major and L.T >= 2
@@ -912,6 +902,13 @@ def forward(ws, spec, plan=None):
         else:
             gemm_into(ws.xd, ws.W, ws.xp)
         ws.projected = True
+    if split == "hidden":
+        bufs = _HSplitBuffers(L.B, L.H, L.G, n, ws.xp.dtype, plan.forward_packed and f32 and fr_simd_level())
+        bufs.fill(&J)
+        J.pack = True
+        with nogil:
+            fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
+        return
     if plan is not None and plan.forward_packed and f32 and fr_simd_level():
         keep = _pack_recurrent_vec(&L) if L.B == 1 else _pack_recurrent(&L, &J, n, False)
     try:
