@@ -14,6 +14,7 @@ buffers, each at most MAX_BYTES and MAX_IDLE_BYTES in all (the largest stay); sm
 MIN_BYTES are plain np.empty (malloc reuses those itself).  KEEP covers one training call's buffers
 (a forward's five sequences, its backward's two gradients) with one to spare.
 """
+import collections
 import threading
 
 import numpy as np
@@ -25,6 +26,23 @@ KEEP = 8
 
 _lock = threading.Lock()
 _idle = []   # raw uint8 buffers, free to take
+# Buffers handed back by a finalizer (give_all), which may run inside the cyclic garbage collector, so
+# while this thread holds _lock: it only appends here (atomic), and the next locked call moves them.
+_returned = collections.deque()
+
+
+def _settle():
+    """Under _lock: move the returned buffers into _idle, then keep the largest within KEEP and
+    MAX_IDLE_BYTES."""
+    while _returned:
+        _idle.append(_returned.popleft())
+    _idle.sort(key=lambda raw: raw.nbytes, reverse=True)
+    total = 0
+    for i, raw in enumerate(_idle):
+        total += raw.nbytes
+        if i >= KEEP or total > MAX_IDLE_BYTES:
+            del _idle[i:]
+            break
 
 
 def take(shape, dtype):
@@ -34,6 +52,7 @@ def take(shape, dtype):
     if not MIN_BYTES <= nbytes <= MAX_BYTES:
         return np.empty(shape, dtype), None
     with _lock:
+        _settle()
         fits = [i for i, raw in enumerate(_idle) if raw.nbytes >= nbytes]
         raw = _idle.pop(min(fits, key=lambda i: _idle[i].nbytes)) if fits else None
     if raw is None:
@@ -48,28 +67,24 @@ def give(token):
         return
     with _lock:
         _idle.append(token)
-        _idle.sort(key=lambda raw: raw.nbytes, reverse=True)
-        total = 0
-        for i, raw in enumerate(_idle):
-            total += raw.nbytes
-            if i >= KEEP or total > MAX_IDLE_BYTES:
-                del _idle[i:]
-                break
+        _settle()
 
 
 def give_all(tokens):
-    """`give` each token of a list (a workspace's finalizer)."""
-    for token in tokens:
-        give(token)
+    """`give` each token of a list (None ignored), without taking the lock: safe in a finalizer that the
+    garbage collector runs while this thread is inside take or give; the next call settles them."""
+    _returned.extend(token for token in tokens if token is not None)
 
 
 def idle_bytes():
     """Bytes held idle now (tests)."""
     with _lock:
+        _settle()
         return sum(raw.nbytes for raw in _idle)
 
 
 def clear():
     """Drop every idle buffer (tests, or a caller that wants the memory back)."""
     with _lock:
+        _returned.clear()
         _idle.clear()

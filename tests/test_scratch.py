@@ -41,6 +41,17 @@ def test_take_give_reuse_and_limits():
     _scratch.give(None)
 
 
+def test_a_finalizer_may_give_back_while_the_pool_is_locked():
+    """give_all (the training workspace's finalizer) never takes the pool's lock: the cyclic garbage
+    collector may run it while this thread holds the lock inside take or give."""
+    token = _scratch.take((2 * MiB,), np.uint8)[1]
+    with _scratch._lock:
+        _scratch.give_all([token, None])   # would deadlock if it waited for the lock
+    assert _scratch.idle_bytes() == 2 * MiB
+    again = _scratch.take((2 * MiB,), np.uint8)[1]
+    assert again is token
+
+
 def test_idle_limits_keep_the_largest(monkeypatch):
     monkeypatch.setattr(_scratch, "KEEP", 2)
     tokens = [_scratch.take((n * MiB,), np.uint8)[1] for n in (1, 3, 2)]
