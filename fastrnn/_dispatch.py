@@ -85,8 +85,9 @@ def packed_gemm(on=None):
     return _packed_enabled
 
 
-def cpu_plan(spec, training, threads=None):
-    """The CpuPlan for a compiled call of `spec` (training: the forward keeps what backward needs).
+def cpu_plan(spec, training, threads=None, streaming=False):
+    """The CpuPlan for a compiled call of `spec` (training: the forward keeps what backward needs;
+    streaming: a layer.stream's one-step kernel, which packs its weights once for all its steps).
 
     Forward: B == 1 splits the hidden units (a bandwidth-bound vecmat per step) once R has
     HIDDEN_SPLIT_MIN_MACS multiply-adds (or HIDDEN_SPLIT_SMALL_MACS over a long enough call), as does
@@ -98,8 +99,10 @@ def cpu_plan(spec, training, threads=None):
     from fastrnn._native import engine
 
     n = engine.get_num_threads() if threads is None else threads
+    # packing pays over T >= 2 steps of a call, or over a stream's life (one row: its vector panels)
     packable = (_packed_enabled and spec.dtype.char == "f" and engine.simd_level() >= 1
-                and spec.H <= PACK_MAX_H and spec.T >= 2 and not (spec.cell == "gru" and not spec.reset_after))
+                and spec.H <= PACK_MAX_H and (spec.T >= 2 or (streaming and spec.B == 1))
+                and not (spec.cell == "gru" and not spec.reset_after))
     units_ok = n > 1 and spec.H >= HIDDEN_SPLIT_MIN_H and not (spec.cell == "gru" and not spec.reset_after)
     macs = spec.G * spec.H * spec.H   # R's multiply-adds per row and step
     one_row_split = units_ok and spec.B == 1 and (macs >= HIDDEN_SPLIT_MIN_MACS or (

@@ -32,7 +32,7 @@ def test_every_row_remainder(packed_build, M, beta):
         _product(rng, M, N, 33, beta)
 
 
-@pytest.mark.parametrize("N", [1, 15, 16, 31, 48, 64, 65, 96, 97, 112, 200])
+@pytest.mark.parametrize("N", [1, 15, 16, 31, 48, 64, 65, 96, 97, 112, 200, 300, 520])
 def test_column_tails(packed_build, N):
     rng = np.random.default_rng(N)
     for M in (1, 3, 8, 13):

@@ -13,6 +13,7 @@ import fastrnn
 from fastrnn import _dispatch, layers
 from fastrnn import functional as F
 from fastrnn._native import engine
+from fastrnn._spec import build_spec
 from test_engine import VARIANT_IDS, VARIANTS, check_against_reference, make_case
 
 OPTIONS = list(itertools.product(["none", "holes", "fully_masked_row"], [False, True], [False, True]))
@@ -248,6 +249,41 @@ def test_streaming_hidden_split(threads, name, make):
     stream.reset()
     again = np.stack([stream.step(x[:, t]) for t in range(12)], axis=1)
     np.testing.assert_array_equal(again, steps)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("name,make", [("lstm", lambda: layers.LSTM(136)), ("gru", lambda: layers.GRU(200)),
+                                       ("simple_rnn", lambda: layers.SimpleRNN(520, activation="relu"))],
+                         ids=["lstm", "gru", "simple"])
+def test_streaming_on_vector_panels(nthreads, name, make):
+    """A one-row stream with G*H >= 512 (float32, AVX2) packs its weights into vector panels once, for
+    its whole life (R on 1 thread, each slice's R_k and W_k in the hidden split): against the reference
+    over the whole sequence and the row-major stream (the packed toggle off), through both state
+    buffers, a reset and a replay."""
+    rng = np.random.default_rng(11)
+    layer = make()
+    x = rng.normal(size=(1, 12, 23)).astype(np.float32)
+    layer(x)
+    cell = layer.cell
+    spec, _ = build_spec(name, x[:, :1], cell.kernel, cell.recurrent_kernel, cell.bias, **cell.sequence_kwargs())
+    streams = {}
+    with fastrnn.threads(nthreads):
+        assert _dispatch.cpu_plan(spec, False, streaming=True).forward_packed == (engine.simd_level() >= 1)
+        assert not _dispatch.cpu_plan(spec, False).forward_packed   # a T = 1 call does not pack
+        for packed in (False, True):
+            _dispatch.packed_gemm(packed)
+            try:
+                streams[packed] = layer.stream(1)
+            finally:
+                _dispatch.packed_gemm(True)
+        steps = {p: np.stack([s.step(x[:, t]) for t in range(12)], axis=1) for p, s in streams.items()}
+        streams[True].reset()
+        again = np.stack([streams[True].step(x[:, t]) for t in range(12)], axis=1)
+    w64 = [a.astype(np.float64) for a in (x, cell.kernel, cell.recurrent_kernel, cell.bias)]
+    ref, _ = getattr(F, name)(*w64, engine="reference", **cell.sequence_kwargs())
+    np.testing.assert_allclose(steps[True], ref, atol=3e-5)
+    np.testing.assert_allclose(steps[True], steps[False], atol=1e-5)
+    np.testing.assert_array_equal(again, steps[True])
 
 
 def test_packed_toggle_is_a_plan_input():

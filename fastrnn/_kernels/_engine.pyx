@@ -518,6 +518,11 @@ cdef inline Py_ssize_t _panel_set(int H, int nu) noexcept nogil:
     return <Py_ssize_t>(nu + 15) // 16 * 16 * H
 
 
+cdef inline Py_ssize_t _w_panels_at(int H, int N) noexcept nogil:
+    """Where a streaming slice's W_k vector panels start in its block: after R_k's (H rows, N columns)."""
+    return FR_VEC_PACKED_SIZE(H, N)
+
+
 cdef void _hsplit_pack(const Job *J, int sl, floating *pk) noexcept nogil:
     """Slice sl's R_k (H, G*nu) (then W_k (n_in, G*nu) when streaming) and bias slices, from the full R
     (W) and biases: row-major for the vecmat, or packed (Job.panels): for the microkernel (B >= 2) each
@@ -537,9 +542,17 @@ cdef void _hsplit_pack(const Job *J, int sl, floating *pk) noexcept nogil:
     else:
         for k in range(H):
             _gather(pk + <Py_ssize_t>k * G * nu, <const floating *>L.R + <Py_ssize_t>k * GH, G, H, u0, nu)
-    if J.W != NULL:   # W_k right below R_k: (n_in, G*nu)
-        for k in range(J.n_in):
-            _gather(pk + <Py_ssize_t>(H + k) * G * nu, <const floating *>J.W + <Py_ssize_t>k * GH, G, H, u0, nu)
+    cdef bint w_panels = False
+    if J.W != NULL:   # W_k below R_k: (n_in, G*nu), packed as R_k is
+        if floating is float:
+            if J.panels and L.B == 1:
+                fr_pack_vec_panels_f32_avx2(<const float *>J.W + u0, J.n_in, GH, G, H, nu,
+                                            pk + _w_panels_at(H, G * nu))
+                w_panels = True
+        if not w_panels:
+            for k in range(J.n_in):
+                _gather(pk + <Py_ssize_t>(H + k) * G * nu, <const floating *>J.W + <Py_ssize_t>k * GH, G, H, u0,
+                        nu)
     if L.bx != NULL:
         _gather(_vec(<floating *>J.vec, J, sl, 2), <const floating *>L.bx, G, H, u0, nu)
     if L.br != NULL:
@@ -564,6 +577,19 @@ cdef inline void _hsplit_product(const Job *J, int sl, int nu, const floating *h
                                    _vec(<floating *>J.vec, J, sl, 4))
             return
     matmul(False, L.B, N, L.H, hdp, ldd, pk, N, beta, C, N)
+
+
+cdef inline void _stream_projection(const Job *J, int sl, int nu, floating *loc, int rev) noexcept nogil:
+    """loc (G*nu,) := x @ W_k: a streaming step's share of the input projection, on W_k's vector panels
+    when the slice is packed (_hsplit_pack), else a vecmat over the row-major W_k."""
+    cdef int H = J.L.H, N = J.L.G * nu
+    cdef floating *pk = <floating *>J.pk + sl * J.pk_stride
+    if floating is float:
+        if J.panels:
+            fr_vecmat_panels_f32(<const float *>J.xin, pk + _w_panels_at(H, N), J.n_in, N, 0, loc,
+                                 rev & _serpentine)
+            return
+    matmul(False, 1, N, J.n_in, <const floating *>J.xin, J.n_in, pk + <Py_ssize_t>H * N, N, 0, loc, N)
 
 
 cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept nogil:
@@ -630,8 +656,7 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
             lbr = _vec(<floating *>J.vec, J, sl, 3) if L.br != NULL else NULL
             # the slice's pre-activations (every row: masked rows are computed and discarded)
             if J.xin != NULL:   # streaming (B == 1): the input projection is split too (x @ W_k)
-                matmul(False, 1, G * nu, J.n_in, <const floating *>J.xin, J.n_in,
-                       <floating *>J.pk + sl * J.pk_stride + <Py_ssize_t>H * G * nu, G * nu, 0, loc, G * nu)
+                _stream_projection(J, sl, nu, loc, (s + L.parity) & 1)
             else:
                 for b in range(B):
                     _gather(loc + b * G * nu, g + b * ldg, G, H, u0, nu)
@@ -813,8 +838,8 @@ cdef class _HSplitBuffers:
         gp = <Py_ssize_t>G * self.per
         # row-major R_k (and W_k), G panel sets of ceil(per/16) panels (H, 16), or (B == 1) ceil(G*per/64)
         # vector panels (H, 64)
-        if panels and B == 1:
-            self.pk_stride = FR_VEC_PACKED_SIZE(H, G * self.per)
+        if panels and B == 1:   # (streaming: W_k's vector panels after R_k's, at _w_panels)
+            self.pk_stride = FR_VEC_PACKED_SIZE(H + n_in, G * self.per)
         else:
             self.pk_stride = ((H + n_in) * G * ((self.per + 15) // 16 * 16) + 15) // 16 * 16
         a_scratch = FR_PACKED_A_SIZE(B, H) if panels else 0   # the microkernel's A scratch
@@ -1284,7 +1309,10 @@ cdef class StepKernel:
     step, the new state becoming the next step's initial state (two state buffers swap roles, no copy
     back).  Built once by fastrnn.layers.Stream; `step` does no allocation and no attribute lookups.
     With a "hidden" plan (B == 1, several threads) the step is the hidden split of `forward`, with the
-    input projection split too (x @ W_k per slice) and the slices packed once, on the first step.
+    input projection split too (x @ W_k per slice) and the slices packed once, on the first step.  A
+    packed plan (cpu_plan(streaming=True): B == 1, float32) streams vector panels (of R, and of each
+    slice's R_k and W_k), packed once for the stream's life: about 25% less per step than the
+    row-major vecmats at LSTM H = 128 (bench/NOTES.md 37).
 
     IN x (B, I) C-contiguous, the workspace's dtype; OUT the workspace's `out` (B, H) and the state
     buffers (`current()` says which holds h, c)."""
@@ -1317,11 +1345,14 @@ cdef class StepKernel:
         if self.hidden:
             if spec.B != 1:
                 raise ValueError("StepKernel: the hidden split streams one row (B == 1)")
-            self.bufs = _HSplitBuffers(1, spec.H, spec.G, self.threads, ws.xp.dtype, False, spec.I)
+            self.bufs = _HSplitBuffers(1, spec.H, spec.G, self.threads, ws.xp.dtype,
+                                       plan.forward_packed and self.f32, spec.I)
             (<_HSplitBuffers>self.bufs).fill(&self.J)
             self.J.pack = True
             self.J.W, self.J.n_in = self.W, spec.I
             self.work_ns = _hsplit_work_ns(&self.L, spec.I)
+        elif plan is not None and plan.forward_packed and self.f32 and spec.B == 1:
+            self.bufs = _pack_recurrent_vec(&self.L)   # R's vector panels, for every step of the stream
 
     def step(self, cnp.ndarray x):
         """Advance every row by one step with input x (B, I)."""

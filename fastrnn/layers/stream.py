@@ -46,7 +46,7 @@ class Stream:
             spec, arrays = build_spec(cell.kind, np.zeros((self.batch_size, 1, I), self.dtype), cell.kernel,
                                       cell.recurrent_kernel, cell.bias, initial_state=states, **opts)
             ws = _compiled.Workspace(spec, arrays, training=False)
-            self._kernels.append(engine.StepKernel(ws, spec, ws.W, cpu_plan(spec, training=False)))
+            self._kernels.append(engine.StepKernel(ws, spec, ws.W, cpu_plan(spec, training=False, streaming=True)))
         self._in_shape = (self.batch_size, cells[0].kernel.shape[0])
 
     def _input(self, x):
