@@ -253,11 +253,13 @@ def test_streaming_hidden_split(threads, name, make):
 
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
 @pytest.mark.parametrize("name,make", [("lstm", lambda: layers.LSTM(136)), ("gru", lambda: layers.GRU(200)),
-                                       ("simple_rnn", lambda: layers.SimpleRNN(520, activation="relu"))],
-                         ids=["lstm", "gru", "simple"])
+                                       ("simple_rnn", lambda: layers.SimpleRNN(520, activation="relu")),
+                                       ("lstm", lambda: layers.LSTM(40))],
+                         ids=["lstm", "gru", "simple", "lstm-narrow"])
 def test_streaming_on_vector_panels(nthreads, name, make):
-    """A one-row stream with G*H >= 512 (float32, AVX2) packs its weights into vector panels once, for
-    its whole life (R on 1 thread, each slice's R_k and W_k in the hidden split): against the reference
+    """A one-row stream (float32, AVX2) packs its weights into vector panels once, for its whole life
+    (R when serial, each slice's R_k and W_k in the hidden split; LSTM(40): serial at every thread count,
+    its last panel part padding): against the reference
     over the whole sequence and the row-major stream (the packed toggle off), through both state
     buffers, a reset and a replay."""
     rng = np.random.default_rng(11)

@@ -1311,8 +1311,9 @@ cdef class StepKernel:
     With a "hidden" plan (B == 1, several threads) the step is the hidden split of `forward`, with the
     input projection split too (x @ W_k per slice) and the slices packed once, on the first step.  A
     packed plan (cpu_plan(streaming=True): B == 1, float32) streams vector panels (of R, and of each
-    slice's R_k and W_k), packed once for the stream's life: about 25% less per step than the
-    row-major vecmats at LSTM H = 128 (bench/NOTES.md 37).
+    slice's R_k and W_k), packed once for the stream's life: per step, same process, 1.15-1.6x the
+    row-major vecmats at lstm H = 256 and 512 and simple_rnn H = 512, lstm H = 128 1.17-1.23x on one
+    thread and level on two (bench/NOTES.md 37).
 
     IN x (B, I) C-contiguous, the workspace's dtype; OUT the workspace's `out` (B, H) and the state
     buffers (`current()` says which holds h, c)."""
