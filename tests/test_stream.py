@@ -3,6 +3,7 @@ sequence, states carry, reset (all rows or some) restarts rows, bad use is refus
 import numpy as np
 import pytest
 
+import fastrnn
 from fastrnn import layers as L
 from fastrnn import reference
 
@@ -62,20 +63,25 @@ def test_reset_some_rows_and_stacked_cells():
     np.testing.assert_allclose(np.stack([fresh.step(x[:, t]) for t in range(1, 6)], 1), full(x)[:, 1:], atol=2e-5)
 
 
-def test_stream_sees_new_weights_and_returns_fresh_arrays():
+@pytest.mark.parametrize("batch,units,threads", [(2, 6, 1), (1, 6, 1), (1, 136, 1), (1, 136, 2)],
+                         ids=["b2", "b1-narrow", "b1-panels", "b1-hidden-split"])
+def test_stream_sees_new_weights_and_returns_fresh_arrays(batch, units, threads):
+    """set_weights reaches the next step, also where the stream packed the weights (one row, float32:
+    R's vector panels, or the hidden split's slices of R, W and the biases).  Three steps from the reset
+    state, so R's product (zero at the first step) counts."""
     rng = np.random.default_rng(2)
-    layer = L.LSTM(6)
-    x = rng.normal(size=(2, 1, 4)).astype(np.float32)
+    layer = L.LSTM(units)
+    x = rng.normal(size=(batch, 3, 4)).astype(np.float32)
     layer(x)
-    stream = layer.stream(2)
-    a = stream.step(x[:, 0])
-    stream.reset()
-    layer.set_weights([w * 2 for w in layer.get_weights()])
-    b = stream.step(x[:, 0])
-    stream.reset()
-    np.testing.assert_allclose(b, reference_outputs(layer.cell, x)[0][:, 0], atol=2e-5)
+    with fastrnn.threads(threads):
+        stream = layer.stream(batch)
+        a = np.stack([stream.step(x[:, t]) for t in range(3)], axis=1)
+        stream.reset()
+        layer.set_weights([w * (1.5 + 0.1 * i) for i, w in enumerate(layer.get_weights())])
+        b = np.stack([stream.step(x[:, t]) for t in range(3)], axis=1)
+        c = stream.step(x[:, 0])
+    np.testing.assert_allclose(b, reference_outputs(layer.cell, x)[0], atol=2e-5)
     assert not np.allclose(a, b)
-    c = stream.step(x[:, 0])
     c[...] = 0
     assert not np.allclose(stream.states[0], 0)  # the returned output is the caller's own array
 

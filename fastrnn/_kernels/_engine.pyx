@@ -1355,6 +1355,14 @@ cdef class StepKernel:
         elif plan is not None and plan.forward_packed and self.f32 and spec.B == 1:
             self.bufs = _pack_recurrent_vec(&self.L)   # R's vector panels, for every step of the stream
 
+    def repack(self):
+        """Take the weights' current values into the packed copies (fastrnn.layers.Stream calls this
+        after set_weights): R's vector panels at once, the hidden split's slices on the next step."""
+        if self.hidden:
+            self.J.pack = True
+        elif self.L.Rv != NULL:
+            self.bufs = _pack_recurrent_vec(&self.L)
+
     def step(self, cnp.ndarray x):
         """Advance every row by one step with input x (B, I)."""
         cdef Loop *L = &self.L

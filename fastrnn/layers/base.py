@@ -74,6 +74,7 @@ class Layer:
         self.built = False
         self._weights = {}
         self._trainable = {}
+        self._weights_version = 0   # bumped by set_weights (_weights_changed): streams repack on a change
 
     # ---------------------------------------------------------------- weights
     def add_weight(self, shape, initializer="zeros", name=None, trainable=True, dtype=None):
@@ -136,7 +137,8 @@ class Layer:
         self._weights_changed()
 
     def _weights_changed(self):
-        """Hook: cached packings of the weights are stale."""
+        """Hook: cached packings of the weights are stale (a Stream compares `_weights_version`)."""
+        self._weights_version += 1
         for layer in self._sublayers():
             layer._weights_changed()
 

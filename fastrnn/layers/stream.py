@@ -7,8 +7,10 @@
 
 Everything is prepared in `__init__`: one T=1 workspace and one compiled StepKernel per cell
 (fastrnn._kernels._engine), so a step is one vector-matrix product for the input, one for the state and
-the fused gate math, with no allocation but the returned copy of the output.  The stream reads the
-layer's weight arrays in place, so `set_weights` on the layer is seen by the next step.
+the fused gate math, with no allocation but the returned copy of the output.  A float32 one-row
+stream packs the weights once (fastrnn._dispatch.cpu_plan(streaming=True)), so the stream compares each
+cell's weights version before a step and packs again after `set_weights`: change a streamed layer's
+weights with `set_weights` (writes into the weight arrays themselves reach unpacked streams only).
 """
 import numpy as np
 
@@ -46,8 +48,18 @@ class Stream:
             spec, arrays = build_spec(cell.kind, np.zeros((self.batch_size, 1, I), self.dtype), cell.kernel,
                                       cell.recurrent_kernel, cell.bias, initial_state=states, **opts)
             ws = _compiled.Workspace(spec, arrays, training=False)
-            self._kernels.append(engine.StepKernel(ws, spec, ws.W, cpu_plan(spec, training=False, streaming=True)))
+            plan = cpu_plan(spec, training=False, streaming=True)
+            self._kernels.append(engine.StepKernel(ws, spec, ws.W, plan))
         self._in_shape = (self.batch_size, cells[0].kernel.shape[0])
+        self._versions = [cell._weights_version for cell in cells]   # of the weights the kernels packed
+        self._cell0 = cells[0]
+
+    def _repack_changed(self):
+        """Pack again the kernels whose cell's weights changed (set_weights) since they were packed."""
+        for i, (cell, kernel) in enumerate(zip(self._cells, self._kernels)):
+            if cell._weights_version != self._versions[i]:
+                kernel.repack()
+                self._versions[i] = cell._weights_version
 
     def _input(self, x):
         if type(x) is not np.ndarray or x.dtype != self.dtype or not x.flags.c_contiguous:
@@ -60,9 +72,12 @@ class Stream:
     def step(self, x):
         """One time step for every row: x (B, I) -> output (B, H) (a new array)."""
         if len(self._kernels) == 1:   # the fast path: checks, step and copy in one compiled call
+            if self._cell0._weights_version != self._versions[0]:
+                self._repack_changed()
             out = self._kernels[0].step_copy(x)
             if out is not None:
                 return out
+        self._repack_changed()
         x = self._input(x)
         for kernel in self._kernels:
             kernel.step(x)
