@@ -258,10 +258,9 @@ def test_streaming_hidden_split(threads, name, make):
                          ids=["lstm", "gru", "simple", "lstm-narrow"])
 def test_streaming_on_vector_panels(nthreads, name, make):
     """A one-row stream (float32, AVX2) packs its weights into vector panels once, for its whole life
-    (R when serial, each slice's R_k and W_k in the hidden split; LSTM(40): serial at every thread count,
-    its last panel part padding): against the reference
-    over the whole sequence and the row-major stream (the packed toggle off), through both state
-    buffers, a reset and a replay."""
+    (R when serial, each slice's R_k and W_k in the hidden split; LSTM(40) runs serial at every thread
+    count, its last panel part padding): against the reference over the whole sequence and against the
+    row-major stream (the packed toggle off), through both state buffers, a reset and a replay."""
     rng = np.random.default_rng(11)
     layer = make()
     x = rng.normal(size=(1, 12, 23)).astype(np.float32)
