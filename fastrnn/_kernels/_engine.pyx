@@ -585,7 +585,7 @@ cdef inline void _stream_projection(const Job *J, int sl, int nu, floating *loc,
     cdef int H = J.L.H, N = J.L.G * nu
     cdef floating *pk = <floating *>J.pk + sl * J.pk_stride
     if floating is float:
-        if J.panels:
+        if J.panels and J.L.B == 1:   # the condition _hsplit_pack packs W_k's panels under
             fr_vecmat_panels_f32(<const float *>J.xin, pk + _w_panels_at(H, N), J.n_in, N, 0, loc,
                                  rev & _serpentine)
             return
@@ -838,7 +838,7 @@ cdef class _HSplitBuffers:
         gp = <Py_ssize_t>G * self.per
         # row-major R_k (and W_k), G panel sets of ceil(per/16) panels (H, 16), or (B == 1) ceil(G*per/64)
         # vector panels (H, 64)
-        if panels and B == 1:   # (streaming: W_k's vector panels after R_k's, at _w_panels)
+        if panels and B == 1:   # (streaming: W_k's vector panels after R_k's, at _w_panels_at)
             self.pk_stride = FR_VEC_PACKED_SIZE(H + n_in, G * self.per)
         else:
             self.pk_stride = ((H + n_in) * G * ((self.per + 15) // 16 * 16) + 15) // 16 * 16
