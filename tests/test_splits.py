@@ -287,6 +287,23 @@ def test_streaming_on_vector_panels(nthreads, name, make):
     np.testing.assert_array_equal(again, steps[True])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_hidden_split_buffers_are_whole_and_line_aligned(dtype):
+    """The hidden split's per-slice buffers hold what their strides say and start on a cache line.
+    (Under cdivision the alignment offset came out negative for a misaligned allocation, and the
+    buffers were empty slices whose data pointer lay past the end of their memory.)"""
+    from fastrnn._kernels._engine import _HSplitBuffers, _empty_aligned
+
+    for n in (1, 3, 16, 1000, 1 << 20):
+        for _ in range(4):   # fresh allocations, aligned or not
+            a = _empty_aligned(n, dtype)
+            assert a.size == n and a.dtype == dtype and a.ctypes.data % 64 == 0
+    for B, H, G, nslices, panels in ((1, 512, 4, 2, True), (3, 34, 3, 3, True), (1, 200, 1, 2, False)):
+        bufs = _HSplitBuffers(B, H, G, nslices, dtype, panels and dtype == np.float32)
+        assert bufs.pk.size == bufs.pk_stride * nslices and bufs.vec.size == bufs.vec_stride * nslices
+        assert bufs.pk.ctypes.data % 64 == 0 and bufs.vec.ctypes.data % 64 == 0
+
+
 def test_packed_toggle_is_a_plan_input():
     x = np.zeros((4, 5, 8), np.float32)
     W, R = np.zeros((8, 64), np.float32), np.zeros((16, 64), np.float32)

@@ -92,6 +92,12 @@ cdef enum:
     CELL_GRU = 1
     CELL_SIMPLE = 2
 CELLS = {"lstm": CELL_LSTM, "gru": CELL_GRU, "simple_rnn": CELL_SIMPLE}
+
+# Job.pack: what the hidden split's first step copies into its per-slice buffers (_hsplit_pack).
+cdef enum:
+    PACK_WEIGHTS = 1   # R_k (and W_k) into Job.pk
+    PACK_BIASES = 2    # the bias slices into Job.vec
+    PACK_ALL = 3
 ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "hard_sigmoid": 2, "relu": 3, "linear": 4, "softsign": 5}
 
 
@@ -408,7 +414,7 @@ ctypedef struct Job:
     Py_ssize_t pk_stride
     void *vec                  # per slice: gates, product, bx, br, A scratch (_vec), vec_stride elements apart
     Py_ssize_t vec_stride
-    bint pack                  # pack R_k (and W_k) and the bias slices first (False: packed already)
+    int pack                   # PACK_WEIGHTS | PACK_BIASES: what _hsplit_pack copies first (0: ready)
     bint panels                # float32 R_k packed for the plan's product instead of row-major: the
                                # microkernel's 16-column panels per gate block (B >= 2), or 64-column
                                # vector panels over the whole slice (B == 1)
@@ -525,12 +531,20 @@ cdef inline Py_ssize_t _w_panels_at(int H, int N) noexcept nogil:
 
 cdef void _hsplit_pack(const Job *J, int sl, floating *pk) noexcept nogil:
     """Slice sl's R_k (H, G*nu) (then W_k (n_in, G*nu) when streaming) and bias slices, from the full R
-    (W) and biases: row-major for the vecmat, or packed (Job.panels): for the microkernel (B >= 2) each
-    gate block's nu columns in its own set of panels (a panel never straddles two gate blocks), for the
-    one-row product (B == 1) the slice's G*nu columns side by side in 64-column vector panels."""
+    (W) and biases, as Job.pack says: row-major for the vecmat, or packed (Job.panels): for the
+    microkernel (B >= 2) each gate block's nu columns in its own set of panels (a panel never straddles
+    two gate blocks), for the one-row product (B == 1) the slice's G*nu columns side by side in 64-column
+    vector panels."""
     cdef const Loop *L = J.L
     cdef int H = L.H, G = L.G, GH = L.G * L.H, u0 = sl * J.per, k
     cdef int nu = H - u0 if H - u0 < J.per else J.per
+    if J.pack & PACK_BIASES:
+        if L.bx != NULL:
+            _gather(_vec(<floating *>J.vec, J, sl, 2), <const floating *>L.bx, G, H, u0, nu)
+        if L.br != NULL:
+            _gather(_vec(<floating *>J.vec, J, sl, 3), <const floating *>L.br, G, H, u0, nu)
+    if not J.pack & PACK_WEIGHTS:
+        return
     if J.panels:
         if floating is float:
             if L.B == 1:
@@ -553,10 +567,6 @@ cdef void _hsplit_pack(const Job *J, int sl, floating *pk) noexcept nogil:
             for k in range(J.n_in):
                 _gather(pk + <Py_ssize_t>(H + k) * G * nu, <const floating *>J.W + <Py_ssize_t>k * GH, G, H, u0,
                         nu)
-    if L.bx != NULL:
-        _gather(_vec(<floating *>J.vec, J, sl, 2), <const floating *>L.bx, G, H, u0, nu)
-    if L.br != NULL:
-        _gather(_vec(<floating *>J.vec, J, sl, 3), <const floating *>L.br, G, H, u0, nu)
 
 
 cdef inline void _hsplit_product(const Job *J, int sl, int nu, const floating *hdp, int ldd, floating beta,
@@ -818,20 +828,26 @@ def _empty_aligned(Py_ssize_t n, dtype):
     multiple of 64 bytes apart inside it then never share a line."""
     cdef Py_ssize_t item = np.dtype(dtype).itemsize
     raw = np.empty(n * item + 64, np.uint8)
-    cdef Py_ssize_t skip = (-<Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>raw)) % 64
-    return raw[skip:skip + n * item].view(dtype)
+    # unsigned: this module compiles with cdivision, where (-addr) % 64 is negative for a misaligned
+    # addr, and the slice below was then empty, its data pointer past the end of raw
+    cdef size_t addr = <size_t>cnp.PyArray_DATA(<cnp.ndarray>raw)
+    cdef Py_ssize_t skip = <Py_ssize_t>((64 - addr % 64) % 64)
+    out = raw[skip:skip + n * item].view(dtype)
+    assert out.size == n and <size_t>cnp.PyArray_DATA(<cnp.ndarray>out) % 64 == 0
+    return out
 
 
 cdef class _HSplitBuffers:
     """The hidden split's per-slice buffers (Job.pk, Job.vec, see _vec): each slice's block starts on its
     own 64-byte line, so two threads never write one cache line.  panels: R_k packed (float32; Job.panels:
-    the microkernel's 16-column panels for B >= 2, vector panels for B == 1) rather than row-major."""
+    the microkernel's 16-column panels for B >= 2, vector panels for B == 1) rather than row-major.
+    pk: the packed slices of an earlier call with the same layout (`pk_key`) to reuse, or None."""
     cdef readonly object pk, vec
     cdef readonly int nslices, per
     cdef readonly bint panels
     cdef readonly Py_ssize_t pk_stride, vec_stride
 
-    def __init__(self, int B, int H, int G, int nslices, dtype, bint panels, int n_in=0):
+    def __init__(self, int B, int H, int G, int nslices, dtype, bint panels, int n_in=0, pk=None):
         cdef Py_ssize_t gp, a_scratch
         self.nslices, self.panels = nslices, panels
         self.per = ((H + nslices - 1) // nslices + 7) // 8 * 8   # whole SIMD vectors per slice
@@ -844,8 +860,16 @@ cdef class _HSplitBuffers:
             self.pk_stride = ((H + n_in) * G * ((self.per + 15) // 16 * 16) + 15) // 16 * 16
         a_scratch = FR_PACKED_A_SIZE(B, H) if panels else 0   # the microkernel's A scratch
         self.vec_stride = (2 * B * gp + 2 * gp + a_scratch + 15) // 16 * 16
-        self.pk = _empty_aligned(self.pk_stride * nslices, dtype)
+        self.pk = _empty_aligned(self.pk_stride * nslices, dtype) if pk is None else pk
+        if self.pk.size != self.pk_stride * nslices or self.pk.dtype != dtype:
+            raise ValueError(f"_HSplitBuffers: reused slices of {self.pk.size} {self.pk.dtype}, expected "
+                             f"{self.pk_stride * nslices} {np.dtype(dtype)}")
         self.vec = _empty_aligned(self.vec_stride * nslices, dtype)
+
+    @staticmethod
+    def pk_key(int B, int nslices, dtype, bint panels):
+        """What the slices' layout depends on besides R's shape (a packs-cache key, see `forward`)."""
+        return ("hidden", B == 1, nslices, np.dtype(dtype).char, bool(panels))
 
     cdef void fill(self, Job *J):
         J.nslices, J.per, J.panels = self.nslices, self.per, self.panels
@@ -853,33 +877,49 @@ cdef class _HSplitBuffers:
         J.vec, J.vec_stride = cnp.PyArray_DATA(<cnp.ndarray>self.vec), self.vec_stride
 
 
-cdef object _pack_recurrent(Loop *L, Job *J, int n, bint transposed):
+cdef object _pack_recurrent(Loop *L, Job *J, int n, bint transposed, dict packs=None):
     """Pack R (forward: K = H, N = G*H) or R^T (backward: K = G*H, N = H) once per call, before the loop
     (so nothing allocates inside it), into Loop.Rp, with an A scratch per batch part in Job.Ap.
+    packs: the caller's cache of packed copies of this R (see `forward`): looked up, or filled.
     Returns the arrays, which the caller keeps alive for the loop."""
     cdef int GH = L.G * L.H
     cdef int K = GH if transposed else L.H, N = L.H if transposed else GH
     cdef int per = (L.B + n - 1) // n
-    cdef cnp.ndarray packed = np.empty(((N + 15) // 16 * 16) * K, np.float32)
+    key = ("panels_t" if transposed else "panels",)
+    cdef cnp.ndarray packed = packs.get(key) if packs is not None else None
     J.ap_stride = FR_PACKED_A_SIZE(per, K)
     cdef cnp.ndarray scratch = np.empty(n * J.ap_stride, np.float32)
-    L.Rp, J.Ap = cnp.PyArray_DATA(packed), cnp.PyArray_DATA(scratch)
+    J.Ap = cnp.PyArray_DATA(scratch)
+    if packed is not None:
+        L.Rp = cnp.PyArray_DATA(packed)
+        return packed, scratch
+    packed = np.empty(((N + 15) // 16 * 16) * K, np.float32)
+    L.Rp = cnp.PyArray_DATA(packed)
     with nogil:
         if transposed:
             fr_pack_panels_t_f32_avx2(<const float *>L.R, K, N, GH, <float *>L.Rp)
         else:
             fr_pack_panels_f32_avx2(<const float *>L.R, K, N, GH, <float *>L.Rp)
+    if packs is not None:
+        packs[key] = packed
     return packed, scratch
 
 
-cdef object _pack_recurrent_vec(Loop *L):
-    """B == 1: pack R (H, G*H) once per call into 64-column vector panels, Loop.Rv; returns the array,
-    which the caller keeps alive for the loop."""
+cdef object _pack_recurrent_vec(Loop *L, dict packs=None):
+    """B == 1: pack R (H, G*H) once per call into 64-column vector panels, Loop.Rv (or take them from
+    `packs`, like _pack_recurrent); returns the array, which the caller keeps alive for the loop."""
     cdef int GH = L.G * L.H
-    cdef cnp.ndarray packed = np.empty(FR_VEC_PACKED_SIZE(L.H, GH), np.float32)
+    key = ("vector_panels",)
+    cdef cnp.ndarray packed = packs.get(key) if packs is not None else None
+    if packed is not None:
+        L.Rv = cnp.PyArray_DATA(packed)
+        return packed
+    packed = np.empty(FR_VEC_PACKED_SIZE(L.H, GH), np.float32)
     L.Rv = cnp.PyArray_DATA(packed)
     with nogil:
         fr_pack_vec_panels_f32_avx2(<const float *>L.R, L.H, GH, 1, 0, GH, <float *>L.Rv)
+    if packs is not None:
+        packs[key] = packed
     return packed
 
 
@@ -892,7 +932,7 @@ cdef object _pack_recurrent_vec(Loop *L):
 PART_PROJECTION_MAX_W_BYTES = 1 << 20
 
 
-def forward(ws, spec, plan=None):
+def forward(ws, spec, plan=None, dict packs=None):
     """Run the forward time loop over the Workspace `ws` (arrays prepared by fastrnn.functional).
 
     IN ws.xp (N, G*H) = x @ W, or when not ws.projected ws.xd (N, I) and ws.W, from which this computes
@@ -903,6 +943,10 @@ def forward(ws, spec, plan=None):
     `plan` is fastrnn._dispatch.cpu_plan's choice: forward_split "serial" | "batch" | "hidden" over
     plan.threads threads, and plan.forward_packed (the packed-R microkernel for the per-step product;
     float32 on AVX2 or AVX-512 only).  None: serial, BLAS products.
+    `packs`: a cache of the packed copies of R (the vector panels, the microkernel's panels, the hidden
+    split's slices), keyed by layout: a layout found there is used as it is, one packed here is added.
+    The caller owns the promise that ws.R holds the same values at every call given the same dict
+    (fastrnn.functional.prepare's frozen weights); None packs for this call only.
     """
     cdef Loop L
     cdef Job J
@@ -928,14 +972,19 @@ def forward(ws, spec, plan=None):
             gemm_into(ws.xd, ws.W, ws.xp)
         ws.projected = True
     if split == "hidden":
-        bufs = _HSplitBuffers(L.B, L.H, L.G, n, ws.xp.dtype, plan.forward_packed and f32 and fr_simd_level())
+        panels = plan.forward_packed and f32 and fr_simd_level()
+        key = _HSplitBuffers.pk_key(L.B, n, ws.xp.dtype, panels)
+        cached = packs.get(key) if packs is not None else None
+        bufs = _HSplitBuffers(L.B, L.H, L.G, n, ws.xp.dtype, panels, pk=cached)
         bufs.fill(&J)
-        J.pack = True
+        J.pack = PACK_BIASES if cached is not None else PACK_ALL
         with nogil:
             fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
+        if packs is not None and cached is None:
+            packs[key] = bufs.pk
         return
     if plan is not None and plan.forward_packed and f32 and fr_simd_level():
-        keep = _pack_recurrent_vec(&L) if L.B == 1 else _pack_recurrent(&L, &J, n, False)
+        keep = _pack_recurrent_vec(&L, packs) if L.B == 1 else _pack_recurrent(&L, &J, n, False, packs)
     try:
         _run_batch(&J, n)
     finally:
@@ -1349,7 +1398,7 @@ cdef class StepKernel:
             self.bufs = _HSplitBuffers(1, spec.H, spec.G, self.threads, ws.xp.dtype,
                                        plan.forward_packed and self.f32, spec.I)
             (<_HSplitBuffers>self.bufs).fill(&self.J)
-            self.J.pack = True
+            self.J.pack = PACK_ALL
             self.J.W, self.J.n_in = self.W, spec.I
             self.work_ns = _hsplit_work_ns(&self.L, spec.I)
         elif plan is not None and plan.forward_packed and self.f32 and spec.B == 1:
@@ -1359,7 +1408,7 @@ cdef class StepKernel:
         """Take the weights' current values into the packed copies (fastrnn.layers.Stream calls this
         after set_weights): R's vector panels at once, the hidden split's slices on the next step."""
         if self.hidden:
-            self.J.pack = True
+            self.J.pack = PACK_ALL
         elif self.L.Rv != NULL:
             self.bufs = _pack_recurrent_vec(&self.L)
 
@@ -1374,7 +1423,7 @@ cdef class StepKernel:
             if self.hidden:
                 self.J.xin = xin
                 fr_pool_run(self.threads, _hsplit_task, &self.J, self.work_ns)
-                self.J.pack = False
+                self.J.pack = 0
             elif self.f32:
                 matmul[float](False, L.B, GH, self.n_in, <float *>xin, self.n_in, <float *>self.W, GH, 0,
                               <float *>L.xp, GH)
