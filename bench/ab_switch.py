@@ -13,6 +13,7 @@ SWITCH (the "on" side first; the ratio is on / off):
               (the rule bounds the AVX2 build only: a no-op at simd level 2)
   hidden      the hidden-unit split forced for any batch vs the rule  fastrnn._dispatch.HIDDEN_SPLIT_MAX_B
   threads     2 threads vs 1                                         fastrnn.set_num_threads
+  prepared    forward on fastrnn.functional.prepare's frozen weights vs the per-call functional API
 
 Each round times both sides for ~0.4 s each (median per call); prints the medians over rounds and
 their ratio.  The data and the checked call are the bench's (bench/cases.py, tests/problems.py).
@@ -49,6 +50,7 @@ SWITCHES = {
     "packrows": lambda on: setattr(_dispatch, "PACK_MAX_ROWS", 1 << 20 if on else 16),
     "hidden": lambda on: setattr(_dispatch, "HIDDEN_SPLIT_MAX_B", 1 << 20 if on else 4),
     "threads": lambda on: fastrnn.set_num_threads(2 if on else 1),
+    "prepared": lambda on: setattr(ENGINES["fastrnn"], "use_prepared", on),
 }
 
 

@@ -113,6 +113,7 @@ class _FunctionalEngine(Engine):
     """fastrnn.functional or fastrnn.reference: same signatures."""
 
     module_name = "?"
+    use_prepared = True   # forward: time `module.prepare(...)`'s handle where the module has one
 
     def _module(self):
         return _try_import(self.module_name)
@@ -141,8 +142,13 @@ class _FunctionalEngine(Engine):
         b = data["bias"].astype(dtype, copy=False)
         if mode == "forward":
             fn = getattr(mod, cell)
+            prepared = mod.prepare(cell, k, r, b) if hasattr(mod, "prepare") else None
 
             def run():
+                # weights prepared once, as ONNX Runtime's session prepacks its initializers; the
+                # class switch times the per-call functional API instead (bench/ab_switch.py prepared)
+                if prepared is not None and self.use_prepared:
+                    return prepared(x)
                 return fn(x, k, r, b)
 
             def to_result(raw):

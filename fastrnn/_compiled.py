@@ -120,11 +120,15 @@ def _outputs(spec, ws):
     return ws.out.reshape(shape)
 
 
-def forward(spec, arrays, plan=None):
-    """Inference: (outputs, final_states).  plan: fastrnn._dispatch's CpuPlan (None: made here)."""
+def forward(spec, arrays, plan=None, packs=None):
+    """Inference: (outputs, final_states).  plan: fastrnn._dispatch's CpuPlan (None: made here).
+    packs: a dict caching the packed copies of arrays.recurrent_kernel, which must then be the same
+    unchanged matrix at every call with that dict (fastrnn/_prepared.py; see _engine.forward)."""
     ws = Workspace(spec, arrays, training=False, scratch=True, project=False)
+    if packs is not None and ws.R is not arrays.recurrent_kernel:
+        packs = None   # a contiguous copy made for this call: nothing says the next call's is the same
     try:
-        engine.forward(ws, spec, plan or cpu_plan(spec, training=False))
+        engine.forward(ws, spec, plan or cpu_plan(spec, training=False), packs)
     finally:
         ws.release()
     return _outputs(spec, ws), _states(spec, ws)

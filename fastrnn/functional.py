@@ -23,12 +23,13 @@ state entering the recurrent matmul, at every step; ``activation``/``recurrent_a
 
 The ``*_vjp`` variants also return ``backward(d_outputs, d_final_states=None)``, which returns a dict of
 gradients: x, kernel, recurrent_kernel, bias (None without bias) and initial_state (a list).
-Inputs are never modified.
+Inputs are never modified.  `prepare(cell, kernel, recurrent_kernel, bias)` freezes a cell's weights for
+repeated inference calls, packing the recurrent kernel once instead of at every call.
 """
 from fastrnn import _dispatch, reference
 from fastrnn._spec import build_spec
 
-__all__ = ["lstm", "gru", "simple_rnn", "lstm_vjp", "gru_vjp", "simple_rnn_vjp", "explain"]
+__all__ = ["lstm", "gru", "simple_rnn", "lstm_vjp", "gru_vjp", "simple_rnn_vjp", "prepare", "explain"]
 
 
 def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options):
@@ -38,6 +39,11 @@ def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options):
         from fastrnn import _compiled
 
         return (_compiled.forward_vjp if vjp else _compiled.forward)(spec, arrays, choice.plan)
+    return _reference_call(cell, vjp, arrays, options)
+
+
+def _reference_call(cell, vjp, arrays, options):
+    """The NumPy reference on validated `arrays` (build_spec's) with the call's `options`."""
     fn = getattr(reference, f"{cell}_vjp" if vjp else cell)
     options = dict(options)
     options.update(initial_state=arrays.initial_state, mask=arrays.mask, dropout_mask=arrays.dropout_mask,
@@ -109,6 +115,20 @@ def simple_rnn_vjp(x, kernel, recurrent_kernel, bias=None, *, initial_state=None
     opts = _options(initial_state, mask, go_backwards, time_major, activation, "sigmoid",
                     zero_output_for_mask, dropout_mask, recurrent_dropout_mask)
     return _run("simple_rnn", True, engine, x, kernel, recurrent_kernel, bias, opts)
+
+
+def prepare(cell, kernel, recurrent_kernel, bias=None, *, activation="tanh", recurrent_activation="sigmoid",
+            reset_after=True, engine="auto"):
+    """Frozen copies of one cell's weights for repeated inference: returns a callable
+    ``prepared(x, *, initial_state=None, mask=None, go_backwards=False, time_major=False, ...)`` ->
+    ``outputs, final_states``, the same bits as ``<cell>(x, kernel, ...)``.  Each packed layout of the
+    recurrent kernel is made once, by the first call that needs it, instead of at every call (as an ONNX
+    Runtime session prepacks its initializers).  Later writes to the arrays passed here are not seen.
+    See fastrnn/_prepared.py."""
+    from fastrnn._prepared import Prepared
+
+    return Prepared(cell, kernel, recurrent_kernel, bias, activation=activation,
+                    recurrent_activation=recurrent_activation, reset_after=reset_after, engine=engine)
 
 
 def explain(cell, x, kernel, recurrent_kernel, bias=None, engine="auto", **options):

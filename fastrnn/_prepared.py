@@ -1,0 +1,105 @@
+"""Frozen weights for repeated inference calls: `fastrnn.functional.prepare` (ONNX Runtime's session).
+
+Why.  The compiled forward streams R through a packed copy (vector panels for one row, the hidden
+split's per-thread slices, the microkernel's 16-column panels), and a plain functional call packs it
+again every time, because nothing tells it that the caller's arrays did not change since the last call.
+At one row a call's pack is a read of all of R, from DRAM when the call before left it in nobody's
+cache: lstm t50-b1-h512 spends 10-11% of a one-thread call there (bench/NOTES.md 37a).  A Prepared
+copies the weights once, so each layout is packed by the first call that needs it and kept
+(bench/NOTES.md 38).
+
+Contract.  The copies are private and read-only: writes to the caller's arrays after `prepare` do not
+reach it (build a new one, as one builds a new ORT session).  Calls run exactly the kernels of
+`fastrnn.functional.<cell>` on the same values, so they return the same bits.  Calls from several
+threads at once are safe: packs are made outside the cache and added whole (two first calls may both
+pack; either result is right).
+"""
+import numpy as np
+
+from fastrnn._spec import CELLS, build_spec
+
+
+def _frozen(name, a):
+    """A private, C-contiguous, read-only copy of the float array `a` (None stays None)."""
+    if a is None:
+        return None
+    if not isinstance(a, np.ndarray):
+        try:
+            a = np.asarray(a)
+        except Exception as exc:  # noqa: BLE001 - anything numpy cannot read
+            raise TypeError(f"{name}: expected an array of floats, got {type(a).__name__}") from exc
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
+    a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
+    a.flags.writeable = False
+    return a
+
+
+class Prepared:
+    """One cell's weights, frozen for repeated inference: ``outputs, states = prepared(x, ...)``.
+
+    Made by `fastrnn.functional.prepare(cell, kernel, recurrent_kernel, bias, ...)`; shapes and cell
+    options as `fastrnn.functional.<cell>` (kernel (I, G*H), recurrent_kernel (H, G*H), bias (G*H,) or
+    (2, 3H) for GRU reset_after).  Per call: x (B, T, I), or (T, B, I) with time_major, and the
+    per-call options initial_state, mask, go_backwards, time_major, zero_output_for_mask,
+    dropout_mask, recurrent_dropout_mask.  The compute dtype is x's, as in the functional API; calls in
+    the weights' own dtype convert nothing.  Inference only: the gradients of frozen weights are
+    `fastrnn.functional.<cell>_vjp`'s business."""
+
+    def __init__(self, cell, kernel, recurrent_kernel, bias=None, *, activation="tanh",
+                 recurrent_activation="sigmoid", reset_after=True, engine="auto"):
+        if cell not in CELLS:
+            raise ValueError(f"cell: expected one of {CELLS}, got {cell!r}")
+        self.cell = cell
+        self.kernel = _frozen("kernel", kernel)
+        self.recurrent_kernel = _frozen("recurrent_kernel", recurrent_kernel)
+        self.bias = _frozen("bias", bias)
+        if self.kernel.ndim != 2:
+            raise ValueError(f"kernel: expected a 2-D array (features, gates*units), got shape {self.kernel.shape}")
+        self._options = dict(activation=activation, recurrent_activation=recurrent_activation,
+                             reset_after=reset_after)
+        if cell == "simple_rnn":
+            self._options["recurrent_activation"] = "sigmoid"   # unused by the cell; the spec's default
+        self.engine = engine
+        self._packs = {}   # layout key -> packed copy of recurrent_kernel (fastrnn/_kernels/_engine.pyx)
+        # validate everything now (shapes, names, engine), on a one-step probe of the weights' dtype
+        probe = np.zeros((1, 1, self.kernel.shape[0]), self.kernel.dtype)
+        self._check(probe, {})
+
+    def _check(self, x, options):
+        from fastrnn import _dispatch
+
+        spec, arrays = build_spec(self.cell, x, self.kernel, self.recurrent_kernel, self.bias,
+                                  **self._options, **options)
+        return spec, arrays, _dispatch.select(spec, self.engine)
+
+    @property
+    def units(self):
+        return self.recurrent_kernel.shape[0]
+
+    @property
+    def packed_layouts(self):
+        """The layouts of R packed so far (the keys of the cache), for tests and curiosity."""
+        return sorted(self._packs)
+
+    def __call__(self, x, *, initial_state=None, mask=None, go_backwards=False, time_major=False,
+                 zero_output_for_mask=False, dropout_mask=None, recurrent_dropout_mask=None):
+        """``outputs, final_states`` of `fastrnn.functional.<cell>` on the frozen weights."""
+        options = dict(initial_state=initial_state, mask=mask, go_backwards=go_backwards, time_major=time_major,
+                       zero_output_for_mask=zero_output_for_mask, dropout_mask=dropout_mask,
+                       recurrent_dropout_mask=recurrent_dropout_mask)
+        spec, arrays, choice = self._check(x, options)
+        if choice.engine == "compiled":
+            from fastrnn import _compiled
+
+            # the weights' own dtype: arrays holds the frozen copies themselves; another dtype converts
+            # them afresh each call (same values, so a cached layout of that dtype stays right)
+            return _compiled.forward(spec, arrays, choice.plan, packs=self._packs)
+        from fastrnn import functional
+
+        return functional._reference_call(self.cell, False, arrays, {**self._options, **options})
+
+    def __repr__(self):
+        I, GH = self.kernel.shape
+        return (f"<fastrnn Prepared {self.cell} I={I} units={self.units} {self.kernel.dtype} "
+                f"engine={self.engine!r} packed={len(self._packs)}>")

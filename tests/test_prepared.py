@@ -1,0 +1,159 @@
+"""fastrnn.functional.prepare: frozen weights whose packed layouts of R are made once and reused.
+
+Oracles: the per-call functional API (the same kernels on the same values: equal bits) and the float64
+reference.  Shapes that take each packed layout (one-row vector panels, the hidden split's slices with
+and without panels, the microkernel's panels) and none (T = 1, float64, GRU reset_before), on 1-3
+threads, with the per-call options."""
+import concurrent.futures
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _dispatch
+from fastrnn import functional as F
+from fastrnn._native import engine
+from fastrnn._spec import build_spec
+from test_engine import VARIANT_IDS, VARIANTS, make_case
+
+# (T, B, I, H): one row wide (vector panels / hidden split), one row narrow, a few rows (hidden split on
+# the microkernel at 2-3 threads), a batch (panels per part), T = 1 (nothing packed)
+SHAPES = [(9, 1, 17, 136), (6, 1, 17, 34), (7, 3, 17, 34), (5, 7, 9, 20), (1, 1, 17, 136)]
+
+
+def _split(args, kw):
+    """(x, weights, per-call options, cell options) from make_case's functional-API form."""
+    x, kernel, recurrent, bias = args
+    cell_kw = {k: kw.pop(k) for k in ("reset_after",) if k in kw}
+    return x, (kernel, recurrent, bias), kw, cell_kw
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", SHAPES, ids=["-".join(map(str, s)) for s in SHAPES])
+@pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prepared_equals_functional(threads, shape, cell, extra, dtype):
+    rng = np.random.default_rng(hash((threads, shape, cell, str(extra), dtype().itemsize)) % 2**32)
+    args, kw = make_case(rng, cell, extra, *shape, mask="holes", init=True, dtype=dtype)
+    x, weights, call_kw, cell_kw = _split(args, kw)
+    fn = getattr(F, cell)
+    with fastrnn.threads(threads):
+        prepared = F.prepare(cell, *weights, **cell_kw)
+        for _ in range(2):   # the first call packs, the second reads the cache
+            for opts in ({}, call_kw, dict(call_kw, go_backwards=True, zero_output_for_mask=True)):
+                out, states = prepared(x, **opts)
+                want, want_states = fn(x, *weights, **cell_kw, **opts)
+                np.testing.assert_array_equal(out, want)
+                for s, w in zip(states, want_states):
+                    np.testing.assert_array_equal(s, w)
+        spec, _ = build_spec(cell, x, *weights, **cell_kw)
+        plan = _dispatch.cpu_plan(spec, training=False)
+    # what the plan packs (R's panels, or the hidden split's slices) is what the cache holds
+    assert bool(prepared.packed_layouts) == (plan.forward_packed or plan.forward_split == "hidden")
+
+
+def test_time_major_and_reference_engine():
+    rng = np.random.default_rng(5)
+    args, kw = make_case(rng, "lstm", {}, 8, 1, 17, 136, time_major=True, dtype=np.float32)
+    x, weights, call_kw, _ = _split(args, kw)
+    got, _ = F.prepare("lstm", *weights)(x, **call_kw)
+    np.testing.assert_array_equal(got, F.lstm(x, *weights, **call_kw)[0])
+    ref, _ = F.prepare("lstm", *weights, engine="reference")(x, **call_kw)
+    np.testing.assert_array_equal(ref, F.lstm(x, *weights, engine="reference", **call_kw)[0])
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_cache_is_what_runs(threads):
+    """Zeroing the cached packed R makes the next call run as if R were zero: the calls read the cache
+    (and do not pack again), and a new thread count gets a layout of its own."""
+    if engine.simd_level() < 1:
+        pytest.skip("no packed layouts on this CPU")
+    rng = np.random.default_rng(7)
+    args, _ = make_case(rng, "gru", {}, 6, 1, 17, 200, dtype=np.float32)
+    x, (kernel, recurrent, bias), _, _ = _split(args, {})
+    with fastrnn.threads(threads):
+        prepared = F.prepare("gru", kernel, recurrent, bias)
+        np.testing.assert_array_equal(prepared(x)[0], F.gru(x, kernel, recurrent, bias)[0])
+        (key,) = prepared.packed_layouts
+        prepared._packs[key][...] = 0
+        np.testing.assert_array_equal(prepared(x)[0], F.gru(x, kernel, np.zeros_like(recurrent), bias)[0])
+    with fastrnn.threads(3 - threads):
+        np.testing.assert_array_equal(prepared(x)[0], F.gru(x, kernel, recurrent, bias)[0])
+        assert len(prepared.packed_layouts) == 2
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_calls_in_another_dtype_convert_the_frozen_weights(threads):
+    rng = np.random.default_rng(8)
+    args, _ = make_case(rng, "lstm", {}, 7, 1, 17, 136, dtype=np.float32)
+    x, weights, _, _ = _split(args, {})
+    x64 = x.astype(np.float64)
+    with fastrnn.threads(threads):
+        prepared = F.prepare("lstm", *weights)
+        for _ in range(2):
+            out, _ = prepared(x64)
+            assert out.dtype == np.float64
+            np.testing.assert_array_equal(out, F.lstm(x64, *weights)[0])
+            np.testing.assert_array_equal(prepared(x)[0], F.lstm(x, *weights)[0])
+
+
+def test_weights_are_frozen_copies():
+    rng = np.random.default_rng(9)
+    args, _ = make_case(rng, "lstm", {}, 10, 1, 17, 136, dtype=np.float32)
+    x, weights, _, _ = _split(args, {})
+    before = F.lstm(x, *weights)[0]
+    originals = [w.copy() for w in weights]
+    prepared = F.prepare("lstm", *weights)
+    prepared(x)
+    for w in weights:   # the caller's arrays change; the prepared copies do not
+        w *= 0.5
+    np.testing.assert_array_equal(prepared(x)[0], before)
+    np.testing.assert_array_equal(F.prepare("lstm", *weights)(x)[0], F.lstm(x, *weights)[0])
+    for w in (prepared.kernel, prepared.recurrent_kernel, prepared.bias):
+        with pytest.raises(ValueError, match="read-only"):
+            w[0] = 1
+    x_before = x.copy()
+    prepared(x)
+    np.testing.assert_array_equal(x, x_before)
+    assert not np.shares_memory(prepared.kernel, weights[0])
+    del originals
+
+
+def test_concurrent_calls_share_one_prepared():
+    """Python threads calling one Prepared at once (the kernels release the GIL): every result right."""
+    rng = np.random.default_rng(13)
+    args, _ = make_case(rng, "lstm", {}, 12, 1, 17, 136, dtype=np.float32)
+    _, weights, _, _ = _split(args, {})
+    xs = [rng.normal(size=(1, 12, 17)).astype(np.float32) for _ in range(16)]
+    prepared = F.prepare("lstm", *weights)
+    with fastrnn.threads(2), concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: prepared(x)[0], xs))
+        for x, out in zip(xs, got):
+            np.testing.assert_array_equal(out, F.lstm(x, *weights)[0])
+
+
+def test_bad_arguments_are_named():
+    W, R = np.zeros((5, 32), np.float32), np.zeros((8, 32), np.float32)
+    with pytest.raises(ValueError, match="cell: expected one of"):
+        F.prepare("rnn", W, R)
+    with pytest.raises(ValueError, match="kernel: expected a 2-D array"):
+        F.prepare("lstm", np.zeros(32, np.float32), R)
+    with pytest.raises(ValueError, match=r"recurrent_kernel: expected shape \(units, 4\*units\)"):
+        F.prepare("lstm", W, np.zeros((8, 24), np.float32))
+    with pytest.raises(ValueError, match=r"bias: expected shape \(32,\)"):
+        F.prepare("lstm", W, R, np.zeros(31, np.float32))
+    with pytest.raises(TypeError, match="kernel: expected a float32 or float64 array, got dtype int64"):
+        F.prepare("lstm", np.zeros((5, 32), np.int64), R)
+    with pytest.raises(ValueError, match="activation: expected one of"):
+        F.prepare("lstm", W, R, activation="swish")
+    with pytest.raises(ValueError, match="engine: expected one of"):
+        F.prepare("lstm", W, R, engine="gpu")
+    prepared = F.prepare("lstm", W, R)
+    with pytest.raises(ValueError, match=r"kernel: expected shape \(6, 32\)"):
+        prepared(np.zeros((1, 3, 6), np.float32))
+    with pytest.raises(ValueError, match="x: expected a 3-D array"):
+        prepared(np.zeros((3, 5), np.float32))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'activation'"):
+        prepared(np.zeros((1, 3, 5), np.float32), activation="relu")
+    assert "lstm" in repr(prepared) and "units=8" in repr(prepared)
