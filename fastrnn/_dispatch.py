@@ -76,6 +76,20 @@ HIDDEN_SPLIT_MIN_CALL_MACS = 3 * 1024 * 1024
 _packed_enabled = True
 
 
+def _engine():
+    """The compiled extension, imported on first use (so this module imports without it); a global
+    after that, since a function-level import costs a microsecond on every call."""
+    global _ENGINE
+    if _ENGINE is None:
+        from fastrnn._native import engine
+
+        _ENGINE = engine
+    return _ENGINE
+
+
+_ENGINE = None
+
+
 def packed_gemm(on=None):
     """Whether plans may use the packed-R microkernel (tests and benchmarks switch it off to compare);
     `on` changes the setting.  Returns the setting in force."""
@@ -96,8 +110,7 @@ def cpu_plan(spec, training, threads=None, streaming=False):
     Backward splits rows, or hidden units for B == 1 (by the same rule).
     GRU reset_after=False has two dependent products a step and never splits units.  The forward's
     plan does not depend on `training`, so inference and training forwards give the same numbers."""
-    from fastrnn._native import engine
-
+    engine = _engine()
     n = engine.get_num_threads() if threads is None else threads
     # packing pays over T >= 2 steps of a call, or over a stream's life (one row: its vector panels)
     packable = (_packed_enabled and spec.dtype.char == "f" and engine.simd_level() >= 1

@@ -16,7 +16,11 @@ pack; either result is right).
 """
 import numpy as np
 
-from fastrnn._spec import CELLS, build_spec
+from fastrnn import _compiled, _dispatch
+from fastrnn._spec import CELLS, Arrays, build_spec
+
+# validated Specs kept per call signature (x's shape and the flags), for calls with no per-call arrays
+_MAX_SPECS = 64
 
 
 def _frozen(name, a):
@@ -56,22 +60,20 @@ class Prepared:
         self.bias = _frozen("bias", bias)
         if self.kernel.ndim != 2:
             raise ValueError(f"kernel: expected a 2-D array (features, gates*units), got shape {self.kernel.shape}")
+        # the options `fastrnn.functional.<cell>` takes; the others must stay at their defaults
+        if cell == "simple_rnn" and recurrent_activation != "sigmoid":
+            raise TypeError(f"recurrent_activation: simple_rnn has no recurrent activation, got "
+                            f"{recurrent_activation!r}")
+        if cell != "gru" and reset_after is not True:
+            raise TypeError(f"reset_after: only gru takes it, got reset_after={reset_after!r} for {cell}")
         self._options = dict(activation=activation, recurrent_activation=recurrent_activation,
                              reset_after=reset_after)
-        if cell == "simple_rnn":
-            self._options["recurrent_activation"] = "sigmoid"   # unused by the cell; the spec's default
         self.engine = engine
         self._packs = {}   # layout key -> packed copy of recurrent_kernel (fastrnn/_kernels/_engine.pyx)
+        self._specs = {}   # (x.shape, go_backwards, time_major, zero_output_for_mask) -> Spec
         # validate everything now (shapes, names, engine), on a one-step probe of the weights' dtype
         probe = np.zeros((1, 1, self.kernel.shape[0]), self.kernel.dtype)
-        self._check(probe, {})
-
-    def _check(self, x, options):
-        from fastrnn import _dispatch
-
-        spec, arrays = build_spec(self.cell, x, self.kernel, self.recurrent_kernel, self.bias,
-                                  **self._options, **options)
-        return spec, arrays, _dispatch.select(spec, self.engine)
+        _dispatch.select(self._spec(probe, {})[0], engine)
 
     @property
     def units(self):
@@ -85,13 +87,33 @@ class Prepared:
     def __call__(self, x, *, initial_state=None, mask=None, go_backwards=False, time_major=False,
                  zero_output_for_mask=False, dropout_mask=None, recurrent_dropout_mask=None):
         """``outputs, final_states`` of `fastrnn.functional.<cell>` on the frozen weights."""
+        flags = (bool(go_backwards), bool(time_major), bool(zero_output_for_mask))
+        if (type(x) is np.ndarray and x.dtype == self.kernel.dtype and initial_state is None and mask is None
+                and dropout_mask is None and recurrent_dropout_mask is None):
+            # the common call: only x, in the weights' dtype.  A shape seen before was validated then,
+            # and nothing else in the call can be wrong, so build_spec's checks are skipped.
+            spec = self._specs.get((x.shape, flags))
+            if spec is not None:
+                arrays = Arrays(x, self.kernel, self.recurrent_kernel, self.bias, None, None, None, None)
+                return self._run(spec, arrays, dict(zip(("go_backwards", "time_major", "zero_output_for_mask"),
+                                                        flags)))
         options = dict(initial_state=initial_state, mask=mask, go_backwards=go_backwards, time_major=time_major,
                        zero_output_for_mask=zero_output_for_mask, dropout_mask=dropout_mask,
                        recurrent_dropout_mask=recurrent_dropout_mask)
-        spec, arrays, choice = self._check(x, options)
-        if choice.engine == "compiled":
-            from fastrnn import _compiled
+        spec, arrays = self._spec(x, options)
+        if (arrays.x is x and arrays.kernel is self.kernel and not spec.has_mask and arrays.initial_state is None
+                and not spec.has_dropout and not spec.has_recurrent_dropout):
+            if len(self._specs) >= _MAX_SPECS:
+                self._specs.clear()
+            self._specs[(x.shape, flags)] = spec
+        return self._run(spec, arrays, options)
 
+    def _spec(self, x, options):
+        return build_spec(self.cell, x, self.kernel, self.recurrent_kernel, self.bias, **self._options, **options)
+
+    def _run(self, spec, arrays, options):
+        choice = _dispatch.select(spec, self.engine)
+        if choice.engine == "compiled":
             # the weights' own dtype: arrays holds the frozen copies themselves; another dtype converts
             # them afresh each call (same values, so a cached layout of that dtype stays right)
             return _compiled.forward(spec, arrays, choice.plan, packs=self._packs)

@@ -15,6 +15,7 @@ MIN_BYTES are plain np.empty (malloc reuses those itself).  KEEP covers one trai
 (a forward's five sequences, its backward's two gradients) with one to spare.
 """
 import collections
+import math
 import threading
 
 import numpy as np
@@ -48,7 +49,7 @@ def _settle():
 def take(shape, dtype):
     """An uninitialised array of `shape`/`dtype` and the token to give back (None: nothing to give)."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize   # Python ints (np.prod costs microseconds a call)
     if not MIN_BYTES <= nbytes <= MAX_BYTES:
         return np.empty(shape, dtype), None
     with _lock:

@@ -56,11 +56,15 @@ def test_time_major_and_reference_engine():
     rng = np.random.default_rng(5)
     args, kw = make_case(rng, "lstm", {}, 8, 1, 17, 136, time_major=True, dtype=np.float32)
     x, weights, call_kw, _ = _split(args, kw)
-    got, _ = F.prepare("lstm", *weights)(x, **call_kw)
-    np.testing.assert_array_equal(got, F.lstm(x, *weights, **call_kw)[0])
-    ref, _ = F.prepare("lstm", *weights, engine="reference")(x, **call_kw)
-    np.testing.assert_array_equal(ref, F.lstm(x, *weights, engine="reference", **call_kw)[0])
-    np.testing.assert_allclose(got, ref, atol=2e-5)
+    call_kw.update(go_backwards=True)
+    compiled, reference = F.prepare("lstm", *weights), F.prepare("lstm", *weights, engine="reference")
+    for _ in range(2):   # the second call of a signature skips build_spec
+        got, _ = compiled(x, **call_kw)
+        np.testing.assert_array_equal(got, F.lstm(x, *weights, **call_kw)[0])
+        ref, _ = reference(x, **call_kw)
+        np.testing.assert_array_equal(ref, F.lstm(x, *weights, engine="reference", **call_kw)[0])
+        np.testing.assert_allclose(got, ref, atol=2e-5)
+    assert not np.array_equal(got, compiled(x, time_major=True)[0])
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -149,7 +153,13 @@ def test_bad_arguments_are_named():
         F.prepare("lstm", W, R, activation="swish")
     with pytest.raises(ValueError, match="engine: expected one of"):
         F.prepare("lstm", W, R, engine="gpu")
+    with pytest.raises(TypeError, match="simple_rnn has no recurrent activation"):
+        F.prepare("simple_rnn", W[:, :8], R[:, :8], recurrent_activation="tanh")
+    with pytest.raises(TypeError, match="only gru takes it"):
+        F.prepare("lstm", W, R, reset_after=False)
     prepared = F.prepare("lstm", W, R)
+    prepared(np.zeros((1, 3, 5), np.float32))
+    prepared(np.zeros((1, 3, 5), np.float32))   # a known signature: the checks are skipped, not the others'
     with pytest.raises(ValueError, match=r"kernel: expected shape \(6, 32\)"):
         prepared(np.zeros((1, 3, 6), np.float32))
     with pytest.raises(ValueError, match="x: expected a 3-D array"):
