@@ -32,13 +32,18 @@ from fastrnn._spec import build_spec
 __all__ = ["lstm", "gru", "simple_rnn", "lstm_vjp", "gru_vjp", "simple_rnn_vjp", "prepare", "explain"]
 
 
-def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options):
+def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options, packs=None):
+    """One call.  packs (inference only): a cache of recurrent_kernel's packed layouts, for a caller that
+    guarantees the array does not change between its calls (a built-in cell's read-only weights, whose
+    cache set_weights replaces; fastrnn/_prepared.py); None packs for this call alone."""
     spec, arrays = build_spec(cell, x, kernel, recurrent_kernel, bias, **options)
     choice = _dispatch.select(spec, engine, training=vjp)
     if choice.engine == "compiled":
         from fastrnn import _compiled
 
-        return (_compiled.forward_vjp if vjp else _compiled.forward)(spec, arrays, choice.plan)
+        if vjp:
+            return _compiled.forward_vjp(spec, arrays, choice.plan)
+        return _compiled.forward(spec, arrays, choice.plan, packs=packs)
     return _reference_call(cell, vjp, arrays, options)
 
 

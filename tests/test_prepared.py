@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _dispatch
+from fastrnn import _dispatch, layers
 from fastrnn import functional as F
 from fastrnn._native import engine
 from fastrnn._spec import build_spec
@@ -167,3 +167,32 @@ def test_bad_arguments_are_named():
     with pytest.raises(TypeError, match="unexpected keyword argument 'activation'"):
         prepared(np.zeros((1, 3, 5), np.float32), activation="relu")
     assert "lstm" in repr(prepared) and "units=8" in repr(prepared)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("make,name", [(lambda: layers.LSTM(136, return_sequences=True), "lstm"),
+                                       (lambda: layers.GRU(200, return_sequences=True), "gru")], ids=["lstm", "gru"])
+def test_layers_keep_packed_weights_until_set_weights(threads, make, name):
+    """An RNN layer's inference calls reuse R's packed layouts (its cell's cache) while its weights, which
+    are read-only between set_weights calls, stay the same; set_weights starts a new cache, so the next
+    call sees the new weights (a stale cache would give the old outputs)."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(1, 9, 17)).astype(np.float32)
+    layer = make()
+    with fastrnn.threads(threads):
+        first = np.asarray(layer(x))
+        cell = layer.cell
+        want, _ = getattr(F, name)(x, cell.kernel, cell.recurrent_kernel, cell.bias, **cell.sequence_kwargs())
+        np.testing.assert_array_equal(first, want)
+        np.testing.assert_array_equal(np.asarray(layer(x)), want)
+        if engine.simd_level() >= 1:
+            assert cell._packs, "the inference call packed R but kept nothing"
+        with pytest.raises(ValueError, match="read-only"):
+            cell.recurrent_kernel[0, 0] = 1.0
+        new = [w * 0.5 + 0.01 for w in layer.get_weights()]
+        layer.set_weights(new)
+        assert not cell.recurrent_kernel.flags.writeable
+        want, _ = getattr(F, name)(x, *new, **cell.sequence_kwargs())
+        got = np.asarray(layer(x))
+        np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(got, first)

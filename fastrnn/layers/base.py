@@ -133,7 +133,10 @@ class Layer:
                 raise ValueError(f"{self.name}: weight {key!r} expected shape {current.shape}, got {value.shape}")
             checked.append((current, value))
         for current, value in checked:
+            locked = not current.flags.writeable   # a cell's weights are read-only between set_weights
+            current.flags.writeable = True
             current[...] = value  # in place: views held by cells stay valid
+            current.flags.writeable = not locked
         self._weights_changed()
 
     def _weights_changed(self):

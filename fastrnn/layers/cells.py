@@ -93,6 +93,9 @@ class DropoutRNNCell(Layer):
         self._rng = np.random.default_rng(seed)
         self._dropout_mask = None
         self._recurrent_dropout_mask = None
+        # packed copies of recurrent_kernel for inference calls (fastrnn/_kernels/_engine.pyx `forward`,
+        # packs), valid for the weights' version they were made at: set_weights starts a new cache
+        self._packs, self._packs_version = {}, None
 
     # ------------------------------------------------------------ shapes and weights
     @property
@@ -120,6 +123,10 @@ class DropoutRNNCell(Layer):
                         "recurrent_kernel")
         if self.use_bias:
             self.add_weight(self._bias_shape(), self._bias_initializer(), "bias")
+        for w in self._weights.values():
+            # changed through set_weights only (as a Keras variable through assign), so the packed
+            # copies of an inference call stay right until the version set_weights bumps changes
+            w.flags.writeable = False
         self.built = True
 
     @property
@@ -186,10 +193,19 @@ class DropoutRNNCell(Layer):
             first = x[0] if time_major else x[:, 0]
             kw["dropout_mask"] = self.get_dropout_mask(first)
             kw["recurrent_dropout_mask"] = self.get_recurrent_dropout_mask(initial_state[0])
-        fn = getattr(functional, self.kind)
-        return fn(x, self.kernel, self.recurrent_kernel, self.bias, initial_state=initial_state, mask=mask,
-                  go_backwards=go_backwards, time_major=time_major, zero_output_for_mask=zero_output_for_mask,
-                  engine=engine, **kw)
+        if training:
+            fn = getattr(functional, self.kind)
+            return fn(x, self.kernel, self.recurrent_kernel, self.bias, initial_state=initial_state, mask=mask,
+                      go_backwards=go_backwards, time_major=time_major,
+                      zero_output_for_mask=zero_output_for_mask, engine=engine, **kw)
+        if self._packs_version != self._weights_version:
+            self._packs, self._packs_version = {}, self._weights_version
+        options = functional._options(initial_state, mask, go_backwards, time_major, kw["activation"],
+                                      kw.get("recurrent_activation", "sigmoid"), zero_output_for_mask, None, None,
+                                      kw.get("reset_after", True))
+        # the cell's own read-only weights: R's packed layouts are made by the first call and reused
+        return functional._run(self.kind, False, engine, x, self.kernel, self.recurrent_kernel, self.bias, options,
+                               packs=self._packs)
 
     # ------------------------------------------------------------ one step
     def call(self, inputs, states, training=False):
