@@ -14,6 +14,7 @@ SWITCH (the "on" side first; the ratio is on / off):
   hidden      the hidden-unit split forced for any batch vs the rule  fastrnn._dispatch.HIDDEN_SPLIT_MAX_B
   threads     2 threads vs 1                                         fastrnn.set_num_threads
   prepared    forward on fastrnn.functional.prepare's frozen weights vs the per-call functional API
+  narrowpanels one-row products on vector panels at any width vs from G*H >= 512 (PACK_MIN_COLUMNS)
 
 Each round times both sides for ~0.4 s each (median per call); prints the medians over rounds and
 their ratio.  The data and the checked call are the bench's (bench/cases.py, tests/problems.py).
@@ -51,6 +52,7 @@ SWITCHES = {
     "hidden": lambda on: setattr(_dispatch, "HIDDEN_SPLIT_MAX_B", 1 << 20 if on else 4),
     "threads": lambda on: fastrnn.set_num_threads(2 if on else 1),
     "prepared": lambda on: setattr(ENGINES["fastrnn"], "use_prepared", on),
+    "narrowpanels": lambda on: setattr(_dispatch, "PACK_MIN_COLUMNS", 0 if on else 512),
 }
 
 

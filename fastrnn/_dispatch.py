@@ -99,9 +99,10 @@ def packed_gemm(on=None):
     return _packed_enabled
 
 
-def cpu_plan(spec, training, threads=None, streaming=False):
+def cpu_plan(spec, training, threads=None, packs_kept=False):
     """The CpuPlan for a compiled call of `spec` (training: the forward keeps what backward needs;
-    streaming: a layer.stream's one-step kernel, which packs its weights once for all its steps).
+    packs_kept: what the call packs serves later calls too, so a pack is paid once: a layer.stream's
+    one-step kernel, fastrnn.functional.prepare's calls, a built-in cell's inference calls).
 
     Forward: B == 1 splits the hidden units (a bandwidth-bound vecmat per step) once R has
     HIDDEN_SPLIT_MIN_MACS multiply-adds (or HIDDEN_SPLIT_SMALL_MACS over a long enough call), as does
@@ -112,9 +113,11 @@ def cpu_plan(spec, training, threads=None, streaming=False):
     plan does not depend on `training`, so inference and training forwards give the same numbers."""
     engine = _engine()
     n = engine.get_num_threads() if threads is None else threads
-    # packing pays over T >= 2 steps of a call, or over a stream's life (one row: its vector panels)
+    # packing pays over T >= 2 steps of a call, or (one row) over the calls that keep what it packed
+    # (a batch's T = 1 step would take the hidden split at 2 <= B <= 4, which a stream's StepKernel
+    # runs for one row only)
     packable = (_packed_enabled and spec.dtype.char == "f" and engine.simd_level() >= 1
-                and spec.H <= PACK_MAX_H and (spec.T >= 2 or (streaming and spec.B == 1))
+                and spec.H <= PACK_MAX_H and (spec.T >= 2 or (packs_kept and spec.B == 1))
                 and not (spec.cell == "gru" and not spec.reset_after))
     units_ok = n > 1 and spec.H >= HIDDEN_SPLIT_MIN_H and not (spec.cell == "gru" and not spec.reset_after)
     macs = spec.G * spec.H * spec.H   # R's multiply-adds per row and step
@@ -132,9 +135,10 @@ def cpu_plan(spec, training, threads=None, streaming=False):
     backward_rows = -(-spec.B // n) if backward == "batch" else spec.B
     wide = spec.G * spec.H >= PACK_MIN_COLUMNS
     if spec.B == 1:   # the one-row product on R's vector panels (serial, or the hidden split's slices)
-        # a stream packs once for all its steps, so it takes the panels at any width: same process,
-        # panels vs row-major per step, simple_rnn H=256 1.09-1.36x, narrower rows 0.92-1.13x (NOTES 37)
-        forward_packed = packable and (wide or streaming)
+        # packed once for many calls, the panels win at any width: per stream step, panels vs row-major,
+        # simple_rnn H=256 1.09-1.36x, narrower rows 0.92-1.13x (NOTES 37); prepared T = 100-1000 calls
+        # at H = 64-128, 1 and 2 threads, 0.81-1.01x the time (NOTES 38)
+        forward_packed = packable and (wide or packs_kept)
     else:
         forward_packed = packable and 2 <= forward_rows and (forward_rows <= PACK_MAX_ROWS or wide
                                                              or engine.simd_level() >= 2)
@@ -156,17 +160,17 @@ def _kernel_name(spec, plan):
     return "compiled " + "/".join(parts) + f" ({split})"
 
 
-def select(spec, engine="auto", training=False):
+def select(spec, engine="auto", training=False, packs_kept=False):
     """Pick the engine for `spec`, and the compiled engine's plan.  engine: "auto" (fastest that can),
     "compiled" (raise if it cannot), "reference" (the NumPy oracle).  training: the call keeps what its
-    backward needs (the plan then covers the backward too)."""
+    backward needs (the plan then covers the backward too); packs_kept: see `cpu_plan`."""
     if engine not in ENGINES:
         raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
     if engine == "reference":
         return Choice("reference", None, ("engine='reference' was asked for",))
     declined = _compiled_declines(spec)
     if not declined:
-        return Choice("compiled", cpu_plan(spec, training), ())
+        return Choice("compiled", cpu_plan(spec, training, packs_kept=packs_kept), ())
     if engine == "compiled":
         raise ValueError("engine='compiled' cannot run this call: " + "; ".join(declined))
     return Choice("reference", None, declined)

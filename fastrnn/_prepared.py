@@ -9,10 +9,12 @@ copies the weights once, so each layout is packed by the first call that needs i
 (bench/NOTES.md 38).
 
 Contract.  The copies are private and read-only: writes to the caller's arrays after `prepare` do not
-reach it (build a new one, as one builds a new ORT session).  Calls run exactly the kernels of
-`fastrnn.functional.<cell>` on the same values, so they return the same bits.  Calls from several
-threads at once are safe: packs are made outside the cache and added whole (two first calls may both
-pack; either result is right).
+reach it (build a new one, as one builds a new ORT session).  A call returns what
+`fastrnn.functional.<cell>` returns on the same values, to float rounding: its plan is made knowing the
+packs are kept (`fastrnn._dispatch.cpu_plan(packs_kept=True)`), so a one-row call takes R's vector
+panels at any width and a T = 1 call packs too, where the per-call function would not pack; where the
+two plans agree the bits are the same.  Calls from several threads at once are safe: packs are made
+outside the cache and added whole (two first calls may both pack; either result is right).
 """
 import numpy as np
 
@@ -112,7 +114,7 @@ class Prepared:
         return build_spec(self.cell, x, self.kernel, self.recurrent_kernel, self.bias, **self._options, **options)
 
     def _run(self, spec, arrays, options):
-        choice = _dispatch.select(spec, self.engine)
+        choice = _dispatch.select(spec, self.engine, packs_kept=True)
         if choice.engine == "compiled":
             # the weights' own dtype: arrays holds the frozen copies themselves; another dtype converts
             # them afresh each call (same values, so a cached layout of that dtype stays right)

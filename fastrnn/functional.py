@@ -37,7 +37,7 @@ def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options, packs=No
     guarantees the array does not change between its calls (a built-in cell's read-only weights, whose
     cache set_weights replaces; fastrnn/_prepared.py); None packs for this call alone."""
     spec, arrays = build_spec(cell, x, kernel, recurrent_kernel, bias, **options)
-    choice = _dispatch.select(spec, engine, training=vjp)
+    choice = _dispatch.select(spec, engine, training=vjp, packs_kept=packs is not None and not vjp)
     if choice.engine == "compiled":
         from fastrnn import _compiled
 
@@ -126,10 +126,10 @@ def prepare(cell, kernel, recurrent_kernel, bias=None, *, activation="tanh", rec
             reset_after=True, engine="auto"):
     """Frozen copies of one cell's weights for repeated inference: returns a callable
     ``prepared(x, *, initial_state=None, mask=None, go_backwards=False, time_major=False, ...)`` ->
-    ``outputs, final_states``, the same bits as ``<cell>(x, kernel, ...)``.  Each packed layout of the
-    recurrent kernel is made once, by the first call that needs it, instead of at every call (as an ONNX
-    Runtime session prepacks its initializers).  Later writes to the arrays passed here are not seen.
-    See fastrnn/_prepared.py."""
+    ``outputs, final_states``, what ``<cell>(x, kernel, ...)`` returns (to float rounding: the plan may
+    pack where a one-off call would not).  Each packed layout of the recurrent kernel is made once, by
+    the first call that needs it, instead of at every call (as an ONNX Runtime session prepacks its
+    initializers).  Later writes to the arrays passed here are not seen.  See fastrnn/_prepared.py."""
     from fastrnn._prepared import Prepared
 
     return Prepared(cell, kernel, recurrent_kernel, bias, activation=activation,

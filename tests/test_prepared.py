@@ -17,8 +17,9 @@ from fastrnn._spec import build_spec
 from test_engine import VARIANT_IDS, VARIANTS, make_case
 
 # (T, B, I, H): one row wide (vector panels / hidden split), one row narrow, a few rows (hidden split on
-# the microkernel at 2-3 threads), a batch (panels per part), T = 1 (nothing packed)
-SHAPES = [(9, 1, 17, 136), (6, 1, 17, 34), (7, 3, 17, 34), (5, 7, 9, 20), (1, 1, 17, 136)]
+# the microkernel at 2-3 threads), a batch (panels per part), T = 1 with one row (a prepared call packs
+# for the calls after it even then) and with a few (it does not)
+SHAPES = [(9, 1, 17, 136), (6, 1, 17, 34), (7, 3, 17, 34), (5, 7, 9, 20), (1, 1, 17, 136), (1, 4, 9, 20)]
 
 
 def _split(args, kw):
@@ -37,17 +38,26 @@ def test_prepared_equals_functional(threads, shape, cell, extra, dtype):
     args, kw = make_case(rng, cell, extra, *shape, mask="holes", init=True, dtype=dtype)
     x, weights, call_kw, cell_kw = _split(args, kw)
     fn = getattr(F, cell)
+    w64 = [None if w is None else w.astype(np.float64) for w in weights]
     with fastrnn.threads(threads):
+        spec, _ = build_spec(cell, x, *weights, **cell_kw)
+        plan = _dispatch.cpu_plan(spec, training=False, packs_kept=True)
+        same_plan = plan == _dispatch.cpu_plan(spec, training=False)
         prepared = F.prepare(cell, *weights, **cell_kw)
         for _ in range(2):   # the first call packs, the second reads the cache
             for opts in ({}, call_kw, dict(call_kw, go_backwards=True, zero_output_for_mask=True)):
                 out, states = prepared(x, **opts)
                 want, want_states = fn(x, *weights, **cell_kw, **opts)
-                np.testing.assert_array_equal(out, want)
-                for s, w in zip(states, want_states):
-                    np.testing.assert_array_equal(s, w)
-        spec, _ = build_spec(cell, x, *weights, **cell_kw)
-        plan = _dispatch.cpu_plan(spec, training=False)
+                for got, expected in zip([out, *states], [want, *want_states]):
+                    if same_plan:   # the same kernels on the same values
+                        np.testing.assert_array_equal(got, expected)
+                    else:           # packed where the one-off call is not: float rounding apart
+                        np.testing.assert_allclose(got, expected, atol=3e-6 if dtype == np.float32 else 1e-13)
+                if not same_plan:
+                    opts64 = dict(opts, initial_state=[s.astype(np.float64) for s in opts.get("initial_state", [])]
+                                  or None)
+                    ref, _ = fn(x.astype(np.float64), *w64, **cell_kw, **opts64, engine="reference")
+                    np.testing.assert_allclose(out, ref, atol=2e-5)
     # what the plan packs (R's panels, or the hidden split's slices) is what the cache holds
     assert bool(prepared.packed_layouts) == (plan.forward_packed or plan.forward_split == "hidden")
 
@@ -196,3 +206,16 @@ def test_layers_keep_packed_weights_until_set_weights(threads, make, name):
         got = np.asarray(layer(x))
         np.testing.assert_array_equal(got, want)
         assert not np.array_equal(got, first)
+
+
+def test_kept_packs_take_the_panels_at_any_width():
+    """A call whose packs are kept (prepare, a cell's inference) packs R for one row at any width and at
+    T = 1; a one-off call packs from G*H >= 512 columns and T >= 2; a batch's T = 1 step never."""
+    if engine.simd_level() < 1:
+        pytest.skip("no packed layouts on this CPU")
+    W, R = np.zeros((17, 136), np.float32), np.zeros((34, 136), np.float32)
+    with fastrnn.threads(1):
+        for T, B, kept, one_off in ((6, 1, True, False), (1, 1, True, False), (1, 4, False, False)):
+            spec, _ = build_spec("lstm", np.zeros((B, T, 17), np.float32), W, R)
+            assert _dispatch.cpu_plan(spec, False, packs_kept=True).forward_packed == kept
+            assert _dispatch.cpu_plan(spec, False).forward_packed == one_off

@@ -269,7 +269,7 @@ def test_streaming_on_vector_panels(nthreads, name, make):
     spec, _ = build_spec(name, x[:, :1], cell.kernel, cell.recurrent_kernel, cell.bias, **cell.sequence_kwargs())
     streams = {}
     with fastrnn.threads(nthreads):
-        assert _dispatch.cpu_plan(spec, False, streaming=True).forward_packed == (engine.simd_level() >= 1)
+        assert _dispatch.cpu_plan(spec, False, packs_kept=True).forward_packed == (engine.simd_level() >= 1)
         assert not _dispatch.cpu_plan(spec, False).forward_packed   # a T = 1 call does not pack
         for packed in (False, True):
             _dispatch.packed_gemm(packed)

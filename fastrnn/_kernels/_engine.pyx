@@ -1359,7 +1359,7 @@ cdef class StepKernel:
     back).  Built once by fastrnn.layers.Stream; `step` does no allocation and no attribute lookups.
     With a "hidden" plan (B == 1, several threads) the step is the hidden split of `forward`, with the
     input projection split too (x @ W_k per slice) and the slices packed once, on the first step.  A
-    packed plan (cpu_plan(streaming=True): B == 1, float32) streams vector panels (of R, and of each
+    packed plan (cpu_plan(packs_kept=True): B == 1, float32) streams vector panels (of R, and of each
     slice's R_k and W_k), packed once for the stream's life: per step, same process, 1.15-1.6x the
     row-major vecmats at lstm H = 256 and 512 and simple_rnn H = 512, lstm H = 128 1.17-1.23x on one
     thread and level on two (bench/NOTES.md 37).

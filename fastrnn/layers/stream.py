@@ -8,7 +8,7 @@
 Everything is prepared in `__init__`: one T=1 workspace and one compiled StepKernel per cell
 (fastrnn._kernels._engine), so a step is one vector-matrix product for the input, one for the state and
 the fused gate math, with no allocation but the returned copy of the output.  A float32 one-row
-stream packs the weights once (fastrnn._dispatch.cpu_plan(streaming=True)), so the stream compares each
+stream packs the weights once (fastrnn._dispatch.cpu_plan(packs_kept=True)), so the stream compares each
 cell's weights version before a step and packs again after `set_weights`: change a streamed layer's
 weights with `set_weights` (writes into the weight arrays themselves reach unpacked streams only).
 """
@@ -48,7 +48,7 @@ class Stream:
             spec, arrays = build_spec(cell.kind, np.zeros((self.batch_size, 1, I), self.dtype), cell.kernel,
                                       cell.recurrent_kernel, cell.bias, initial_state=states, **opts)
             ws = _compiled.Workspace(spec, arrays, training=False)
-            plan = cpu_plan(spec, training=False, streaming=True)
+            plan = cpu_plan(spec, training=False, packs_kept=True)
             self._kernels.append(engine.StepKernel(ws, spec, ws.W, plan))
         self._in_shape = (self.batch_size, cells[0].kernel.shape[0])
         self._versions = [cell._weights_version for cell in cells]   # of the weights the kernels packed
