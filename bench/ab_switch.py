@@ -14,7 +14,8 @@ SWITCH (the "on" side first; the ratio is on / off):
   hidden      the hidden-unit split forced for any batch vs the rule  fastrnn._dispatch.HIDDEN_SPLIT_MAX_B
   threads     2 threads vs 1                                         fastrnn.set_num_threads
   prepared    forward on fastrnn.functional.prepare's frozen weights vs the per-call functional API
-  narrowpanels one-row products on vector panels at any width vs from G*H >= 512 (PACK_MIN_COLUMNS)
+  narrowpanels with packs kept (prepare, cells), one-row products on vector panels at any width vs
+              from G*H >= 512 only (fastrnn._dispatch.cpu_plan's packs_kept)
 
 Each round times both sides for ~0.4 s each (median per call); prints the medians over rounds and
 their ratio.  The data and the checked call are the bench's (bench/cases.py, tests/problems.py).
@@ -42,6 +43,15 @@ def _scratch_switch(on):
         _scratch.clear()
 
 
+_REAL_PLAN = _dispatch.cpu_plan
+
+
+def _plan_wide_kept_only(spec, training, threads=None, packs_kept=False):
+    """cpu_plan as before NOTES 38: kept packs count for one-row products of G*H >= 512 columns only."""
+    wide = spec.G * spec.H >= _dispatch.PACK_MIN_COLUMNS
+    return _REAL_PLAN(spec, training, threads, packs_kept and wide)
+
+
 SWITCHES = {
     "simd": lambda on: engine.limit_simd(2 if on else 1),
     "serpentine": lambda on: engine.serpentine(on),
@@ -52,7 +62,7 @@ SWITCHES = {
     "hidden": lambda on: setattr(_dispatch, "HIDDEN_SPLIT_MAX_B", 1 << 20 if on else 4),
     "threads": lambda on: fastrnn.set_num_threads(2 if on else 1),
     "prepared": lambda on: setattr(ENGINES["fastrnn"], "use_prepared", on),
-    "narrowpanels": lambda on: setattr(_dispatch, "PACK_MIN_COLUMNS", 0 if on else 512),
+    "narrowpanels": lambda on: setattr(_dispatch, "cpu_plan", _REAL_PLAN if on else _plan_wide_kept_only),
 }
 
 
