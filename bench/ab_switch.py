@@ -14,6 +14,7 @@ SWITCH (the "on" side first; the ratio is on / off):
   hidden      the hidden-unit split forced for any batch vs the rule  fastrnn._dispatch.HIDDEN_SPLIT_MAX_B
   threads     2 threads vs 1                                         fastrnn.set_num_threads
   prepared    forward on fastrnn.functional.prepare's frozen weights vs the per-call functional API
+  wpanels     with packs kept, W's panels kept for the projection too vs R's only   engine.keep_w_panels
   narrowpanels with packs kept (prepare, cells), one-row products on vector panels at any width vs
               from G*H >= 512 only (fastrnn._dispatch.cpu_plan's packs_kept)
 
@@ -62,6 +63,7 @@ SWITCHES = {
     "hidden": lambda on: setattr(_dispatch, "HIDDEN_SPLIT_MAX_B", 1 << 20 if on else 4),
     "threads": lambda on: fastrnn.set_num_threads(2 if on else 1),
     "prepared": lambda on: setattr(ENGINES["fastrnn"], "use_prepared", on),
+    "wpanels": lambda on: engine.keep_w_panels(on),
     "narrowpanels": lambda on: setattr(_dispatch, "cpu_plan", _REAL_PLAN if on else _plan_wide_kept_only),
 }
 

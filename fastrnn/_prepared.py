@@ -1,8 +1,9 @@
 """Frozen weights for repeated inference calls: `fastrnn.functional.prepare` (ONNX Runtime's session).
 
 Why.  The compiled forward streams R through a packed copy (vector panels for one row, the hidden
-split's per-thread slices, the microkernel's 16-column panels), and a plain functional call packs it
-again every time, because nothing tells it that the caller's arrays did not change since the last call.
+split's per-thread slices, the microkernel's 16-column panels), and the input projection streams W's
+panels (AVX-512), and a plain functional call packs them again every time, because nothing tells it that
+the caller's arrays did not change since the last call.
 At one row a call's pack is a read of all of R, from DRAM when the call before left it in nobody's
 cache: lstm t50-b1-h512 spends 10-11% of a one-thread call there (bench/NOTES.md 37a).  A Prepared
 copies the weights once, so each layout is packed by the first call that needs it and kept
@@ -71,7 +72,7 @@ class Prepared:
         self._options = dict(activation=activation, recurrent_activation=recurrent_activation,
                              reset_after=reset_after)
         self.engine = engine
-        self._packs = {}   # layout key -> packed copy of recurrent_kernel (fastrnn/_kernels/_engine.pyx)
+        self._packs = {}   # layout key -> packed copy of R or W (fastrnn/_kernels/_engine.pyx `forward`)
         self._specs = {}   # (x.shape, go_backwards, time_major, zero_output_for_mask) -> Spec
         # validate everything now (shapes, names, engine), on a one-step probe of the weights' dtype
         probe = np.zeros((1, 1, self.kernel.shape[0]), self.kernel.dtype)
@@ -83,7 +84,7 @@ class Prepared:
 
     @property
     def packed_layouts(self):
-        """The layouts of R packed so far (the keys of the cache), for tests and curiosity."""
+        """The layouts of R (and W) packed so far (the keys of the cache), for tests and curiosity."""
         return sorted(self._packs)
 
     def __call__(self, x, *, initial_state=None, mask=None, go_backwards=False, time_major=False,

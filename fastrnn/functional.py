@@ -127,7 +127,7 @@ def prepare(cell, kernel, recurrent_kernel, bias=None, *, activation="tanh", rec
     """Frozen copies of one cell's weights for repeated inference: returns a callable
     ``prepared(x, *, initial_state=None, mask=None, go_backwards=False, time_major=False, ...)`` ->
     ``outputs, final_states``, what ``<cell>(x, kernel, ...)`` returns (to float rounding: the plan may
-    pack where a one-off call would not).  Each packed layout of the recurrent kernel is made once, by
+    pack where a one-off call would not).  Each packed layout of the weights is made once, by
     the first call that needs it, instead of at every call (as an ONNX Runtime session prepacks its
     initializers).  Later writes to the arrays passed here are not seen.  See fastrnn/_prepared.py."""
     from fastrnn._prepared import Prepared

@@ -112,3 +112,25 @@ def test_b_in_place_gives_the_packed_bits(trans_a, M, N, K):
     np.testing.assert_array_equal(got[10 ** 6], got[0])
     want = _want(A, B, np.zeros((M, N), np.float32), trans_a, False, 0.0)
     np.testing.assert_allclose(got[0], want, rtol=0, atol=2e-6 * np.abs(want).max() * K ** 0.5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("M,N,K", [(2, 16, 5), (9, 17, 33), (64, 1040, 70), (65, 37, 1025), (300, 96, 2100)])
+def test_b_panels_packed_before_give_the_same_bits(threads, trans_a, M, N, K):
+    """gemm_into(..., b_panels=pack_b_panels(B)) (a prepared call's projection: W packed once) reads
+    the panels instead of packing B or reading it in place: the same bits, by rows or by columns, at
+    several K blocks and with a panel's tail; a wrong panel array is refused."""
+    rng = np.random.default_rng(M * N + K)
+    A, B, _ = _case(rng, M, N, K, trans_a, False, pad=3)
+    panels = engine.pack_b_panels(B)
+    with fastrnn.threads(threads):
+        C, Cp = np.full((M, N), np.nan, np.float32), np.full((M, N), np.nan, np.float32)
+        engine.gemm_into(A, B, C, trans_a, False)
+        engine.gemm_into(A, B, Cp, trans_a, False, b_panels=panels)
+        np.testing.assert_array_equal(Cp, C)
+        panels[...] = 0   # the panels are what runs
+        engine.gemm_into(A, B, Cp, trans_a, False, b_panels=panels)
+        assert not Cp.any()
+        with pytest.raises(ValueError, match="b_panels of"):
+            engine.gemm_into(A, B, Cp, trans_a, False, b_panels=panels[:-16])

@@ -44,7 +44,9 @@ call (OpenBLAS has no pack-once API).  `backward` does the same for its dG @ R^T
 (fr_pack_panels_t_f32_avx2).  Loop.Rp holds the call's packed matrix (R forward, R^T backward); NULL
 means matmul/BLAS runs.  With one row (B == 1, G*H >= 512) the forward packs R instead into 64-column
 vector panels (Loop.Rv, fr_pack_vec_panels_f32_avx2; the hidden split packs its slices so too), which
-the one-row product streams sequentially (fr_vecmat_panels_f32).
+the one-row product streams sequentially (fr_vecmat_panels_f32).  A caller that keeps the packs
+(`forward`'s packs: fastrnn.functional.prepare, a built-in cell's inference calls) packs each layout
+once for many calls, and then one row takes the vector panels at any width and at T = 1.
 
 Serpentine.  The one-row product reads all of R (or the slice) every step, and once that is about the
 size of L2, a plain LRU cache evicts each panel just before the next step asks for it again: every
@@ -396,6 +398,8 @@ ctypedef struct GemmJob:
     # `panel_floats` of op(B)'s panels (none when B is read in place), then op(A)'s row blocks
     bint packed
     bint unpacked      # ... reading op(B) = B in place (few rows of A: see _gemm_unpacked_max_m)
+    const float *Bp    # ... or on B's panels packed before the call (pack_b_panels; NULL: pack here)
+    Py_ssize_t bp_ld   # with Bp: B's column count rounded up to whole 16-column panels
     int mc             # rows of op(A) packed at a time
     float *work
     Py_ssize_t scratch, panel_floats
@@ -944,9 +948,11 @@ def forward(ws, spec, plan=None, dict packs=None):
     plan.threads threads, and plan.forward_packed (the packed-R microkernel for the per-step product;
     float32 on AVX2 or AVX-512 only).  None: serial, BLAS products.
     `packs`: a cache of the packed copies of R (the vector panels, the microkernel's panels, the hidden
-    split's slices), keyed by layout: a layout found there is used as it is, one packed here is added.
-    The caller owns the promise that ws.R holds the same values at every call given the same dict
-    (fastrnn.functional.prepare's frozen weights); None packs for this call only.
+    split's slices) and of W (the projection's panels, pack_b_panels, on AVX-512), keyed by layout: a
+    layout found there is used as it is, one packed here is added.
+    The caller owns the promise that ws.R and ws.W hold the same values at every call given the same dict
+    (fastrnn.functional.prepare's frozen weights, a built-in cell's read-only ones; a plan made with
+    cpu_plan(packs_kept=True)); None packs for this call only.
     """
     cdef Loop L
     cdef Job J
@@ -960,16 +966,23 @@ def forward(ws, spec, plan=None, dict packs=None):
     split = "serial" if plan is None else plan.forward_split
     if split != "serial":
         n = plan.threads
-    proj_buf = proj_token = None
+    proj_buf = proj_token = w_panels = None
     if not ws.projected:
+        if (packs is not None and f32 and fr_simd_level() >= 2 and _packed_gemm_enabled and _keep_w_panels
+                and L.B * L.T >= 2):
+            # W's panels for the projection on the packed microkernel (gemm_into's packed path), kept
+            w_panels = packs.get(("w_panels",))
+            if w_panels is None:
+                w_panels = packs[("w_panels",)] = pack_b_panels(ws.W)
         if (split == "batch" and not L.time_major and L.T >= 2
                 and ws.W.nbytes <= PART_PROJECTION_MAX_W_BYTES
                 and _gemm_prepare(&P, ws.xd, ws.W, ws.xp, False, False, 0.0)):
             P.parts, P.by_rows = n, True   # part p: the rows of batch part p (_batch_part)
+            _use_b_panels(&P, w_panels)
             proj_buf, proj_token = _gemm_scratch(&P, (L.B + n - 1) // n * L.T)
             J.proj = &P
         else:
-            gemm_into(ws.xd, ws.W, ws.xp)
+            gemm_into(ws.xd, ws.W, ws.xp, b_panels=w_panels)
         ws.projected = True
     if split == "hidden":
         panels = plan.forward_packed and f32 and fr_simd_level()
@@ -1199,7 +1212,9 @@ cdef void _packed_gemm_block(const GemmJob *J, int slot, int m0, int mw, int n0,
     while k0 < J.K:
         kc = J.K - k0 if J.K - k0 < GEMM_KC else GEMM_KC
         b = <float>J.beta if k0 == 0 else 1.0
-        if J.unpacked:   # the microkernel reads B's rows where they are
+        if J.Bp != NULL:   # packed already: K block k0 starts k0 whole rows of panels in, panel n0/16 of it
+            bp, ps, ks = J.Bp + <Py_ssize_t>k0 * J.bp_ld + <Py_ssize_t>n0 * kc, <Py_ssize_t>kc * 16, 16
+        elif J.unpacked:   # the microkernel reads B's rows where they are
             bp, ps, ks = B + <Py_ssize_t>k0 * J.ldb + n0, 16, J.ldb
         else:
             bp, ps, ks = P, <Py_ssize_t>kc * 16, 16
@@ -1300,8 +1315,40 @@ cdef bint _gemm_prepare(GemmJob *J, cnp.ndarray A, cnp.ndarray B, cnp.ndarray C,
     J.packed = (J.f32 and M >= 2 and K >= 1 and (beta == 0.0 or beta == 1.0) and fr_simd_level() >= 2
                 and _packed_gemm_enabled)   # the microkernel's C update is C := P or C += P
     J.unpacked = False
+    J.Bp = NULL
     J.work = NULL
     return True
+
+
+def pack_b_panels(cnp.ndarray B):
+    """B (K, N) float32, rows contiguous, in the panels gemm_into's packed path makes of op(B) for each
+    K block (GEMM_KC rows of 16-column panels, each panel kc x 16 floats), all K blocks in order: the
+    `b_panels` of a later gemm_into(A, B, C) on the same B, which then packs nothing."""
+    if B.ndim != 2 or B.dtype != np.float32:
+        raise ValueError(f"pack_b_panels: expected a 2-D float32 array, got {B.dtype} of shape {(<object>B).shape}")
+    cdef int K = B.shape[0], N = B.shape[1], ldb = _ld(B), k0, kc
+    cdef Py_ssize_t npad = (N + 15) // 16 * 16
+    cdef cnp.ndarray out = np.empty(max(1, K * npad), np.float32)
+    cdef float *P = <float *>cnp.PyArray_DATA(out)
+    cdef const float *src = <const float *>cnp.PyArray_DATA(B)
+    with nogil:
+        k0 = 0
+        while k0 < K:
+            kc = K - k0 if K - k0 < GEMM_KC else GEMM_KC
+            fr_pack_panels_f32_avx2(src + <Py_ssize_t>k0 * ldb, kc, N, ldb, P + <Py_ssize_t>k0 * npad)
+            k0 += kc
+    return out
+
+
+cdef void _use_b_panels(GemmJob *J, object b_panels) except *:
+    """Point J's packed path at B's panels from pack_b_panels (None, another path or B^T: no-op)."""
+    if b_panels is None or not J.packed or J.tb:
+        return
+    cdef Py_ssize_t npad = (J.N + 15) // 16 * 16
+    if (<cnp.ndarray>b_panels).dtype != np.float32 or (<cnp.ndarray>b_panels).size != max(1, J.K * npad):
+        raise ValueError(f"gemm_into: b_panels of {b_panels.size} {b_panels.dtype}, expected "
+                         f"{J.K * npad} float32 (pack_b_panels of a ({J.K}, {J.N}) B)")
+    J.Bp, J.bp_ld = <const float *>cnp.PyArray_DATA(<cnp.ndarray>b_panels), npad
 
 
 cdef object _gemm_scratch(GemmJob *J, int rows):
@@ -1311,13 +1358,13 @@ cdef object _gemm_scratch(GemmJob *J, int rows):
     buffer alive while J runs (a small one is a plain array, with no token) and gives the token back."""
     if not J.packed:
         return None, None
-    J.unpacked = not J.tb and J.N % 16 == 0 and rows <= _gemm_unpacked_max_m
+    J.unpacked = J.Bp == NULL and not J.tb and J.N % 16 == 0 and rows <= _gemm_unpacked_max_m
     kc = min(J.K, GEMM_KC)
     J.mc = max(8, min(rows, GEMM_MC_FLOATS // kc // 8 * 8))
     # per part: one K block of op(B) in panels of its columns (a row part: all of them), then op(A)'s
     # mc-row blocks; parts whole cache lines apart
     width = J.N if J.by_rows else (J.N + 15) // 16 // J.parts * 16 + 16
-    J.panel_floats = 0 if J.unpacked else <Py_ssize_t>kc * ((width + 15) // 16 * 16)
+    J.panel_floats = 0 if J.unpacked or J.Bp != NULL else <Py_ssize_t>kc * ((width + 15) // 16 * 16)
     J.scratch = (J.panel_floats + FR_PACKED_A_SIZE(J.mc, kc) + 15) // 16 * 16
     buf, token = _scratch.take((J.scratch * J.parts + 16,), np.float32)
     J.work = <float *>cnp.PyArray_DATA(<cnp.ndarray>buf)
@@ -1326,16 +1373,18 @@ cdef object _gemm_scratch(GemmJob *J, int rows):
 
 
 def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, bint trans_b=False,
-              double beta=0.0):
+              double beta=0.0, b_panels=None):
     """C := op(A) @ op(B) + beta*C for 2-D arrays of one float dtype whose rows are contiguous
     (row strides may be larger: column blocks of a wider array are fine).  Large products are split
     over fastrnn's pool along the longer of C's dimensions (the packed path: by whole panels of columns
     while there are two a part), one 1-thread BLAS call per part, or for float32 with at least 2 rows and
     1 column of K, beta 0 or 1, on an AVX-512 CPU (simd_level() == 2) fastrnn's packed microkernel
-    (_packed_gemm_block)."""
+    (_packed_gemm_block).  b_panels: pack_b_panels(B), which that path then reads instead of packing B
+    (the caller promises B has not changed since)."""
     cdef GemmJob J
     if not _gemm_prepare(&J, A, B, C, trans_a, trans_b, beta):
         return
+    _use_b_panels(&J, b_panels)
     _pin_blas()
     if _n_threads > 1 and 2.0 * J.M * J.N * J.K >= GEMM_SPLIT_MIN_FLOPS:
         if J.packed:   # whole panels of columns while each part gets two, else rows
@@ -1572,6 +1621,18 @@ def simd_level():
     one-row products and the cell rows fused for the default activations on AVX-512F, the rest of the gate math on
     AVX2/FMA.  See gates.h."""
     return fr_simd_level()
+
+cdef bint _keep_w_panels = True
+
+
+def keep_w_panels(on=None):
+    """Whether `forward` keeps W's panels in its packs (for the projection) as well as R's; `on` changes
+    it (benchmarks compare: bench/ab_switch.py wpanels).  Returns the setting in force."""
+    global _keep_w_panels
+    if on is not None:
+        _keep_w_panels = bool(on)
+    return _keep_w_panels
+
 
 def serpentine(on=None):
     """Whether one-row products stream R's panels the other way on every other step (module docstring:
