@@ -122,11 +122,9 @@ def _outputs(spec, ws):
 
 def forward(spec, arrays, plan=None, packs=None):
     """Inference: (outputs, final_states).  plan: fastrnn._dispatch's CpuPlan (None: made here).
-    packs: a dict caching the packed copies of arrays.recurrent_kernel, which must then be the same
-    unchanged matrix at every call with that dict (fastrnn/_prepared.py; see _engine.forward)."""
+    packs: a dict caching the packed copies of arrays.recurrent_kernel and arrays.kernel, whose values
+    must then be the same at every call with that dict (fastrnn/_prepared.py; see _engine.forward)."""
     ws = Workspace(spec, arrays, training=False, scratch=True, project=False)
-    if packs is not None and ws.R is not arrays.recurrent_kernel:
-        packs = None   # a contiguous copy made for this call: nothing says the next call's is the same
     try:
         engine.forward(ws, spec, plan or cpu_plan(spec, training=False), packs)
     finally:
