@@ -26,8 +26,9 @@ from fastrnn._spec import CELLS, Arrays, build_spec
 _MAX_SPECS = 64
 
 
-def _frozen(name, a):
-    """A private, C-contiguous, read-only copy of the float array `a` (None stays None)."""
+def _frozen(name, a, dtype=None):
+    """A private, C-contiguous, read-only copy of the float array `a` (in `dtype` if given; None stays
+    None)."""
     if a is None:
         return None
     if not isinstance(a, np.ndarray):
@@ -37,7 +38,7 @@ def _frozen(name, a):
             raise TypeError(f"{name}: expected an array of floats, got {type(a).__name__}") from exc
     if a.dtype not in (np.float32, np.float64):
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
-    a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
+    a = np.array(a, dtype=dtype or a.dtype.newbyteorder("="), order="C", copy=True)
     a.flags.writeable = False
     return a
 
@@ -59,8 +60,9 @@ class Prepared:
             raise ValueError(f"cell: expected one of {CELLS}, got {cell!r}")
         self.cell = cell
         self.kernel = _frozen("kernel", kernel)
-        self.recurrent_kernel = _frozen("recurrent_kernel", recurrent_kernel)
-        self.bias = _frozen("bias", bias)
+        # one dtype for all (the kernel's), so a call in it converts none of them
+        self.recurrent_kernel = _frozen("recurrent_kernel", recurrent_kernel, self.kernel.dtype)
+        self.bias = _frozen("bias", bias, self.kernel.dtype)
         if self.kernel.ndim != 2:
             raise ValueError(f"kernel: expected a 2-D array (features, gates*units), got shape {self.kernel.shape}")
         # the options `fastrnn.functional.<cell>` takes; the others must stay at their defaults
@@ -104,7 +106,8 @@ class Prepared:
                        zero_output_for_mask=zero_output_for_mask, dropout_mask=dropout_mask,
                        recurrent_dropout_mask=recurrent_dropout_mask)
         spec, arrays = self._spec(x, options)
-        if (arrays.x is x and arrays.kernel is self.kernel and not spec.has_mask and arrays.initial_state is None
+        if (arrays.x is x and arrays.kernel is self.kernel and arrays.recurrent_kernel is self.recurrent_kernel
+                and arrays.bias is self.bias and not spec.has_mask and arrays.initial_state is None
                 and not spec.has_dropout and not spec.has_recurrent_dropout):
             if len(self._specs) >= _MAX_SPECS:
                 self._specs.clear()

@@ -24,7 +24,7 @@ state entering the recurrent matmul, at every step; ``activation``/``recurrent_a
 The ``*_vjp`` variants also return ``backward(d_outputs, d_final_states=None)``, which returns a dict of
 gradients: x, kernel, recurrent_kernel, bias (None without bias) and initial_state (a list).
 Inputs are never modified.  `prepare(cell, kernel, recurrent_kernel, bias)` freezes a cell's weights for
-repeated inference calls, packing the recurrent kernel once instead of at every call.
+repeated inference calls, packing the weights once instead of at every call.
 """
 from fastrnn import _dispatch, reference
 from fastrnn._spec import build_spec
@@ -33,9 +33,9 @@ __all__ = ["lstm", "gru", "simple_rnn", "lstm_vjp", "gru_vjp", "simple_rnn_vjp",
 
 
 def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options, packs=None):
-    """One call.  packs (inference only): a cache of recurrent_kernel's packed layouts, for a caller that
-    guarantees the array does not change between its calls (a built-in cell's read-only weights, whose
-    cache set_weights replaces; fastrnn/_prepared.py); None packs for this call alone."""
+    """One call.  packs (inference only): a cache of the packed layouts of kernel and recurrent_kernel,
+    for a caller that guarantees the arrays do not change between its calls (a built-in cell's read-only
+    weights, whose cache set_weights replaces; fastrnn/_prepared.py); None packs for this call alone."""
     spec, arrays = build_spec(cell, x, kernel, recurrent_kernel, bias, **options)
     choice = _dispatch.select(spec, engine, training=vjp, packs_kept=packs is not None and not vjp)
     if choice.engine == "compiled":

@@ -223,3 +223,15 @@ def test_kept_packs_take_the_panels_at_any_width():
             spec, _ = build_spec("lstm", np.zeros((B, T, 17), np.float32), W, R)
             assert _dispatch.cpu_plan(spec, False, packs_kept=True).forward_packed == kept
             assert _dispatch.cpu_plan(spec, False).forward_packed == one_off
+
+
+def test_weights_of_mixed_dtypes_take_the_kernels():
+    """prepare keeps every weight in the kernel's dtype, so a repeated call in it converts nothing and
+    reads no array of another dtype (the per-call API converts them to x's dtype at every call)."""
+    rng = np.random.default_rng(17)
+    args, _ = make_case(rng, "gru", {}, 8, 1, 17, 136, dtype=np.float32)
+    x, (kernel, recurrent, bias), _, _ = _split(args, {})
+    prepared = F.prepare("gru", kernel, recurrent.astype(np.float64), bias.astype(np.float64))
+    assert prepared.recurrent_kernel.dtype == prepared.bias.dtype == np.float32
+    for _ in range(3):
+        np.testing.assert_array_equal(prepared(x)[0], F.gru(x, kernel, recurrent, bias)[0])

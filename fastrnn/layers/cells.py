@@ -93,7 +93,7 @@ class DropoutRNNCell(Layer):
         self._rng = np.random.default_rng(seed)
         self._dropout_mask = None
         self._recurrent_dropout_mask = None
-        # packed copies of recurrent_kernel for inference calls (fastrnn/_kernels/_engine.pyx `forward`,
+        # packed copies of the weights for inference calls (fastrnn/_kernels/_engine.pyx `forward`,
         # packs), valid for the weights' version they were made at: set_weights starts a new cache
         self._packs, self._packs_version = {}, None
 
@@ -203,7 +203,7 @@ class DropoutRNNCell(Layer):
         options = functional._options(initial_state, mask, go_backwards, time_major, kw["activation"],
                                       kw.get("recurrent_activation", "sigmoid"), zero_output_for_mask, None, None,
                                       kw.get("reset_after", True))
-        # the cell's own read-only weights: R's packed layouts are made by the first call and reused
+        # the cell's own read-only weights: their packed layouts are made by the first call and reused
         return functional._run(self.kind, False, engine, x, self.kernel, self.recurrent_kernel, self.bias, options,
                                packs=self._packs)
 

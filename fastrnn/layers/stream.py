@@ -9,8 +9,8 @@ Everything is prepared in `__init__`: one T=1 workspace and one compiled StepKer
 (fastrnn._kernels._engine), so a step is one vector-matrix product for the input, one for the state and
 the fused gate math, with no allocation but the returned copy of the output.  A float32 one-row
 stream packs the weights once (fastrnn._dispatch.cpu_plan(packs_kept=True)), so the stream compares each
-cell's weights version before a step and packs again after `set_weights`: change a streamed layer's
-weights with `set_weights` (writes into the weight arrays themselves reach unpacked streams only).
+cell's weights version before a step and packs again after `set_weights` (a built cell's weight arrays
+are read-only between set_weights calls, so nothing else changes them).
 """
 import numpy as np
 
