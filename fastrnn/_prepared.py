@@ -19,11 +19,8 @@ outside the cache and added whole (two first calls may both pack; either result 
 """
 import numpy as np
 
-from fastrnn import _compiled, _dispatch
-from fastrnn._spec import CELLS, Arrays, build_spec
-
-# validated Specs kept per call signature (x's shape and the flags), for calls with no per-call arrays
-_MAX_SPECS = 64
+from fastrnn import _dispatch, functional
+from fastrnn._spec import CELLS, SpecCache, build_spec
 
 
 def _frozen(name, a, dtype=None):
@@ -75,10 +72,11 @@ class Prepared:
                              reset_after=reset_after)
         self.engine = engine
         self._packs = {}   # layout key -> packed copy of R or W (fastrnn/_kernels/_engine.pyx `forward`)
-        self._specs = {}   # (x.shape, go_backwards, time_major, zero_output_for_mask) -> Spec
+        self._specs = SpecCache(cell, self.kernel, self.recurrent_kernel, self.bias)
         # validate everything now (shapes, names, engine), on a one-step probe of the weights' dtype
         probe = np.zeros((1, 1, self.kernel.shape[0]), self.kernel.dtype)
-        _dispatch.select(self._spec(probe, {})[0], engine)
+        _dispatch.select(build_spec(cell, probe, self.kernel, self.recurrent_kernel, self.bias, **self._options)[0],
+                         engine)
 
     @property
     def units(self):
@@ -92,40 +90,13 @@ class Prepared:
     def __call__(self, x, *, initial_state=None, mask=None, go_backwards=False, time_major=False,
                  zero_output_for_mask=False, dropout_mask=None, recurrent_dropout_mask=None):
         """``outputs, final_states`` of `fastrnn.functional.<cell>` on the frozen weights."""
-        flags = (bool(go_backwards), bool(time_major), bool(zero_output_for_mask))
-        if (type(x) is np.ndarray and x.dtype == self.kernel.dtype and initial_state is None and mask is None
-                and dropout_mask is None and recurrent_dropout_mask is None):
-            # the common call: only x, in the weights' dtype.  A shape seen before was validated then,
-            # and nothing else in the call can be wrong, so build_spec's checks are skipped.
-            spec = self._specs.get((x.shape, flags))
-            if spec is not None:
-                arrays = Arrays(x, self.kernel, self.recurrent_kernel, self.bias, None, None, None, None)
-                return self._run(spec, arrays, dict(zip(("go_backwards", "time_major", "zero_output_for_mask"),
-                                                        flags)))
-        options = dict(initial_state=initial_state, mask=mask, go_backwards=go_backwards, time_major=time_major,
-                       zero_output_for_mask=zero_output_for_mask, dropout_mask=dropout_mask,
+        options = dict(self._options, initial_state=initial_state, mask=mask, go_backwards=go_backwards,
+                       time_major=time_major, zero_output_for_mask=zero_output_for_mask, dropout_mask=dropout_mask,
                        recurrent_dropout_mask=recurrent_dropout_mask)
-        spec, arrays = self._spec(x, options)
-        if (arrays.x is x and arrays.kernel is self.kernel and arrays.recurrent_kernel is self.recurrent_kernel
-                and arrays.bias is self.bias and not spec.has_mask and arrays.initial_state is None
-                and not spec.has_dropout and not spec.has_recurrent_dropout):
-            if len(self._specs) >= _MAX_SPECS:
-                self._specs.clear()
-            self._specs[(x.shape, flags)] = spec
-        return self._run(spec, arrays, options)
-
-    def _spec(self, x, options):
-        return build_spec(self.cell, x, self.kernel, self.recurrent_kernel, self.bias, **self._options, **options)
-
-    def _run(self, spec, arrays, options):
-        choice = _dispatch.select(spec, self.engine, packs_kept=True)
-        if choice.engine == "compiled":
-            # the weights' own dtype: arrays holds the frozen copies themselves; another dtype converts
-            # them afresh each call (same values, so a cached layout of that dtype stays right)
-            return _compiled.forward(spec, arrays, choice.plan, packs=self._packs)
-        from fastrnn import functional
-
-        return functional._reference_call(self.cell, False, arrays, {**self._options, **options})
+        # a signature seen before skips build_spec's checks (SpecCache); a call in another dtype converts
+        # the frozen weights afresh (same values, so a cached layout of that dtype stays right)
+        return functional._run(self.cell, False, self.engine, x, self.kernel, self.recurrent_kernel, self.bias,
+                               options, packs=self._packs, specs=self._specs)
 
     def __repr__(self):
         I, GH = self.kernel.shape

@@ -204,6 +204,51 @@ def build_spec(cell, x, kernel, recurrent_kernel, bias=None, *, initial_state=No
     return spec, arrays
 
 
+class SpecCache:
+    """build_spec's result for call signatures already validated, for a caller whose weights are fixed
+    arrays (fastrnn.functional.prepare's copies, a built-in cell's read-only weights): a call whose x
+    (and initial states, if any) are plain ndarrays of the weights' dtype, with no mask and no dropout
+    masks, and whose x shape and options were validated before, skips build_spec's checks (about 7 us
+    a call).  Anything else goes through build_spec, and is remembered when it is of that kind."""
+
+    MAX = 64   # signatures kept; a caller with ever new shapes starts over
+    _KEY_OPTIONS = ("go_backwards", "time_major", "zero_output_for_mask", "activation", "recurrent_activation",
+                    "reset_after")
+
+    def __init__(self, cell, kernel, recurrent_kernel, bias):
+        self.cell, self.kernel, self.recurrent_kernel, self.bias = cell, kernel, recurrent_kernel, bias
+        self.dtype = kernel.dtype
+        self.H = recurrent_kernel.shape[0]
+        self._uniform = recurrent_kernel.dtype == self.dtype and (bias is None or bias.dtype == self.dtype)
+        self._specs = {}
+
+    def _states_ok(self, states, B):
+        if states is None:
+            return True
+        if type(states) not in (list, tuple) or len(states) != N_STATES[self.cell]:
+            return False
+        return all(type(s) is np.ndarray and s.dtype == self.dtype and s.shape == (B, self.H) for s in states)
+
+    def __call__(self, x, options):
+        """(spec, arrays) of the call `options` (fastrnn.functional's keyword arguments but engine)
+        describes, as build_spec returns them."""
+        plain = (self._uniform and type(x) is np.ndarray and x.dtype == self.dtype and options["mask"] is None
+                 and options["dropout_mask"] is None and options["recurrent_dropout_mask"] is None)
+        if plain:
+            key = (x.shape, *(options.get(k) for k in self._KEY_OPTIONS))
+            spec = self._specs.get(key)
+            states = options["initial_state"]
+            if spec is not None and self._states_ok(states, spec.B):
+                states = None if states is None else list(states)
+                return spec, Arrays(x, self.kernel, self.recurrent_kernel, self.bias, states, None, None, None)
+        spec, arrays = build_spec(self.cell, x, self.kernel, self.recurrent_kernel, self.bias, **options)
+        if plain and arrays.x is x:
+            if len(self._specs) >= self.MAX:
+                self._specs.clear()
+            self._specs[key] = spec
+        return spec, arrays
+
+
 def check_cotangents(spec, d_outputs, d_final_states):
     """Validate the arguments of a vjp's backward; return (d_outputs, [d_state or None, ...]) in the
     compute dtype.  d_outputs has the outputs' shape and layout; d_final_states is None or a list of

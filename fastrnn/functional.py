@@ -32,11 +32,13 @@ from fastrnn._spec import build_spec
 __all__ = ["lstm", "gru", "simple_rnn", "lstm_vjp", "gru_vjp", "simple_rnn_vjp", "prepare", "explain"]
 
 
-def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options, packs=None):
+def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options, packs=None, specs=None):
     """One call.  packs (inference only): a cache of the packed layouts of kernel and recurrent_kernel,
     for a caller that guarantees the arrays do not change between its calls (a built-in cell's read-only
-    weights, whose cache set_weights replaces; fastrnn/_prepared.py); None packs for this call alone."""
-    spec, arrays = build_spec(cell, x, kernel, recurrent_kernel, bias, **options)
+    weights, whose cache set_weights replaces; fastrnn/_prepared.py); None packs for this call alone.
+    specs: a fastrnn._spec.SpecCache over the same weights, which validates the call instead."""
+    spec, arrays = (specs(x, options) if specs is not None
+                    else build_spec(cell, x, kernel, recurrent_kernel, bias, **options))
     choice = _dispatch.select(spec, engine, training=vjp, packs_kept=packs is not None and not vjp)
     if choice.engine == "compiled":
         from fastrnn import _compiled

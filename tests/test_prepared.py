@@ -235,3 +235,32 @@ def test_weights_of_mixed_dtypes_take_the_kernels():
     assert prepared.recurrent_kernel.dtype == prepared.bias.dtype == np.float32
     for _ in range(3):
         np.testing.assert_array_equal(prepared(x)[0], F.gru(x, kernel, recurrent, bias)[0])
+
+
+def test_signatures_seen_before_skip_validation_but_not_its_errors():
+    """A SpecCache (prepare's, a cell's) reuses the validated Spec of a call signature it has seen (x's
+    shape, the flags, the cell options), with or without initial states: results as the functional
+    call, and bad states or another signature still get build_spec's errors and conversions."""
+    rng = np.random.default_rng(23)
+    layer = layers.LSTM(24, return_state=True)
+    x = rng.normal(size=(3, 6, 5)).astype(np.float32)
+    layer(x)
+    cell = layer.cell
+    states = [rng.normal(size=(3, 24)).astype(np.float32) for _ in range(2)]
+    for _ in range(3):
+        out, h, c = layer(x, initial_state=states)
+        want, (wh, wc) = F.lstm(x, cell.kernel, cell.recurrent_kernel, cell.bias, initial_state=states)
+        np.testing.assert_array_equal(out, want[:, -1])
+        np.testing.assert_array_equal(c, wc)
+    with pytest.raises(ValueError, match=r"expected shape \(3, 24\)"):
+        layer(x, initial_state=[states[0][:2], states[1]])
+    as64 = [s.astype(np.float64) for s in states]   # converted, as build_spec does
+    np.testing.assert_array_equal(layer(x, initial_state=as64)[2], wc)
+    x2 = rng.normal(size=(2, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(layer(x2)[0], F.lstm(x2, cell.kernel, cell.recurrent_kernel, cell.bias)[0][:, -1])
+    with pytest.raises(ValueError, match=r"kernel: expected shape \(6, 96\)"):
+        layer.cell.run_sequence(np.zeros((2, 4, 6), np.float32), None, mask=None, go_backwards=False,
+                                time_major=False, zero_output_for_mask=False, training=False, engine="auto")
+    cell.activation = "relu"   # another cell option is another signature
+    np.testing.assert_array_equal(layer(x2)[0], F.lstm(x2, cell.kernel, cell.recurrent_kernel, cell.bias,
+                                                        activation="relu")[0][:, -1])

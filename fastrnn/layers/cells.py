@@ -14,7 +14,7 @@ reuses them at every step until `reset_dropout_mask()` (the RNN resets them afte
 import numpy as np
 
 from fastrnn import functional
-from fastrnn._spec import ACTIVATION_CODES
+from fastrnn._spec import ACTIVATION_CODES, SpecCache
 from fastrnn.layers import initializers
 from fastrnn.layers.base import Layer
 from fastrnn.layers import tree
@@ -96,6 +96,7 @@ class DropoutRNNCell(Layer):
         # packed copies of the weights for inference calls (fastrnn/_kernels/_engine.pyx `forward`,
         # packs), valid for the weights' version they were made at: set_weights starts a new cache
         self._packs, self._packs_version = {}, None
+        self._specs = None   # fastrnn._spec.SpecCache over the weights, made at the first inference call
 
     # ------------------------------------------------------------ shapes and weights
     @property
@@ -200,12 +201,14 @@ class DropoutRNNCell(Layer):
                       zero_output_for_mask=zero_output_for_mask, engine=engine, **kw)
         if self._packs_version != self._weights_version:
             self._packs, self._packs_version = {}, self._weights_version
+        if self._specs is None:
+            self._specs = SpecCache(self.kind, self.kernel, self.recurrent_kernel, self.bias)
         options = functional._options(initial_state, mask, go_backwards, time_major, kw["activation"],
                                       kw.get("recurrent_activation", "sigmoid"), zero_output_for_mask, None, None,
                                       kw.get("reset_after", True))
         # the cell's own read-only weights: their packed layouts are made by the first call and reused
         return functional._run(self.kind, False, engine, x, self.kernel, self.recurrent_kernel, self.bias, options,
-                               packs=self._packs)
+                               packs=self._packs, specs=self._specs)
 
     # ------------------------------------------------------------ one step
     def call(self, inputs, states, training=False):
