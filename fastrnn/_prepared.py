@@ -20,7 +20,7 @@ outside the cache and added whole (two first calls may both pack; either result 
 import numpy as np
 
 from fastrnn import _dispatch, functional
-from fastrnn._spec import CELLS, SpecCache, build_spec
+from fastrnn._spec import CELLS, SpecCache, _as_float_array, build_spec
 
 
 def _frozen(name, a, dtype=None):
@@ -28,12 +28,8 @@ def _frozen(name, a, dtype=None):
     None)."""
     if a is None:
         return None
-    if not isinstance(a, np.ndarray):
-        try:
-            a = np.asarray(a)
-        except Exception as exc:  # noqa: BLE001 - anything numpy cannot read
-            raise TypeError(f"{name}: expected an array of floats, got {type(a).__name__}") from exc
-    if a.dtype not in (np.float32, np.float64):
+    a = _as_float_array(name, a)
+    if a.dtype.char not in "fd":   # (float16, longdouble: the engine computes float32 / float64 only)
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
     a = np.array(a, dtype=dtype or a.dtype.newbyteorder("="), order="C", copy=True)
     a.flags.writeable = False

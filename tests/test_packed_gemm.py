@@ -129,8 +129,12 @@ def test_b_panels_packed_before_give_the_same_bits(threads, trans_a, M, N, K):
         engine.gemm_into(A, B, C, trans_a, False)
         engine.gemm_into(A, B, Cp, trans_a, False, b_panels=panels)
         np.testing.assert_array_equal(Cp, C)
+        want = _want(A, B, np.zeros((M, N), np.float32), trans_a, False, 0.0)
+        np.testing.assert_allclose(Cp, want, rtol=0, atol=2e-6 * np.abs(want).max() * K ** 0.5)
         panels[...] = 0   # the panels are what runs
         engine.gemm_into(A, B, Cp, trans_a, False, b_panels=panels)
         assert not Cp.any()
         with pytest.raises(ValueError, match="b_panels of"):
             engine.gemm_into(A, B, Cp, trans_a, False, b_panels=panels[:-16])
+    with pytest.raises(ValueError, match="pack_b_panels: expected a 2-D float32 array, got float64"):
+        engine.pack_b_panels(B.astype(np.float64))

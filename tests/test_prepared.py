@@ -22,6 +22,22 @@ from test_engine import VARIANT_IDS, VARIANTS, make_case
 SHAPES = [(9, 1, 17, 136), (6, 1, 17, 34), (7, 3, 17, 34), (5, 7, 9, 20), (1, 1, 17, 136), (1, 4, 9, 20)]
 
 
+def _reference(cell, x, weights, **kw):
+    """The float64 NumPy reference's outputs and final states for the same (rounded) data."""
+    as64 = lambda a: None if a is None else np.asarray(a, np.float64)  # noqa: E731
+    if kw.get("initial_state") is not None:
+        kw = dict(kw, initial_state=[as64(s) for s in kw["initial_state"]])
+    return getattr(F, cell)(as64(x), *(as64(w) for w in weights), engine="reference", **kw)
+
+
+def _check_reference(cell, got, x, weights, atol=2e-5, **kw):
+    """got (outputs, states) against the float64 reference."""
+    want, want_states = _reference(cell, x, weights, **kw)
+    np.testing.assert_allclose(got[0], want, atol=atol)
+    for s, w in zip(got[1], want_states):
+        np.testing.assert_allclose(s, w, atol=atol)
+
+
 def _split(args, kw):
     """(x, weights, per-call options, cell options) from make_case's functional-API form."""
     x, kernel, recurrent, bias = args
@@ -38,7 +54,6 @@ def test_prepared_equals_functional(threads, shape, cell, extra, dtype):
     args, kw = make_case(rng, cell, extra, *shape, mask="holes", init=True, dtype=dtype)
     x, weights, call_kw, cell_kw = _split(args, kw)
     fn = getattr(F, cell)
-    w64 = [None if w is None else w.astype(np.float64) for w in weights]
     with fastrnn.threads(threads):
         spec, _ = build_spec(cell, x, *weights, **cell_kw)
         plan = _dispatch.cpu_plan(spec, training=False, packs_kept=True)
@@ -53,11 +68,8 @@ def test_prepared_equals_functional(threads, shape, cell, extra, dtype):
                         np.testing.assert_array_equal(got, expected)
                     else:           # packed where the one-off call is not: float rounding apart
                         np.testing.assert_allclose(got, expected, atol=3e-6 if dtype == np.float32 else 1e-13)
-                if not same_plan:
-                    opts64 = dict(opts, initial_state=[s.astype(np.float64) for s in opts.get("initial_state", [])]
-                                  or None)
-                    ref, _ = fn(x.astype(np.float64), *w64, **cell_kw, **opts64, engine="reference")
-                    np.testing.assert_allclose(out, ref, atol=2e-5)
+                _check_reference(cell, (out, states), x, weights, atol=2e-5 if dtype == np.float32 else 1e-12,
+                                 **cell_kw, **opts)
     # what the plan packs (R's panels, or the hidden split's slices) is what the cache holds, and W's
     # panels where the projection runs on the AVX-512 microkernel
     r_layouts = [k for k in prepared.packed_layouts if k != ("w_panels",)]
@@ -95,9 +107,13 @@ def test_the_cache_is_what_runs(threads):
         np.testing.assert_array_equal(prepared(x)[0], F.gru(x, kernel, recurrent, bias)[0])
         (key,) = [k for k in prepared.packed_layouts if k != ("w_panels",)]
         prepared._packs[key][...] = 0
-        np.testing.assert_array_equal(prepared(x)[0], F.gru(x, kernel, np.zeros_like(recurrent), bias)[0])
+        zeroed = prepared(x)
+        np.testing.assert_array_equal(zeroed[0], F.gru(x, kernel, np.zeros_like(recurrent), bias)[0])
+        _check_reference("gru", zeroed, x, (kernel, np.zeros_like(recurrent), bias))
     with fastrnn.threads(3 - threads):
-        np.testing.assert_array_equal(prepared(x)[0], F.gru(x, kernel, recurrent, bias)[0])
+        again = prepared(x)
+        np.testing.assert_array_equal(again[0], F.gru(x, kernel, recurrent, bias)[0])
+        _check_reference("gru", again, x, (kernel, recurrent, bias))
         assert len([k for k in prepared.packed_layouts if k != ("w_panels",)]) == 2
 
 
@@ -110,9 +126,10 @@ def test_calls_in_another_dtype_convert_the_frozen_weights(threads):
     with fastrnn.threads(threads):
         prepared = F.prepare("lstm", *weights)
         for _ in range(2):
-            out, _ = prepared(x64)
+            out, states = prepared(x64)
             assert out.dtype == np.float64
             np.testing.assert_array_equal(out, F.lstm(x64, *weights)[0])
+            _check_reference("lstm", (out, states), x64, weights, atol=1e-12)
             np.testing.assert_array_equal(prepared(x)[0], F.lstm(x, *weights)[0])
 
 
@@ -127,6 +144,7 @@ def test_weights_are_frozen_copies():
     for w in weights:   # the caller's arrays change; the prepared copies do not
         w *= 0.5
     np.testing.assert_array_equal(prepared(x)[0], before)
+    _check_reference("lstm", prepared(x), x, originals)
     np.testing.assert_array_equal(F.prepare("lstm", *weights)(x)[0], F.lstm(x, *weights)[0])
     for w in (prepared.kernel, prepared.recurrent_kernel, prepared.bias):
         with pytest.raises(ValueError, match="read-only"):
@@ -135,7 +153,6 @@ def test_weights_are_frozen_copies():
     prepared(x)
     np.testing.assert_array_equal(x, x_before)
     assert not np.shares_memory(prepared.kernel, weights[0])
-    del originals
 
 
 def test_concurrent_calls_share_one_prepared():
@@ -149,6 +166,7 @@ def test_concurrent_calls_share_one_prepared():
         got = list(pool.map(lambda x: prepared(x)[0], xs))
         for x, out in zip(xs, got):
             np.testing.assert_array_equal(out, F.lstm(x, *weights)[0])
+            np.testing.assert_allclose(out, _reference("lstm", x, weights)[0], atol=2e-5)
 
 
 def test_bad_arguments_are_named():
@@ -163,6 +181,8 @@ def test_bad_arguments_are_named():
         F.prepare("lstm", W, R, np.zeros(31, np.float32))
     with pytest.raises(TypeError, match="kernel: expected a float32 or float64 array, got dtype int64"):
         F.prepare("lstm", np.zeros((5, 32), np.int64), R)
+    with pytest.raises(TypeError, match="recurrent_kernel: expected a float32 or float64 array, got dtype float16"):
+        F.prepare("lstm", W, R.astype(np.float16))
     with pytest.raises(ValueError, match="activation: expected one of"):
         F.prepare("lstm", W, R, activation="swish")
     with pytest.raises(ValueError, match="engine: expected one of"):
@@ -198,6 +218,8 @@ def test_layers_keep_packed_weights_until_set_weights(threads, make, name):
         cell = layer.cell
         want, _ = getattr(F, name)(x, cell.kernel, cell.recurrent_kernel, cell.bias, **cell.sequence_kwargs())
         np.testing.assert_array_equal(first, want)
+        np.testing.assert_allclose(first, _reference(name, x, cell.get_weights(), **cell.sequence_kwargs())[0],
+                                   atol=2e-5)
         np.testing.assert_array_equal(np.asarray(layer(x)), want)
         if engine.simd_level() >= 1:
             assert cell._packs, "the inference call packed R but kept nothing"
@@ -209,6 +231,7 @@ def test_layers_keep_packed_weights_until_set_weights(threads, make, name):
         want, _ = getattr(F, name)(x, *new, **cell.sequence_kwargs())
         got = np.asarray(layer(x))
         np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(got, _reference(name, x, new, **cell.sequence_kwargs())[0], atol=2e-5)
         assert not np.array_equal(got, first)
 
 
@@ -234,7 +257,9 @@ def test_weights_of_mixed_dtypes_take_the_kernels():
     prepared = F.prepare("gru", kernel, recurrent.astype(np.float64), bias.astype(np.float64))
     assert prepared.recurrent_kernel.dtype == prepared.bias.dtype == np.float32
     for _ in range(3):
-        np.testing.assert_array_equal(prepared(x)[0], F.gru(x, kernel, recurrent, bias)[0])
+        got = prepared(x)
+        np.testing.assert_array_equal(got[0], F.gru(x, kernel, recurrent, bias)[0])
+        _check_reference("gru", got, x, (kernel, recurrent, bias))
 
 
 def test_signatures_seen_before_skip_validation_but_not_its_errors():
@@ -252,6 +277,9 @@ def test_signatures_seen_before_skip_validation_but_not_its_errors():
         want, (wh, wc) = F.lstm(x, cell.kernel, cell.recurrent_kernel, cell.bias, initial_state=states)
         np.testing.assert_array_equal(out, want[:, -1])
         np.testing.assert_array_equal(c, wc)
+        ref, (rh, rc) = _reference("lstm", x, cell.get_weights(), initial_state=states)
+        np.testing.assert_allclose(out, ref[:, -1], atol=2e-5)
+        np.testing.assert_allclose(c, rc, atol=2e-5)
     with pytest.raises(ValueError, match=r"expected shape \(3, 24\)"):
         layer(x, initial_state=[states[0][:2], states[1]])
     as64 = [s.astype(np.float64) for s in states]   # converted, as build_spec does

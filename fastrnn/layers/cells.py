@@ -96,7 +96,7 @@ class DropoutRNNCell(Layer):
         # packed copies of the weights for inference calls (fastrnn/_kernels/_engine.pyx `forward`,
         # packs), valid for the weights' version they were made at: set_weights starts a new cache
         self._packs, self._packs_version = {}, None
-        self._specs = None   # fastrnn._spec.SpecCache over the weights, made at the first inference call
+        self._specs = None   # fastrnn._spec.SpecCache over the weights (made by build)
 
     # ------------------------------------------------------------ shapes and weights
     @property
@@ -128,6 +128,7 @@ class DropoutRNNCell(Layer):
             # changed through set_weights only (as a Keras variable through assign), so the packed
             # copies of an inference call stay right until the version set_weights bumps changes
             w.flags.writeable = False
+        self._specs = SpecCache(self.kind, self.kernel, self.recurrent_kernel, self.bias)
         self.built = True
 
     @property
@@ -190,22 +191,16 @@ class DropoutRNNCell(Layer):
                      training, engine):
         """The whole sequence through fastrnn.functional: (outputs, final_states)."""
         kw = self.sequence_kwargs()
-        if training:
+        dropout_mask = recurrent_dropout_mask = None
+        if training:   # dropout multiplies x and h, not the weights: the packed copies serve here too
             first = x[0] if time_major else x[:, 0]
-            kw["dropout_mask"] = self.get_dropout_mask(first)
-            kw["recurrent_dropout_mask"] = self.get_recurrent_dropout_mask(initial_state[0])
-        if training:
-            fn = getattr(functional, self.kind)
-            return fn(x, self.kernel, self.recurrent_kernel, self.bias, initial_state=initial_state, mask=mask,
-                      go_backwards=go_backwards, time_major=time_major,
-                      zero_output_for_mask=zero_output_for_mask, engine=engine, **kw)
+            dropout_mask = self.get_dropout_mask(first)
+            recurrent_dropout_mask = self.get_recurrent_dropout_mask(initial_state[0])
         if self._packs_version != self._weights_version:
             self._packs, self._packs_version = {}, self._weights_version
-        if self._specs is None:
-            self._specs = SpecCache(self.kind, self.kernel, self.recurrent_kernel, self.bias)
         options = functional._options(initial_state, mask, go_backwards, time_major, kw["activation"],
-                                      kw.get("recurrent_activation", "sigmoid"), zero_output_for_mask, None, None,
-                                      kw.get("reset_after", True))
+                                      kw.get("recurrent_activation", "sigmoid"), zero_output_for_mask, dropout_mask,
+                                      recurrent_dropout_mask, kw.get("reset_after", True))
         # the cell's own read-only weights: their packed layouts are made by the first call and reused
         return functional._run(self.kind, False, engine, x, self.kernel, self.recurrent_kernel, self.bias, options,
                                packs=self._packs, specs=self._specs)
