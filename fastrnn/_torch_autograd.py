@@ -25,6 +25,11 @@ rnn_forward's ``register_autograd`` formula calls rnn_backward.  What works:
 - ``torch.func.vmap``: correct but not batched into one kernel call (the ops run once per vmapped index);
 - not supported: second derivatives (a clear RuntimeError), tensors off the CPU (a ValueError).
 
+A call of which no gradient can be asked (`inference_ok`: grad mode off or nothing requiring grad, no
+torch.func transform or torch.compile trace active, plain tensors) skips the ops: `rnn` runs
+fastrnn.functional's inference forward (no residuals written), and `rnn_prepared` the same on a
+fastrnn.functional.prepare handle (fastrnn.torch's modules keep one per direction).
+
 Contracts: CPU tensors cross to NumPy without copies; x, the weights, the masks and the residuals are saved
 with ``ctx.save_for_backward``, so an in-place change before backward raises torch's "modified by an
 inplace operation" error instead of giving wrong gradients; h0, c0 and bias are not saved (the forward
@@ -38,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastrnn import _compiled
+from fastrnn import _compiled, functional
 from fastrnn._spec import GATES as _GATES
 from fastrnn._spec import N_STATES as _N_STATES
 from fastrnn._spec import _check_activation, build_spec
@@ -61,7 +66,8 @@ def _to_numpy(t, name):
 
 def _to_torch(a, dtype):
     """A NumPy result as a tensor sharing its memory (fresh arrays of the engine: nothing else holds them)."""
-    return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t if t.dtype == dtype else t.to(dtype)   # (.to costs a microsecond even when it returns t)
 
 
 def _spec(cell, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask,
@@ -315,6 +321,16 @@ def rnn(cell, x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, mask=
     # dropout masks are constants: detached, so no gradient is asked for them
     dropout_mask, recurrent_dropout_mask = (None if t is None else t.detach().to(dt)
                                             for t in (dropout_mask, recurrent_dropout_mask))
+    if inference_ok(x, kernel, recurrent_kernel, bias, h0, c0):
+        options = dict(go_backwards=go_backwards, time_major=time_major, activation=activation,
+                       recurrent_activation=recurrent_activation, zero_output_for_mask=zero_output_for_mask,
+                       reset_after=reset_after)
+        arrays = {k: _to_numpy(t, k) for k, t in (("x", x), ("kernel", kernel), ("recurrent_kernel", recurrent_kernel),
+                                                  ("bias", bias))}
+        return _inference(cell, x, h0, c0, mask, dropout_mask, recurrent_dropout_mask, options,
+                          lambda x_np, **per_call: functional._run(
+                              cell, False, "auto", x_np, arrays["kernel"], arrays["recurrent_kernel"],
+                              arrays["bias"], dict(options, **per_call)))
     # torch.compile traces the op itself (its register_autograd formula); eager goes through the
     # equivalent autograd.Function, which torch.func transforms accept
     run = rnn_forward if torch.compiler.is_compiling() else _RNNFunction.apply
@@ -322,3 +338,56 @@ def rnn(cell, x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, mask=
                         cell, bool(go_backwards), bool(time_major), activation, recurrent_activation,
                         bool(zero_output_for_mask), bool(reset_after))
     return out, ([h, c] if cell == "lstm" else [h])
+
+
+# ---------------------------------------------------------------------------------------------------
+# inference: no gradient can be asked, so no residuals, no custom op
+
+def inference_ok(*tensors):
+    """True when a call on these tensors (None skipped) can run fastrnn's inference forward instead of the
+    custom ops: no gradient can be asked of it (grad mode off, or no tensor requires grad), nothing traces
+    it (torch.compile, torch.func transforms) and every tensor is a plain torch.Tensor or nn.Parameter
+    (FakeTensor, FunctionalTensor and other subclasses go through the ops, which know them).
+
+    Why: the ops' forward is the training forward, which writes every step's gates and states for a
+    backward that never comes, and a custom op's dispatch costs ~0.1 ms a call."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if type(t) not in _PLAIN_TENSORS or (grad and t.requires_grad):
+            return False
+    return True
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _inference(cell, x, h0, c0, mask, dropout_mask, recurrent_dropout_mask, options, call):
+    """Run ``call(x_np, initial_state=, mask=, dropout_mask=, recurrent_dropout_mask=, go_backwards=,
+    time_major=, zero_output_for_mask=)`` (a fastrnn.functional-style forward on NumPy arrays) on torch
+    tensors: ``(outputs, final_states)`` as tensors of x's dtype, as `rnn` returns."""
+    states = None
+    if h0 is not None:
+        states = [_to_numpy(h0, "h0")] + ([_to_numpy(c0, "c0")] if cell == "lstm" else [])
+    mask_np = None if mask is None else _to_numpy(mask, "mask").astype(bool, copy=False)
+    out, final = call(_to_numpy(x, "x"), initial_state=states, mask=mask_np,
+                      dropout_mask=_to_numpy(dropout_mask, "dropout_mask"),
+                      recurrent_dropout_mask=_to_numpy(recurrent_dropout_mask, "recurrent_dropout_mask"),
+                      go_backwards=options["go_backwards"], time_major=options["time_major"],
+                      zero_output_for_mask=options["zero_output_for_mask"])
+    dt = x.dtype
+    return _to_torch(out, dt), [_to_torch(s, dt) for s in final]
+
+
+def rnn_prepared(prepared, x, h0=None, c0=None, *, mask=None, go_backwards=False, time_major=False,
+                 zero_output_for_mask=False):
+    """`rnn`'s inference forward on a fastrnn.functional.prepare handle (frozen Keras-layout weights, their
+    packed layouts kept between calls) over torch tensors: ``(outputs, final_states)`` as `rnn` returns,
+    without autograd.  For callers that checked `inference_ok` and keep `prepared` in step with their
+    parameters (fastrnn.torch's modules).  x, h0, c0 in the weights' dtype; mask (B, T) bool."""
+    options = dict(go_backwards=bool(go_backwards), time_major=bool(time_major),
+                   zero_output_for_mask=bool(zero_output_for_mask))
+    return _inference(prepared.cell, x, h0, c0, mask, None, None, options, prepared)

@@ -9,9 +9,20 @@
 The modules take torch.nn's constructor arguments, hold the same nn.Parameters (weight_ih_l0,
 bias_hh_l1_reverse, ... in torch's layout and with torch's initialisation) and return what torch.nn
 returns, so they load each other's state_dict, train under DistributedDataParallel and swap in with
-`from_torch` / `to_torch`.  Each call converts the torch-layout parameters to fastrnn's Keras layout
-(fastrnn/_weights.py) with differentiable torch ops and runs fastrnn._torch_autograd.rnn, so gradients
-reach the parameters, the input and hx through autograd; nothing here re-implements RNN math.
+`from_torch` / `to_torch`.  A call that can be differentiated converts the torch-layout parameters to
+fastrnn's Keras layout (fastrnn/_weights.py) with differentiable torch ops and runs
+fastrnn._torch_autograd.rnn, so gradients reach the parameters, the input and hx through autograd;
+nothing here re-implements RNN math.
+
+Inference (``torch.no_grad()``, ``torch.inference_mode()``, or nothing requiring grad; not traced):
+the call runs fastrnn's inference forward on frozen Keras-layout copies of the parameters
+(fastrnn.functional.prepare, whose packed layouts are kept between calls), made again whenever a
+parameter changes in a way torch records (its version counter: optimizer steps, in-place ops,
+load_state_dict; new storage: `.to()`, `.double()`, assigning ``.data``).  Writing a parameter's memory
+past torch (through a NumPy view) is not seen until ``flatten_parameters()``.  The copies cost one more
+copy of the weights (plus their packed layouts) per module that ran inference; they are not pickled.
+Measured (2 cores, LSTM, no_grad, medians): T=50 B=1 H=512 9.99 -> 2.19 ms (torch.nn 5.68), T=1 B=1
+H=8 0.35 -> 0.05 ms (bench/NOTES.md 39).
 
 torch.compile: the kernels are torch custom ops (torch.ops.fastrnn.rnn_forward / rnn_backward), so
 ``torch.compile(lstm, fullgraph=True)`` traces the whole forward and backward, single- or multi-layer,
@@ -31,11 +42,14 @@ Not supported: ``proj_size > 0`` (LSTM projections) and tensors off the CPU (the
 import math
 import numbers
 import warnings
+import weakref
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from fastrnn import functional
+from fastrnn._torch_autograd import inference_ok, rnn_prepared
 from fastrnn._torch_autograd import rnn as _rnn
 
 __all__ = ["LSTM", "GRU", "RNN", "from_torch", "to_torch"]
@@ -123,7 +137,35 @@ class _RNNBase(nn.Module):
             nn.init.uniform_(weight, -stdv, stdv)
 
     def flatten_parameters(self):
-        """No-op (torch.nn's cuDNN weight compaction; fastrnn converts the weights per call)."""
+        """Drops the inference calls' frozen weights (torch.nn's cuDNN weight compaction has no CPU
+        counterpart): the next inference call converts the parameters afresh.  Needed only after writing
+        the parameters' memory past torch's version counter (through a NumPy view, say)."""
+        self.__dict__["_frozen"] = {}
+
+    def __getstate__(self):
+        state = self.__dict__.copy()   # pickle and deepcopy leave the frozen weights (a cache) behind
+        state.pop("_frozen", None)
+        return state
+
+    def _frozen_weights(self, suffix):
+        """fastrnn.functional.prepare's handle on one direction's parameters in the Keras layout, made
+        again whenever a parameter changed: the key holds each parameter's identity (a weak reference),
+        storage address and torch version counter, which every in-place torch op bumps (optimizer steps,
+        load_state_dict, ``with torch.no_grad(): p.copy_(...)``); `.to()`, `.double()` and assigning
+        ``.data`` make new storage."""
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else ("weight_ih", "weight_hh")
+        params = [getattr(self, n + suffix) for n in names]
+        key = tuple((p.data_ptr(), p._version, p.dtype, tuple(p.shape)) for p in params)
+        cache = self.__dict__.setdefault("_frozen", {})
+        hit = cache.get(suffix)
+        if hit is not None and hit[1] == key and all(r() is p for r, p in zip(hit[0], params)):
+            return hit[2]
+        with torch.no_grad():
+            kernel, recurrent, bias = (None if t is None else t.numpy()
+                                       for t in self._keras_weights(suffix))
+        prepared = functional.prepare(self._cell, kernel, recurrent, bias, activation=self._activation)
+        cache[suffix] = ([weakref.ref(p) for p in params], key, prepared)
+        return prepared
 
     @property
     def _flat_weights(self):
@@ -196,15 +238,22 @@ class _RNNBase(nn.Module):
 
         layer_input = input
         h_n, c_n = [], []
+        # no gradient can be asked (no_grad / inference_mode, or nothing requires grad) and nothing traces
+        # the call: fastrnn's inference forward on frozen weights, not the custom ops' training forward
+        inference = inference_ok(input, h0, c0, *self._flat_weights)
         for layer in range(self.num_layers):
             outputs = []
             for direction, suffix in enumerate(self._suffixes(layer)):
                 k = layer * self._directions + direction
-                kernel, recurrent, bias = self._keras_weights(suffix)
-                out, states = _rnn(self._cell, layer_input, kernel, recurrent, bias,
-                                   None if h0 is None else h0[k], None if c0 is None else c0[k],
-                                   mask=mask, go_backwards=direction == 1, time_major=not self.batch_first,
-                                   activation=self._activation, zero_output_for_mask=mask is not None)
+                h0_k, c0_k = None if h0 is None else h0[k], None if c0 is None else c0[k]
+                options = dict(mask=mask, go_backwards=direction == 1, time_major=not self.batch_first,
+                               zero_output_for_mask=mask is not None)
+                if inference:   # frozen weights, packed once (fastrnn.functional.prepare)
+                    out, states = rnn_prepared(self._frozen_weights(suffix), layer_input, h0_k, c0_k, **options)
+                else:
+                    kernel, recurrent, bias = self._keras_weights(suffix)
+                    out, states = _rnn(self._cell, layer_input, kernel, recurrent, bias, h0_k, c0_k,
+                                       activation=self._activation, **options)
                 outputs.append(out.flip(time_axis) if direction == 1 else out)
                 h_n.append(states[0])
                 if self._cell == "lstm":
