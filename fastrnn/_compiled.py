@@ -174,12 +174,14 @@ def forward_residuals(spec, arrays):
     return _outputs(spec, ws), _states(spec, ws), residuals
 
 
-def backward_from_residuals(spec, arrays, residuals, d_outputs, d_final_states=None):
+def backward_from_residuals(spec, arrays, residuals, d_outputs, d_final_states=None, transposed=(False, False)):
     """Gradients (the dict of `forward_vjp`'s backward) from the residuals of `forward_residuals`.
 
     `spec`/`arrays` describe the same call as the forward (build_spec); arrays.initial_state and
     arrays.bias are not read (the state chain is in the residuals), spec.has_bias alone says whether a
-    bias gradient is returned.  The residuals are only read, so one forward may serve several backwards."""
+    bias gradient is returned.  The residuals are only read, so one forward may serve several backwards.
+    transposed: (kernel, recurrent_kernel) flags; a True one's gradient comes as its transpose, (G*H, I)
+    or (G*H, H), computed so (torch's parameter layout; fastrnn/_torch_autograd.py)."""
     expected = residual_shapes(spec.cell, spec.B, spec.T, spec.H, spec.has_recurrent_dropout)
     saved = {}
     for name, shape in expected.items():
@@ -195,10 +197,10 @@ def backward_from_residuals(spec, arrays, residuals, d_outputs, d_final_states=N
                              f"{spec.id}, got {a.dtype} {a.shape}")
         saved[name] = np.ascontiguousarray(a)
     ws = Workspace(spec, arrays, training=True, saved=saved)
-    return _backward(spec, arrays, ws, d_outputs, d_final_states, cpu_plan(spec, training=True))
+    return _backward(spec, arrays, ws, d_outputs, d_final_states, cpu_plan(spec, training=True), transposed)
 
 
-def _backward(spec, arrays, ws, d_outputs, d_final_states, plan):
+def _backward(spec, arrays, ws, d_outputs, d_final_states, plan, transposed=(False, False)):
     B, T, I, H, G = spec.B, spec.T, spec.I, spec.H, spec.G
     N, GH, dt = B * T, G * H, spec.dtype
     d_outputs, d_final_states = check_cotangents(spec, d_outputs, d_final_states)
@@ -214,34 +216,48 @@ def _backward(spec, arrays, ws, d_outputs, d_final_states, plan):
     ws.dxp, dxp_token = _scratch.take((N, GH), dt)   # scratch: nothing returned keeps a view of them
     ws.drec, drec_token = _scratch.take((N, GH), dt) if spec.cell == "gru" and spec.reset_after else (None, None)
     try:
-        return _hoisted_gradients(spec, arrays, ws, plan)
+        return _hoisted_gradients(spec, arrays, ws, plan, transposed)
     finally:
         ws.dxp = ws.drec = None
         _scratch.give(dxp_token)
         _scratch.give(drec_token)
 
 
-def _hoisted_gradients(spec, arrays, ws, plan):
-    """The backward loop, then the hoisted gradients from its dxp/drec: the gradients dict."""
+def _hoisted_gradients(spec, arrays, ws, plan, transposed=(False, False)):
+    """The backward loop, then the hoisted gradients from its dxp/drec: the gradients dict (see
+    `backward_from_residuals` for `transposed`)."""
     I, H, GH, dt = spec.I, spec.H, spec.G * spec.H, spec.dtype
     N = spec.B * spec.T
     engine.backward(ws, spec, plan)
 
+    def weight_gradient(a, d, out, transpose):
+        """out := a^T @ d (a (N, K), d (N, n)), or with `transpose` its transpose d^T @ a, out (n, K)."""
+        if transpose:
+            engine.gemm_into(d, a, out, trans_a=True)
+        else:
+            engine.gemm_into(a, d, out, trans_a=True)
+
     # the hoisted gradients: single GEMMs and reductions over all N = B*T rows
-    dW = np.empty((I, GH), dt)
-    engine.gemm_into(ws.xd, ws.dxp, dW, trans_a=True)
+    dW = np.empty((GH, I) if transposed[0] else (I, GH), dt)
+    weight_gradient(ws.xd, ws.dxp, dW, transposed[0])
     dx = np.empty((N, I), dt)
     engine.gemm_into(ws.dxp, ws.W, dx, trans_b=True)
     dx = dx.reshape(arrays.x.shape)
     if arrays.dropout_mask is not None:
         dx *= arrays.dropout_mask[None, :, :] if spec.time_major else arrays.dropout_mask[:, None, :]
     hd = ws.hd if ws.hd is not None else ws.hp
-    dR = np.empty((H, GH), dt)
     if spec.cell == "gru" and not spec.reset_after:
-        engine.gemm_into(hd, ws.dxp[:, : 2 * H], dR[:, : 2 * H], trans_a=True)
-        engine.gemm_into(ws.aux, ws.dxp[:, 2 * H:], dR[:, 2 * H:], trans_a=True)
+        if transposed[1]:
+            dR = np.empty((GH, H), dt)
+            weight_gradient(hd, ws.dxp[:, : 2 * H], dR[: 2 * H], True)
+            weight_gradient(ws.aux, ws.dxp[:, 2 * H:], dR[2 * H:], True)
+        else:
+            dR = np.empty((H, GH), dt)
+            weight_gradient(hd, ws.dxp[:, : 2 * H], dR[:, : 2 * H], False)
+            weight_gradient(ws.aux, ws.dxp[:, 2 * H:], dR[:, 2 * H:], False)
     else:
-        engine.gemm_into(hd, ws.drec if ws.drec is not None else ws.dxp, dR, trans_a=True)
+        dR = np.empty((GH, H) if transposed[1] else (H, GH), dt)
+        weight_gradient(hd, ws.drec if ws.drec is not None else ws.dxp, dR, transposed[1])
     db = None
     if spec.has_bias:
         db = ws.dxp.sum(axis=0)

@@ -36,6 +36,8 @@ inplace operation" error instead of giving wrong gradients; h0, c0 and bias are 
 copies them into its state chain), so a stateful caller may update them in place before backward (Keras
 does); mask and dropout masks are constants (no gradient).  Nothing here re-implements RNN math.
 """
+import functools
+import weakref
 from dataclasses import replace
 from typing import Optional
 
@@ -43,10 +45,62 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastrnn import _compiled, functional
+from fastrnn import _compiled, _scratch, functional
+from fastrnn._native import engine
 from fastrnn._spec import GATES as _GATES
 from fastrnn._spec import N_STATES as _N_STATES
 from fastrnn._spec import _check_activation, build_spec
+
+def _torch_openmp():
+    """(GOMP_parallel, omp_get_thread_num, omp_get_num_threads) addresses of the OpenMP runtime torch's
+    parallel ops run on, or None (another parallel backend, or no runtime found already loaded).
+
+    Why: after each parallel op torch's OpenMP threads spin for a while on their cores, and fastrnn's
+    own worker then waits for its core at every barrier: on two cores a training step through
+    fastrnn.torch ran 1.5-3x slower than its kernels alone.  Its kernels run on torch's team instead
+    (fastrnn/_kernels/pool.h, "Host runtime"; bench/NOTES.md 39).  Only a runtime already in the
+    process is taken (RTLD_NOLOAD), torch's own lib folder first, then what /proc/self/maps lists."""
+    import ctypes
+    import glob
+    import os
+
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    names = ("libgomp", "libiomp5", "libomp")
+    candidates = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "lib*omp*")))
+    try:
+        with open("/proc/self/maps") as maps:
+            candidates += sorted({line.split()[-1] for line in maps if "omp" in line and "/" in line})
+    except OSError:
+        pass
+    for path in candidates:
+        if not os.path.basename(path).startswith(names):
+            continue
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            fns = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+                   for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")]
+        except (OSError, AttributeError):
+            continue
+        if all(fns):
+            return tuple(fns)
+    return None
+
+
+_HOST = _torch_openmp()
+if _HOST is not None:
+    engine.pool_set_host(*_HOST)
+
+
+class _on_torch_threads:
+    """Within: this thread's fastrnn tasks run on torch's OpenMP team (when one was found)."""
+
+    def __enter__(self):
+        self.before = engine.pool_use_host(True)
+
+    def __exit__(self, *exc):
+        engine.pool_use_host(self.before)
+
 
 # the residual tensors of rnn_forward, in output order after (outputs, h, c); absent ones are (0,)-shaped
 _RESIDUALS = ("gates", "hp", "cp", "hd", "aux", "c_last")
@@ -61,7 +115,23 @@ def _to_numpy(t, name):
     if t.device.type != "cpu":
         raise ValueError(f"{name}: fastrnn's torch bridge runs CPU tensors; got a tensor on {t.device} "
                          "(the GPU path is not built yet)")
-    return t.detach().contiguous().numpy()
+    t = t.detach()
+    if t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous():
+        # a transposed view (torch's (G*H, I) weights seen as Keras's (I, G*H)): our tiled transpose,
+        # 4-10x faster than torch's strided .contiguous() (bench/NOTES.md 39)
+        # (megabytes per call at H = 512: from fastrnn._scratch, mapped already, back there when the
+        # copy dies, e.g. with the autograd graph that saved it)
+        out, token = _scratch.take(tuple(t.shape), t.t().numpy().dtype)
+        if token is not None:
+            weakref.finalize(out, _scratch.give_all, [token])
+        engine.transpose_into(t.t().numpy(), out)
+        return out
+    return t.contiguous().numpy()
+
+
+def _is_transposed(t):
+    """A 2-D view whose transpose is contiguous (and which is not contiguous itself)."""
+    return t is not None and t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous()
 
 
 def _to_torch(a, dtype):
@@ -108,14 +178,30 @@ def rnn_forward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Optio
     outputs (B, T, H) ((T, B, H) with time_major); h (B, H); c (B, H) for LSTM, else (0,); then the
     residuals for rnn_backward (fastrnn._compiled.residual_shapes; an absent one is (0,)).  Shapes of
     the inputs as fastrnn.functional (Keras layout); h0 (and c0 for LSTM) or neither."""
+    return _forward_impl(x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask,
+                         cell, go_backwards, time_major, activation, recurrent_activation, zero_output_for_mask,
+                         reset_after)
+
+
+def _forward_impl(x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask, cell,
+                  go_backwards, time_major, activation, recurrent_activation, zero_output_for_mask, reset_after,
+                  keep_copies=False):
+    """rnn_forward's computation (called by the op, and directly by `_EagerRNNFunction`).  keep_copies:
+    two more outputs, the Keras-layout copies this call made of kernel and recurrent_kernel where they
+    came as transposed views (torch's layout), else (0,)-shaped: the backward reads them instead of
+    transposing again."""
     spec, arrays = _spec(cell, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
                          recurrent_dropout_mask, go_backwards, time_major, activation, recurrent_activation,
                          zero_output_for_mask, reset_after)
-    out, final, residuals = _compiled.forward_residuals(spec, arrays)
+    with _on_torch_threads():
+        out, final, residuals = _compiled.forward_residuals(spec, arrays)
     dt = x.dtype
     empty = x.new_empty((0,))
     c = _to_torch(final[1], dt) if cell == "lstm" else empty.clone()
     res = [empty.clone() if residuals[k] is None else _to_torch(residuals[k], dt) for k in _RESIDUALS]
+    if keep_copies:
+        res += [_to_torch(a, dt) if _is_transposed(t) else empty.clone()
+                for a, t in ((arrays.kernel, kernel), (arrays.recurrent_kernel, recurrent_kernel))]
     return (_to_torch(out, dt), _to_torch(final[0], dt), c, *res)
 
 
@@ -146,6 +232,18 @@ def rnn_backward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, mask: Opti
     x, the weights, the masks and the options are those of the forward; gates..c_last its residuals;
     d_outputs (outputs' shape), d_h, d_c (B, H) the cotangents, None meaning zeros.  d_bias has the
     bias's shape ((0,) when has_bias is False); d_h0 (B, H); d_c0 (B, H) for LSTM, else (0,)."""
+    return _backward_impl(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dropout_mask, gates, hp, cp,
+                          hd, aux, c_last, d_outputs, d_h, d_c, cell, go_backwards, time_major, activation,
+                          recurrent_activation, zero_output_for_mask, reset_after, has_bias)
+
+
+def _backward_impl(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dropout_mask, gates, hp, cp, hd,
+                   aux, c_last, d_outputs, d_h, d_c, cell, go_backwards, time_major, activation,
+                   recurrent_activation, zero_output_for_mask, reset_after, has_bias, transposed=(False, False)):
+    """rnn_backward's computation.  transposed (`_EagerRNNFunction`, for weights that came as transposed
+    views: torch's (G*H, I) layout seen as Keras's): d_kernel / d_recurrent_kernel are computed as dW^T
+    directly and returned as its transposed view, so autograd hands torch's parameters contiguous
+    gradients with no transposing copy (the ops keep contiguous results, as their fake kernels say)."""
     spec, arrays = _spec(cell, x, kernel, recurrent_kernel, None, None, None, mask, dropout_mask,
                          recurrent_dropout_mask, go_backwards, time_major, activation, recurrent_activation,
                          zero_output_for_mask, reset_after)
@@ -156,14 +254,16 @@ def rnn_backward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, mask: Opti
     else:
         d_out = _to_numpy(d_outputs, "d_outputs")
     d_states = [_to_numpy(d_h, "d_h")] + ([_to_numpy(d_c, "d_c")] if cell == "lstm" else [])
-    grads = _compiled.backward_from_residuals(spec, arrays, residuals, d_out, d_states)
+    with _on_torch_threads():
+        grads = _compiled.backward_from_residuals(spec, arrays, residuals, d_out, d_states, transposed=transposed)
     dt = x.dtype
     empty = x.new_empty((0,))
     db = _to_torch(grads["bias"], dt) if has_bias else empty.clone()
     d_init = grads["initial_state"]
     dc0 = _to_torch(d_init[1], dt) if cell == "lstm" else empty.clone()
-    return (_to_torch(grads["x"], dt), _to_torch(grads["kernel"], dt), _to_torch(grads["recurrent_kernel"], dt),
-            db, _to_torch(d_init[0], dt), dc0)
+    dk, dr = (_to_torch(grads[k], dt) for k in ("kernel", "recurrent_kernel"))
+    dk, dr = dk.t() if transposed[0] else dk, dr.t() if transposed[1] else dr
+    return _to_torch(grads["x"], dt), dk, dr, db, _to_torch(d_init[0], dt), dc0
 
 
 @rnn_backward.register_fake
@@ -209,7 +309,7 @@ def _setup_context(ctx, inputs, output):
     x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask = inputs[:9]
     ctx.options = inputs[9:]
     ctx.has_bias, ctx.has_state = bias is not None, h0 is not None
-    residuals = output[3:]
+    residuals = output[3:]   # (and, from _EagerRNNFunction, the weights' Keras-layout copies after them)
     # x, the weights and the masks are read again by the backward (x's memory, zero-copy): saving them lets
     # torch's version counters refuse a backward after an in-place change.  h0, c0 and bias are not read
     # (the state chain is in the residuals), so a stateful caller may update them in place (Keras does).
@@ -222,11 +322,22 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, d_out, d_h, d_c, *_residual_grads):
     x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dropout_mask, *residuals = ctx.saved_tensors
+    residuals, copies = residuals[:len(_RESIDUALS)], residuals[len(_RESIDUALS):]
     cell = ctx.options[0]
     if cell != "lstm":
         d_c = None  # c is an empty placeholder for GRU / SimpleRNN
-    # torch.compile traces rnn_backward as an op; eager (torch.func included) needs the Function wrapper
-    run = rnn_backward if torch.compiler.is_compiling() else _RNNBackwardFunction.apply
+    # torch.compile traces rnn_backward as an op; torch.func and create_graph=True need the Function
+    # wrapper (which refuses a second derivative); a plain eager backward calls the computation itself
+    if torch.compiler.is_compiling():
+        run = rnn_backward
+    elif copies and not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
+        transposed = (_is_transposed(kernel), _is_transposed(recurrent_kernel))
+        # the forward's Keras-layout copies of transposed weights (the same values: saved tensors
+        # refuse a backward after an in-place change of the originals)
+        kernel, recurrent_kernel = (c if t else w for c, t, w in zip(copies, transposed, (kernel, recurrent_kernel)))
+        run = functools.partial(_backward_impl, transposed=transposed)
+    else:
+        run = _RNNBackwardFunction.apply
     dx, dk, dr, db, dh0, dc0 = run(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dropout_mask,
                                    *residuals, d_out, d_h, d_c, *ctx.options, ctx.has_bias)
     return (dx, dk, dr, db if ctx.has_bias else None, dh0 if ctx.has_state else None,
@@ -246,6 +357,21 @@ class _RNNFunction(torch.autograd.Function):
     @staticmethod
     def forward(*args):
         return rnn_forward(*args)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
+class _EagerRNNFunction(torch.autograd.Function):
+    """The same forward and backward, calling their computations directly instead of through the custom
+    ops' dispatch (~0.2 ms a call each way), for plain eager autograd (`rnn` takes it when neither
+    torch.compile nor a torch.func transform is active).  Its forward also returns the Keras-layout
+    copies it made of transposed weights, which its backward reads instead of transposing again, and
+    that backward returns those weights' gradients in their inputs' layout (`_backward_impl`)."""
+
+    @staticmethod
+    def forward(*args):
+        return _forward_impl(*args, keep_copies=True)
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
@@ -331,9 +457,14 @@ def rnn(cell, x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, mask=
                           lambda x_np, **per_call: functional._run(
                               cell, False, "auto", x_np, arrays["kernel"], arrays["recurrent_kernel"],
                               arrays["bias"], dict(options, **per_call)))
-    # torch.compile traces the op itself (its register_autograd formula); eager goes through the
-    # equivalent autograd.Function, which torch.func transforms accept
-    run = rnn_forward if torch.compiler.is_compiling() else _RNNFunction.apply
+    # torch.compile traces the op itself (its register_autograd formula); torch.func transforms go through
+    # the equivalent autograd.Function, which they accept; plain eager autograd skips the ops' dispatch
+    if torch.compiler.is_compiling():
+        run = rnn_forward
+    elif torch._C._are_functorch_transforms_active():
+        run = _RNNFunction.apply
+    else:
+        run = _EagerRNNFunction.apply
     out, h, c, *_ = run(x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask,
                         cell, bool(go_backwards), bool(time_major), activation, recurrent_activation,
                         bool(zero_output_for_mask), bool(reset_after))
@@ -373,11 +504,12 @@ def _inference(cell, x, h0, c0, mask, dropout_mask, recurrent_dropout_mask, opti
     if h0 is not None:
         states = [_to_numpy(h0, "h0")] + ([_to_numpy(c0, "c0")] if cell == "lstm" else [])
     mask_np = None if mask is None else _to_numpy(mask, "mask").astype(bool, copy=False)
-    out, final = call(_to_numpy(x, "x"), initial_state=states, mask=mask_np,
-                      dropout_mask=_to_numpy(dropout_mask, "dropout_mask"),
-                      recurrent_dropout_mask=_to_numpy(recurrent_dropout_mask, "recurrent_dropout_mask"),
-                      go_backwards=options["go_backwards"], time_major=options["time_major"],
-                      zero_output_for_mask=options["zero_output_for_mask"])
+    with _on_torch_threads():
+        out, final = call(_to_numpy(x, "x"), initial_state=states, mask=mask_np,
+                          dropout_mask=_to_numpy(dropout_mask, "dropout_mask"),
+                          recurrent_dropout_mask=_to_numpy(recurrent_dropout_mask, "recurrent_dropout_mask"),
+                          go_backwards=options["go_backwards"], time_major=options["time_major"],
+                          zero_output_for_mask=options["zero_output_for_mask"])
     dt = x.dtype
     return _to_torch(out, dt), [_to_torch(s, dt) for s in final]
 

@@ -80,9 +80,10 @@ from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_
                                      fr_gemm_packed_f32, fr_pack_vec_panels_f32_avx2,
                                      fr_vecmat_panels_f32, FR_VEC_PACKED_SIZE, FR_PACKED_A_SIZE,
                                      fr_pack_a_f32_avx512, fr_gemm_prepacked_f32_avx512)
-from fastrnn._kernels._pool cimport fr_pool_run, fr_pool_parts, fr_pool_barrier, fr_pool_stats
+from fastrnn._kernels._pool cimport (fr_pool_run, fr_pool_parts, fr_pool_barrier, fr_pool_stats,
+                                    fr_pool_set_host, fr_pool_use_host)
 from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
-                                     gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row,
+                                     gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row, transpose,
                                      fr_init_simd, fr_force_scalar, fr_limit_simd, fr_simd_level)
 
 cnp.import_array()
@@ -827,11 +828,23 @@ cdef void _run_batch(Job *J, int n) noexcept:
         fr_pool_parts(n, n, _batch_part, J)
 
 
-def _empty_aligned(Py_ssize_t n, dtype):
+def _empty_aligned(Py_ssize_t n, dtype, bint pooled=False):
     """np.empty(n, dtype) starting on a 64-byte cache line (NumPy aligns to 16): blocks laid out a
-    multiple of 64 bytes apart inside it then never share a line."""
+    multiple of 64 bytes apart inside it then never share a line.  pooled: ``(array, token)``, the
+    memory from fastrnn._scratch (mapped already: a call's buffers of megabytes otherwise fault in fresh
+    zeroed pages whenever glibc has handed the last ones back; bench/NOTES.md 39); give the token back
+    once no kernel uses the array."""
     cdef Py_ssize_t item = np.dtype(dtype).itemsize
-    raw = np.empty(n * item + 64, np.uint8)
+    if pooled:
+        raw, token = _scratch.take((n * item + 64,), np.uint8)
+        return _aligned_view(raw, n, dtype), token
+    return _aligned_view(np.empty(n * item + 64, np.uint8), n, dtype)
+
+
+def _aligned_view(raw, Py_ssize_t n, dtype):
+    """The n-element `dtype` view of the uint8 array `raw` (n * itemsize + 64 bytes) that starts on a
+    64-byte line."""
+    cdef Py_ssize_t item = np.dtype(dtype).itemsize
     # unsigned: this module compiles with cdivision, where (-addr) % 64 is negative for a misaligned
     # addr, and the slice below was then empty, its data pointer past the end of raw
     cdef size_t addr = <size_t>cnp.PyArray_DATA(<cnp.ndarray>raw)
@@ -845,13 +858,17 @@ cdef class _HSplitBuffers:
     """The hidden split's per-slice buffers (Job.pk, Job.vec, see _vec): each slice's block starts on its
     own 64-byte line, so two threads never write one cache line.  panels: R_k packed (float32; Job.panels:
     the microkernel's 16-column panels for B >= 2, vector panels for B == 1) rather than row-major.
-    pk: the packed slices of an earlier call with the same layout (`pk_key`) to reuse, or None."""
+    pk: the packed slices of an earlier call with the same layout (`pk_key`) to reuse, or None.
+    pooled (one call's buffers): vec, and pk unless given or `keep_pk`, come from fastrnn._scratch;
+    `release` hands them back after the call's loop."""
     cdef readonly object pk, vec
     cdef readonly int nslices, per
     cdef readonly bint panels
     cdef readonly Py_ssize_t pk_stride, vec_stride
+    cdef list tokens
 
-    def __init__(self, int B, int H, int G, int nslices, dtype, bint panels, int n_in=0, pk=None):
+    def __init__(self, int B, int H, int G, int nslices, dtype, bint panels, int n_in=0, pk=None,
+                 bint pooled=False, bint keep_pk=False):
         cdef Py_ssize_t gp, a_scratch
         self.nslices, self.panels = nslices, panels
         self.per = ((H + nslices - 1) // nslices + 7) // 8 * 8   # whole SIMD vectors per slice
@@ -864,11 +881,27 @@ cdef class _HSplitBuffers:
             self.pk_stride = ((H + n_in) * G * ((self.per + 15) // 16 * 16) + 15) // 16 * 16
         a_scratch = FR_PACKED_A_SIZE(B, H) if panels else 0   # the microkernel's A scratch
         self.vec_stride = (2 * B * gp + 2 * gp + a_scratch + 15) // 16 * 16
-        self.pk = _empty_aligned(self.pk_stride * nslices, dtype) if pk is None else pk
+        self.tokens = []
+        if pk is None:
+            pk = self._alloc(self.pk_stride * nslices, dtype, pooled and not keep_pk)
+        self.pk = pk
         if self.pk.size != self.pk_stride * nslices or self.pk.dtype != dtype:
             raise ValueError(f"_HSplitBuffers: reused slices of {self.pk.size} {self.pk.dtype}, expected "
                              f"{self.pk_stride * nslices} {np.dtype(dtype)}")
-        self.vec = _empty_aligned(self.vec_stride * nslices, dtype)
+        self.vec = self._alloc(self.vec_stride * nslices, dtype, pooled)
+
+    def _alloc(self, Py_ssize_t n, dtype, bint pooled):
+        if not pooled:
+            return _empty_aligned(n, dtype)
+        a, token = _empty_aligned(n, dtype, pooled=True)
+        self.tokens.append(token)
+        return a
+
+    def release(self):
+        """Hand the pooled buffers back (after the loop; the buffers must not be used again)."""
+        tokens, self.tokens = self.tokens, []
+        for token in tokens:
+            _scratch.give(token)
 
     @staticmethod
     def pk_key(int B, int nslices, dtype, bint panels):
@@ -988,11 +1021,15 @@ def forward(ws, spec, plan=None, dict packs=None):
         panels = plan.forward_packed and f32 and fr_simd_level()
         key = _HSplitBuffers.pk_key(L.B, n, ws.xp.dtype, panels)
         cached = packs.get(key) if packs is not None else None
-        bufs = _HSplitBuffers(L.B, L.H, L.G, n, ws.xp.dtype, panels, pk=cached)
+        bufs = _HSplitBuffers(L.B, L.H, L.G, n, ws.xp.dtype, panels, pk=cached, pooled=True,
+                              keep_pk=packs is not None)
         bufs.fill(&J)
         J.pack = PACK_BIASES if cached is not None else PACK_ALL
-        with nogil:
-            fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
+        try:
+            with nogil:
+                fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
+        finally:
+            bufs.release()
         if packs is not None and cached is None:
             packs[key] = bufs.pk
         return
@@ -1136,12 +1173,15 @@ def backward(ws, spec, plan=None):
     _fill(&L, ws, spec)
     _job_init(&J, &L, f32, True)
     if plan is not None and plan.backward_split == "hidden":
-        bufs = _HSplitBuffers(L.B, L.H, L.G, plan.threads, ws.xp.dtype, False)
+        bufs = _HSplitBuffers(L.B, L.H, L.G, plan.threads, ws.xp.dtype, False, pooled=True)
         bufs.fill(&J)
         J.pk = NULL   # the product reads each slice's own rows of R in place
         n = plan.threads
-        with nogil:
-            fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
+        try:
+            with nogil:
+                fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
+        finally:
+            bufs.release()
         return
     if plan is not None and plan.backward_split == "batch":
         n = plan.threads
@@ -1338,6 +1378,43 @@ def pack_b_panels(cnp.ndarray B):
             fr_pack_panels_f32_avx2(src + <Py_ssize_t>k0 * ldb, kc, N, ldb, P + <Py_ssize_t>k0 * npad)
             k0 += kc
     return out
+
+
+cdef void _transpose_typed(floating *src_type, cnp.ndarray src, cnp.ndarray dst):
+    """dst := src^T on the typed pointers (src_type: the fused type's tag, unused)."""
+    cdef int M = src.shape[0], N = src.shape[1]
+    cdef long lds = src.strides[0] // src.itemsize if M > 1 else N
+    cdef long ldd = dst.strides[0] // dst.itemsize if N > 1 else M
+    cdef const floating *s = <const floating *>cnp.PyArray_DATA(src)
+    cdef floating *d = <floating *>cnp.PyArray_DATA(dst)
+    with nogil:
+        transpose(M, N, s, lds, d, ldd)
+
+
+def transpose_into(cnp.ndarray src, cnp.ndarray dst):
+    """dst := src.T for 2-D float32/float64 arrays of one dtype, src (M, N) and dst (N, M), each with
+    contiguous rows (any row stride), not overlapping: np.copyto(dst, src.T) in 32 x 32 tiles (8 x 8
+    register transposes for float32 on AVX2), where numpy's and torch's strided copies run 10-40x slower
+    than a plain copy (fastrnn/_torch_autograd.py: torch's (G*H, I) weights <-> the Keras layout)."""
+    if src.ndim != 2 or dst.ndim != 2 or src.dtype != dst.dtype or src.dtype not in (np.float32, np.float64):
+        raise ValueError(f"transpose_into: expected two 2-D float32 or float64 arrays of one dtype, got "
+                         f"{src.dtype} {(<object>src).shape} and {dst.dtype} {(<object>dst).shape}")
+    if dst.shape[0] != src.shape[1] or dst.shape[1] != src.shape[0]:
+        raise ValueError(f"transpose_into: dst must be src's transpose shape {(src.shape[1], src.shape[0])}, "
+                         f"got {(<object>dst).shape}")
+    if not dst.flags.writeable:
+        raise ValueError("transpose_into: dst is read-only")
+    for name, a in (("src", src), ("dst", dst)):
+        if (a.shape[1] > 1 and a.strides[1] != a.itemsize) or (a.shape[0] > 1 and a.strides[0] < a.itemsize * a.shape[1]):
+            raise ValueError(f"transpose_into: {name} needs contiguous rows, got strides {(<object>a).strides}")
+    if np.shares_memory(src, dst):
+        raise ValueError("transpose_into: src and dst overlap")
+    if src.size == 0:
+        return
+    if src.dtype == np.float32:
+        _transpose_typed(<float *>NULL, src, dst)
+    else:
+        _transpose_typed(<double *>NULL, src, dst)
 
 
 cdef void _use_b_panels(GemmJob *J, object b_panels) except *:
@@ -1550,6 +1627,21 @@ def pool_stats():
     cdef long solo = 0, backoff = 0, asleep = 0
     fr_pool_stats(&solo, &backoff, &asleep)
     return {"solo_calls": solo, "backoff_calls": backoff, "asleep_calls": asleep}
+
+
+def pool_set_host(size_t gomp_parallel=0, size_t omp_get_thread_num=0, size_t omp_get_num_threads=0):
+    """Register another OpenMP runtime of this process as the host (pool.h): the addresses of its
+    GOMP_parallel, omp_get_thread_num and omp_get_num_threads (all 0: none, the default).  Threads that
+    then call pool_use_host(True) run their parallel tasks on its team (fastrnn/_torch_autograd.py does
+    for torch's)."""
+    with nogil:
+        fr_pool_set_host(<void *>gomp_parallel, <void *>omp_get_thread_num, <void *>omp_get_num_threads)
+
+
+def pool_use_host(bint on):
+    """Switch the calling thread's parallel tasks to the registered host runtime (or back to fastrnn's
+    own workers); returns the previous setting.  No-op while no host is registered."""
+    return bool(fr_pool_use_host(on))
 
 
 ctypedef struct _ProbeJob:

@@ -31,6 +31,8 @@ cdef extern from "gates.h" nogil:
     void fr_matvec_f64(const double *R, const double *x, int M, int N, int ldr, double beta, double *y)
     void fr_simple_fwd_row_f32(float *g, const float *bias, float *h, int H, int act)
     void fr_simple_fwd_row_f64(double *g, const double *bias, double *h, int H, int act)
+    void fr_transpose_f32(int M, int N, const float *src, long lds, float *dst, long ldd)
+    void fr_transpose_f64(int M, int N, const double *src, long lds, double *dst, long ldd)
     void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P)
     void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P)
     void fr_gemm_packed_f32(int M, int N, int K, const float *A, int lda, const float *P, float beta,
@@ -88,3 +90,7 @@ cdef inline void gru_bwd_r_row(const floating *g, const floating *a, const float
 cdef inline void simple_fwd_row(floating *g, const floating *bias, floating *h, int H, int act) noexcept nogil:
     if floating is float: fr_simple_fwd_row_f32(g, bias, h, H, act)
     else: fr_simple_fwd_row_f64(g, bias, h, H, act)
+
+cdef inline void transpose(int M, int N, const floating *src, long lds, floating *dst, long ldd) noexcept nogil:
+    if floating is float: fr_transpose_f32(M, N, src, lds, dst, ldd)
+    else: fr_transpose_f64(M, N, src, lds, dst, ldd)

@@ -6,3 +6,5 @@ cdef extern from "pool.h" nogil:
     int fr_pool_parts(int n, int nparts, fr_part_fn fn, void *arg)
     void fr_pool_barrier(int nth, int *local_sense)
     void fr_pool_stats(long *solo_calls, long *backoff_calls, long *asleep_calls)
+    void fr_pool_set_host(void *gomp_parallel, void *omp_get_thread_num, void *omp_get_num_threads)
+    int fr_pool_use_host(int on)

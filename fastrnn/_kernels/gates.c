@@ -169,3 +169,34 @@ void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float be
     else
         fr_vecmat_panels_f32_avx2(x, P, K, N, beta, y, reverse);
 }
+
+/* dst (N x M, rows ldd apart) := src (M x N, rows lds apart)^T.  The portable build walks 32 x 32 tiles
+ * (a tile of src and of dst stay in L1 while it passes; a row-by-row strided copy touches a new cache line
+ * of dst at every element); float32 on AVX2 takes gates_avx2.c's 8 x 8 register transposes. */
+#define FR_TRANSPOSE_SCALAR(T, SFX)                                                                    \
+    static void fr_transpose_scalar_##SFX(int M, int N, const T *src, long lds, T *dst, long ldd)      \
+    {                                                                                                  \
+        int i0, j0, i, j;                                                                              \
+        for (i0 = 0; i0 < M; i0 += 32)                                                                 \
+            for (j0 = 0; j0 < N; j0 += 32) {                                                           \
+                const int i1 = M - i0 < 32 ? M : i0 + 32, j1 = N - j0 < 32 ? N : j0 + 32;              \
+                for (i = i0; i < i1; i++)                                                              \
+                    for (j = j0; j < j1; j++) dst[(long)j * ldd + i] = src[(long)i * lds + j];         \
+            }                                                                                          \
+    }
+FR_TRANSPOSE_SCALAR(float, f32)
+FR_TRANSPOSE_SCALAR(double, f64)
+#undef FR_TRANSPOSE_SCALAR
+
+void fr_transpose_f32(int M, int N, const float *src, long lds, float *dst, long ldd)
+{
+    if (fr_use_avx2)
+        fr_transpose_f32_avx2(M, N, src, lds, dst, ldd);
+    else
+        fr_transpose_scalar_f32(M, N, src, lds, dst, ldd);
+}
+
+void fr_transpose_f64(int M, int N, const double *src, long lds, double *dst, long ldd)
+{
+    fr_transpose_scalar_f64(M, N, src, lds, dst, ldd);
+}

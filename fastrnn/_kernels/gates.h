@@ -119,6 +119,11 @@ void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *A, int lda, con
 void fr_pack_a_f32_avx512(const float *A, int lda, int trans, int M, int K, float *work);
 void fr_gemm_prepacked_f32_avx512(int M, int N, int K, const float *work, const float *P, long ps, long ks,
                                   float beta, float *C, int ldc);
+/* dst (N x M, rows ldd apart) := src (M x N, rows lds apart) transposed (torch's (G*H, I) weights to the
+ * Keras layout and gradients back, fastrnn/_torch_autograd.py).  IN src; OUT dst */
+void fr_transpose_f32(int M, int N, const float *src, long lds, float *dst, long ldd);
+void fr_transpose_f64(int M, int N, const double *src, long lds, double *dst, long ldd);
+void fr_transpose_f32_avx2(int M, int N, const float *src, long lds, float *dst, long ldd);
 void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 /* The same panels for R^T (K, N), read from R (N, K) rows ldr apart (backward: dG @ R^T).  IN R; OUT P */
 void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P);

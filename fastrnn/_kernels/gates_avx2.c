@@ -353,9 +353,9 @@ fr_micro_wide_f32(const int mr, const int npn, int K, const float *restrict A, c
 }
 #undef FR_WIDE_J
 
-/* dst[j*8 + i] = src[i*lda + j] for an 8 x 8 block: the standard unpack / shuffle / lane-swap transpose */
+/* dst[j*ldd + i] = src[i*lda + j] for an 8 x 8 block: the standard unpack / shuffle / lane-swap transpose */
 static inline __attribute__((always_inline)) void fr_transpose8x8(const float *restrict src, long lda,
-                                                                  float *restrict dst)
+                                                                  float *restrict dst, long ldd)
 {
     const __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lda);
     const __m256 r2 = _mm256_loadu_ps(src + 2 * lda), r3 = _mm256_loadu_ps(src + 3 * lda);
@@ -371,13 +371,34 @@ static inline __attribute__((always_inline)) void fr_transpose8x8(const float *r
     const __m256 v0 = _mm256_shuffle_ps(t4, t6, 0x44), v1 = _mm256_shuffle_ps(t4, t6, 0xEE);
     const __m256 v2 = _mm256_shuffle_ps(t5, t7, 0x44), v3 = _mm256_shuffle_ps(t5, t7, 0xEE);
     _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, v0, 0x20));
-    _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(u1, v1, 0x20));
-    _mm256_storeu_ps(dst + 16, _mm256_permute2f128_ps(u2, v2, 0x20));
-    _mm256_storeu_ps(dst + 24, _mm256_permute2f128_ps(u3, v3, 0x20));
-    _mm256_storeu_ps(dst + 32, _mm256_permute2f128_ps(u0, v0, 0x31));
-    _mm256_storeu_ps(dst + 40, _mm256_permute2f128_ps(u1, v1, 0x31));
-    _mm256_storeu_ps(dst + 48, _mm256_permute2f128_ps(u2, v2, 0x31));
-    _mm256_storeu_ps(dst + 56, _mm256_permute2f128_ps(u3, v3, 0x31));
+    _mm256_storeu_ps(dst + ldd, _mm256_permute2f128_ps(u1, v1, 0x20));
+    _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, v2, 0x20));
+    _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, v3, 0x20));
+    _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, v0, 0x31));
+    _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, v1, 0x31));
+    _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, v2, 0x31));
+    _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, v3, 0x31));
+}
+
+/* dst (N x M, rows ldd apart) := src (M x N, rows lds apart) transposed.  32 x 32 tiles (4 KiB of src
+ * and of dst, in L1 while their sixteen 8 x 8 register transposes pass), the edges element by element.
+ * Why: a strided copy reads or writes one float per cache line per step; torch's .contiguous() of a
+ * transposed (2048, 512) weight took 0.95 ms against 0.10 for a plain copy (bench/NOTES.md 39). */
+void fr_transpose_f32_avx2(int M, int N, const float *restrict src, long lds, float *restrict dst, long ldd)
+{
+    int i0, j0, i, j;
+    for (i0 = 0; i0 < M; i0 += 32) {
+        const int i1 = M - i0 < 32 ? M : i0 + 32, i8 = i0 + (i1 - i0) / 8 * 8;
+        for (j0 = 0; j0 < N; j0 += 32) {
+            const int j1 = N - j0 < 32 ? N : j0 + 32, j8 = j0 + (j1 - j0) / 8 * 8;
+            for (i = i0; i < i8; i += 8)
+                for (j = j0; j < j8; j += 8) fr_transpose8x8(src + (long)i * lds + j, lds, dst + (long)j * ldd + i, ldd);
+            for (i = i0; i < i1; i++)   /* the tile's last N % 8 columns (all rows), then last M % 8 rows */
+                for (j = j8; j < j1; j++) dst[(long)j * ldd + i] = src[(long)i * lds + j];
+            for (i = i8; i < i1; i++)
+                for (j = j0; j < j8; j++) dst[(long)j * ldd + i] = src[(long)i * lds + j];
+        }
+    }
 }
 
 void fr_pack_row_block_f32(const float *restrict A, int lda, int mr, int K, int stride, float *restrict dst)
@@ -387,7 +408,7 @@ void fr_pack_row_block_f32(const float *restrict A, int lda, int mr, int K, int 
      * the last K % 8 columns one by one.  perf, lstm t100-b128-h256 forward on 2 threads: the
      * element-by-element copy was 4.7% of the call (bench/NOTES.md 35). */
     if (mr == 8 && stride == 8) {
-        for (; k + 8 <= K; k += 8) fr_transpose8x8(A + k, lda, dst + (long)k * 8);
+        for (; k + 8 <= K; k += 8) fr_transpose8x8(A + k, lda, dst + (long)k * 8, 8);
         for (i = 0; i < 8; i++) {
             const float *src = A + (long)i * lda;
             int kk;

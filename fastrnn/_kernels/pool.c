@@ -190,6 +190,63 @@ static int grow(int want)
     return n_workers;
 }
 
+/* ---------------------------------------------------------------------------------------------------
+ * Host runtime (pool.h): tasks run on the team of another OpenMP runtime in this process, through its
+ * GOMP_parallel entry point (libgomp's ABI; LLVM's and Intel's runtimes export it too).
+ * ------------------------------------------------------------------------------------------------ */
+typedef void (*fr_gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
+static fr_gomp_parallel_fn host_parallel;
+static int (*host_thread_num)(void);
+static int (*host_num_threads)(void);
+static __thread int host_on;   /* this thread's calls use the host runtime (fr_pool_use_host) */
+
+void fr_pool_set_host(void *gomp_parallel, void *omp_get_thread_num, void *omp_get_num_threads)
+{
+    pthread_mutex_lock(&run_lock);   /* not while a task runs */
+    host_thread_num = (int (*)(void))omp_get_thread_num;
+    host_num_threads = (int (*)(void))omp_get_num_threads;
+    host_parallel = gomp_parallel && omp_get_thread_num && omp_get_num_threads ? (fr_gomp_parallel_fn)gomp_parallel
+                                                                             : NULL;
+    pthread_mutex_unlock(&run_lock);
+}
+
+int fr_pool_use_host(int on)
+{
+    int before = host_on;
+    host_on = on;
+    return before;
+}
+
+static inline int use_host(void) { return host_on && host_parallel != NULL; }
+
+struct host_task { fr_task_fn fn; void *arg; fr_part_fn part_fn; int nparts; int next_part; };
+
+/* Every thread of the host's team: a team task's fn with the team's (tid, nth), or a parts task's
+ * claim loop (the first thread to get there takes the first part, as in run_parts). */
+static void host_entry(void *p)
+{
+    struct host_task *t = (struct host_task *)p;
+    if (t->part_fn) {
+        int part;
+        while ((part = __atomic_fetch_add(&t->next_part, 1, __ATOMIC_ACQ_REL)) < t->nparts) t->part_fn(t->arg, part);
+        return;
+    }
+    t->fn(t->arg, host_thread_num(), host_num_threads());
+}
+
+/* The stall guard's bookkeeping after a team task of nth threads that began at t_start (run_lock held). */
+static void guard_after_team(int nth, long t_start)
+{
+    if (nth <= 1) return;
+    if (4 * __atomic_load_n(&stall_ns, __ATOMIC_ACQUIRE) >= now_ns() - t_start) {
+        backoff = backoff ? 2 * backoff : FR_STALL_BACKOFF_MIN;
+        if (backoff > FR_STALL_BACKOFF_MAX) backoff = FR_STALL_BACKOFF_MAX;
+        solo_left = backoff;
+    } else {
+        backoff /= 2;
+    }
+}
+
 int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns)
 {
     long wait_ns, t_start, join_since = 0;
@@ -204,6 +261,18 @@ int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns)
         pthread_mutex_unlock(&run_lock);
         fn(arg, 0, 1);
         return 1;
+    }
+    if (use_host()) {   /* the host's team: its threads are the ones idle while this call runs */
+        struct host_task t = {fn, arg, NULL, 0, 0};
+        stall_ns = 0;
+        bar_count = 0;
+        bar_sense = 0;
+        t_start = now_ns();
+        host_parallel(host_entry, &t, (unsigned)n, 0);
+        guard_after_team(n, t_start);
+        last_end_ns = now_ns();
+        pthread_mutex_unlock(&run_lock);
+        return n;
     }
     if (grow(n - 1) + 1 < n) n = n_workers + 1;
     if (n <= 1) {
@@ -285,15 +354,7 @@ int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns)
         while (__atomic_load_n(&job_left, __ATOMIC_ACQUIRE) != 0) relax_timed(&spins, &join_since);
         add_stall(join_since);
     }
-    if (n > 1) {   /* every worker has returned: stall_ns is final */
-        if (4 * __atomic_load_n(&stall_ns, __ATOMIC_ACQUIRE) >= now_ns() - t_start) {
-            backoff = backoff ? 2 * backoff : FR_STALL_BACKOFF_MIN;
-            if (backoff > FR_STALL_BACKOFF_MAX) backoff = FR_STALL_BACKOFF_MAX;
-            solo_left = backoff;
-        } else {
-            backoff /= 2;
-        }
-    }
+    guard_after_team(n, t_start);   /* every worker has returned: stall_ns is final */
     last_end_ns = now_ns();
     pthread_mutex_unlock(&run_lock);
     return n;
@@ -332,6 +393,12 @@ int fr_pool_parts(int n, int nparts, fr_part_fn fn, void *arg)
     if (n <= 1 || nparts <= 1 || pthread_mutex_trylock(&run_lock) != 0) {
         for (p = 0; p < nparts; p++) fn(arg, p);
         return 1;
+    }
+    if (use_host()) {
+        struct host_task t = {NULL, arg, fn, nparts, 0};
+        host_parallel(host_entry, &t, (unsigned)n, 0);
+        pthread_mutex_unlock(&run_lock);
+        return n;
     }
     if (grow(n - 1) + 1 < n) n = n_workers + 1;
     job_arg = arg;

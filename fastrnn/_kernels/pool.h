@@ -55,6 +55,18 @@ int fr_pool_parts(int n, int nparts, fr_part_fn fn, void *arg);
  * IN nth (the task's); IN/OUT local_sense: each thread's own flag, 0 before its first wait. */
 void fr_pool_barrier(int nth, int *local_sense);
 
+/* Host runtime.  A process that also runs torch has torch's OpenMP team, whose threads spin for a while
+ * after each of torch's parallel ops: on two cores this pool's worker then waits for a core at every
+ * barrier, and a fastrnn.torch training step ran 1.5-3x slower than its kernels alone (bench/NOTES.md
+ * 39).  So calls made from torch's bridge (fastrnn/_torch_autograd.py) run their tasks on that team
+ * instead: one pool at a time again.  fr_pool_set_host registers the runtime's GOMP_parallel,
+ * omp_get_thread_num and omp_get_num_threads (NULL: none); fr_pool_use_host(on) switches the calling
+ * thread's later fr_pool_run / fr_pool_parts calls to it (or back) and returns the previous setting.
+ * A task then runs on the team GOMP_parallel gives (its size is nth), tid 0 on the caller; the same
+ * barrier, stall guard and one-task-at-a-time rule apply. */
+void fr_pool_set_host(void *gomp_parallel, void *omp_get_thread_num, void *omp_get_num_threads);
+int fr_pool_use_host(int on);
+
 /* OUT solo_calls: team calls the stall guard has run on the caller alone so far; OUT backoff_calls:
  * its current solo period in calls (0: none; a clean team task halves it); OUT asleep_calls: small
  * team calls run on the caller alone because every worker was asleep. */
