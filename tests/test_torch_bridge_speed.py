@@ -1,0 +1,165 @@
+"""The torch bridge's fast paths (fastrnn/_torch_autograd.py, bench/NOTES.md 39), each against an oracle
+that is not the path itself: engine.transpose_into against NumPy's transpose; tasks on torch's OpenMP team
+(the pool's host runtime) against fastrnn's own workers, bit for bit, and the float64 reference; weight
+gradients computed transposed against the plain ones; the eager autograd path against the custom ops
+(torch.func.vjp takes those) and against torch.nn."""
+import numpy as np
+import pytest
+
+from checks import assert_close
+
+torch = pytest.importorskip("torch")
+
+import fastrnn  # noqa: E402
+import fastrnn.torch as ft  # noqa: E402
+from fastrnn import _compiled, _torch_autograd, reference  # noqa: E402
+from fastrnn._native import engine  # noqa: E402
+from fastrnn._spec import build_spec  # noqa: E402
+
+GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (8, 8), (31, 33), (64, 17), (130, 520)])
+def test_transpose_into_matches_numpy(shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    src = rng.standard_normal(shape).astype(dtype)
+    dst = np.full(shape[::-1], np.nan, dtype)
+    engine.transpose_into(src, dst)
+    np.testing.assert_array_equal(dst, src.T)
+    # rows further apart than their length, both sides (a column block of a wider array)
+    wide = rng.standard_normal((shape[0], shape[1] + 7)).astype(dtype)
+    out = np.full((shape[1], shape[0] + 5), 7.0, dtype)
+    engine.transpose_into(wide[:, 3:3 + shape[1]], out[:, :shape[0]])
+    np.testing.assert_array_equal(out[:, :shape[0]], wide[:, 3:3 + shape[1]].T)
+    assert (out[:, shape[0]:] == 7.0).all()
+
+
+def test_transpose_into_refuses_bad_arguments():
+    a = np.zeros((3, 4), np.float32)
+    for bad, match in (((a, np.zeros((3, 4), np.float32)), "transpose shape"),
+                       ((a, np.zeros((4, 3), np.float64)), "one dtype"),
+                       ((a.astype(np.int32), np.zeros((4, 3), np.int32)), "float32 or float64"),
+                       ((np.zeros((3, 8), np.float32)[:, ::2], np.zeros((4, 3), np.float32)), "contiguous rows"),
+                       ((np.zeros((4, 4), np.float32),) * 2, "overlap")):
+        with pytest.raises(ValueError, match=match):
+            engine.transpose_into(*bad)
+    ro = np.zeros((4, 3), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        engine.transpose_into(a, ro)
+
+
+def _problem(cell, B, T, I, H, dtype, seed=0, reset_after=True):
+    rng = np.random.default_rng(seed)
+    G = GATES[cell]
+    k = (rng.standard_normal((I, G * H)) / np.sqrt(I)).astype(dtype)   # (a well-conditioned recurrence)
+    r = (rng.standard_normal((H, G * H)) / np.sqrt(H)).astype(dtype)
+    b = (rng.standard_normal((2, G * H) if cell == "gru" and reset_after else (G * H,)) * 0.1).astype(dtype)
+    x = rng.standard_normal((B, T, I)).astype(dtype)
+    return x, k, r, b
+
+
+@pytest.mark.skipif(_torch_autograd._HOST is None, reason="torch runs on no OpenMP runtime here")
+@pytest.mark.parametrize("shape", [(1, 40, 17, 128), (6, 12, 17, 34), (1, 30, 64, 512)],
+                         ids=["b1-hidden-split", "batch-split", "b1-h512"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_tasks_on_torchs_openmp_team_give_the_same_bits(cell, shape):
+    """The host runtime runs the same tasks (hidden split with its barriers, batch parts, the GEMMs'
+    parts) on torch's threads: the same partition, so the same bits as fastrnn's own workers."""
+    B, T, I, H = shape
+    x, k, r, b = _problem(cell, B, T, I, H, np.float32)
+    spec, arrays = build_spec(cell, x, k, r, b)
+    d_out = np.random.default_rng(1).standard_normal((B, T, H)).astype(np.float32)
+    results = {}
+    with fastrnn.threads(2):
+        for host in (False, True):
+            before = engine.pool_use_host(host)
+            try:
+                out, states, residuals = _compiled.forward_residuals(spec, arrays)
+                grads = _compiled.backward_from_residuals(spec, arrays, residuals, d_out)
+            finally:
+                engine.pool_use_host(before)
+            results[host] = (out, states, grads)
+    (o0, s0, g0), (o1, s1, g1) = results[False], results[True]
+    np.testing.assert_array_equal(o1, o0)
+    for a, e in zip(s1, s0):
+        np.testing.assert_array_equal(a, e)
+    for key in ("x", "kernel", "recurrent_kernel", "bias"):
+        np.testing.assert_array_equal(g1[key], g0[key])
+    ref_out, _ = getattr(reference, cell)(x.astype(np.float64), k.astype(np.float64), r.astype(np.float64),
+                                         b.astype(np.float64))
+    assert_close("outputs on torch's team", o1, ref_out, 2e-5)
+
+
+def test_pool_use_host_is_per_thread_and_restores():
+    assert engine.pool_use_host(True) is False
+    assert engine.pool_use_host(False) is True
+    import threading
+    seen = []
+    engine.pool_use_host(True)
+    try:
+        t = threading.Thread(target=lambda: seen.append(engine.pool_use_host(False)))
+        t.start()
+        t.join()
+    finally:
+        engine.pool_use_host(False)
+    assert seen == [False]   # another thread's setting is its own
+
+
+@pytest.mark.parametrize("cell,reset_after", [("lstm", True), ("gru", True), ("gru", False),
+                                              ("simple_rnn", True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_gradients_computed_transposed(cell, reset_after, dtype):
+    """backward_from_residuals(transposed=...) returns dW^T / dR^T, equal to the plain gradients' transposes
+    (I == H, so a wrong orientation could not hide behind a shape error)."""
+    x, k, r, b = _problem(cell, 3, 7, 12, 12, dtype, reset_after=reset_after)
+    spec, arrays = build_spec(cell, x, k, r, b, reset_after=reset_after)
+    d_out = np.random.default_rng(2).standard_normal((3, 7, 12)).astype(dtype)
+    out, states, residuals = _compiled.forward_residuals(spec, arrays)
+    plain = _compiled.backward_from_residuals(spec, arrays, residuals, d_out)
+    for flags in ((True, False), (False, True), (True, True)):
+        got = _compiled.backward_from_residuals(spec, arrays, residuals, d_out, transposed=flags)
+        for key, flag in zip(("kernel", "recurrent_kernel"), flags):
+            expected = plain[key].T if flag else plain[key]
+            assert got[key].shape == expected.shape
+            assert_close(f"d{key} transposed={flag}", got[key], expected, 1e-6 if dtype == np.float32 else 1e-13)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_eager_path_matches_the_custom_ops_and_torch_nn(kind):
+    """A plain backward runs the computations directly (_EagerRNNFunction); torch.func.vjp goes through the
+    custom ops: both give torch.nn's gradients, and the parameters' gradients come contiguous."""
+    cls, ref_cls = {"lstm": (ft.LSTM, torch.nn.LSTM), "gru": (ft.GRU, torch.nn.GRU),
+                    "rnn": (ft.RNN, torch.nn.RNN)}[kind]
+    torch.manual_seed(0)
+    ref = ref_cls(17, 34, num_layers=2, batch_first=True, dtype=torch.float64)
+    twin = cls(17, 34, num_layers=2, batch_first=True, dtype=torch.float64)
+    twin.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 9, 17, dtype=torch.float64)
+    cot = torch.randn(3, 9, 34, dtype=torch.float64)
+
+    def grads_of(module):
+        module.zero_grad()
+        out, _ = module(x)
+        (out * cot).sum().backward()
+        return {n: p.grad for n, p in module.named_parameters()}
+
+    eager, expected = grads_of(twin), grads_of(ref)
+    params = dict(twin.named_parameters())
+    _, vjp_fn = torch.func.vjp(lambda p: torch.func.functional_call(twin, p, (x,))[0], params)
+    via_ops = vjp_fn(cot)[0]
+    for name in expected:
+        assert eager[name].is_contiguous(), name
+        assert_close(f"{name} (eager)", eager[name].numpy(), expected[name].numpy(), 1e-10)
+        assert_close(f"{name} (ops)", via_ops[name].detach().numpy(), expected[name].numpy(), 1e-10)
+
+
+def test_eager_path_refuses_an_inplace_change_before_backward():
+    """The eager path saves the weights (and reads its own copies): torch's version check still fires."""
+    twin = ft.LSTM(5, 6)
+    out, _ = twin(torch.randn(4, 2, 5))
+    with torch.no_grad():
+        twin.weight_hh_l0.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
