@@ -80,11 +80,14 @@ def torch_grads_to_keras(cell, H, g):
     return {"kernel": g["weight_ih"].T, "recurrent_kernel": g["weight_hh"].T, "bias": g["bias_ih"]}
 
 
-def make_torch_module(problem, w, dtype=None):
+def make_torch_module(problem, w, dtype=None, classes=None):
+    """A one-layer batch_first torch.nn module (or, with `classes` {cell: class}, a twin such as
+    fastrnn.torch's) holding the problem's Keras-layout weights."""
     import torch
 
     dtype = dtype or torch.float32
-    m = _torch_cls(problem.cell)(problem.I, problem.H, batch_first=True)
+    cls = classes[problem.cell] if classes else _torch_cls(problem.cell)
+    m = cls(problem.I, problem.H, batch_first=True)
     m = m.to(dtype)
     tw = keras_to_torch(problem.cell, problem.H, w)
     with torch.no_grad():
@@ -188,6 +191,10 @@ class ReferenceEngine(_FunctionalEngine):
 class TorchEngine(Engine):
     name = "torch"
 
+    def module_classes(self):
+        """{cell: module class}; None: torch.nn's."""
+        return None
+
     def unavailable(self, mode):
         reason = super().unavailable(mode)
         if reason:
@@ -200,7 +207,7 @@ class TorchEngine(Engine):
         dtype = dtype or torch.float32
         np_dtype = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
         cell, H = problem.cell, problem.H
-        m = make_torch_module(problem, data, dtype)
+        m = make_torch_module(problem, data, dtype, self.module_classes())
         x = np.array(data["x"], dtype=np_dtype)  # writable copy: torch warns on read-only arrays
         is_lstm = cell == "lstm"
 
@@ -243,6 +250,23 @@ class TorchEngine(Engine):
                     "grads": g}
 
         return run, to_result
+
+
+class FastrnnTorchEngine(TorchEngine):
+    """fastrnn.torch's drop-in modules timed exactly as torch.nn's (the torch engine's calls: inference
+    under torch.inference_mode, training through torch.autograd.grad): what a PyTorch user gets from
+    swapping the module.  Not a peer: fastrnn's own kernels under torch's autograd."""
+
+    name = "fastrnn.torch"
+    is_peer = False
+
+    def module_classes(self):
+        import fastrnn.torch as ft
+
+        return {"lstm": ft.LSTM, "gru": ft.GRU, "simple_rnn": ft.RNN}
+
+    def unavailable(self, mode):
+        return super().unavailable(mode) or _try_import("fastrnn.torch")[1]
 
 
 def build_onnx_model(problem, w):
@@ -480,5 +504,5 @@ class JaxEngine(Engine):
         return run, to_result
 
 
-ENGINES = {e.name: e for e in (FastrnnEngine(), TorchEngine(), OnnxRuntimeEngine(), JaxEngine(),
-                                ReferenceEngine())}
+ENGINES = {e.name: e for e in (FastrnnEngine(), FastrnnTorchEngine(), TorchEngine(), OnnxRuntimeEngine(),
+                                JaxEngine(), ReferenceEngine())}

@@ -73,3 +73,14 @@ def test_best_keeps_each_engines_lowest_median(report, tmp_path):
     best, _ = report.load([a, b], best=True)
     assert (last[key]["fastrnn"]["median"], last[key]["torch"]["median"]) == (2.0, 1.5)
     assert (best[key]["fastrnn"]["median"], best[key]["torch"]["median"]) == (1.0, 1.5)
+
+
+def test_fastrnn_under_a_framework_is_never_the_best_peer(report):
+    """fastrnn.torch (fastrnn's kernels in torch.nn's modules) is ours: the speedup is over the real peers,
+    and the summary compares it with torch.nn's modules."""
+    eng = {"fastrnn": {"median": 1.0, "gflops": 1.0}, "fastrnn.torch": {"median": 1.2, "gflops": 0.8},
+           "torch": {"median": 3.0, "gflops": 0.3}, "onnxruntime": {"median": 2.0, "gflops": 0.5}}
+    assert report.best_peer(eng)[0] == "onnxruntime"
+    assert report.speedup_of(eng) == ("onnxruntime", 2.0)
+    text = report.summary({("lstm", "lstm-t1-b1-i1-h1", "training", 2): eng})
+    assert "fastrnn.torch's modules faster than torch.nn's in 1/1 problems; geometric mean 2.50x" in text
