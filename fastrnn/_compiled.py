@@ -181,7 +181,7 @@ def backward_from_residuals(spec, arrays, residuals, d_outputs, d_final_states=N
     arrays.bias are not read (the state chain is in the residuals), spec.has_bias alone says whether a
     bias gradient is returned.  The residuals are only read, so one forward may serve several backwards.
     transposed: (kernel, recurrent_kernel) flags; a True one's gradient comes as its transpose, (G*H, I)
-    or (G*H, H), computed so (torch's parameter layout; fastrnn/_torch_autograd.py)."""
+    or (G*H, H) C-contiguous (torch's parameter layout; fastrnn/_torch_autograd.py)."""
     expected = residual_shapes(spec.cell, spec.B, spec.T, spec.H, spec.has_recurrent_dropout)
     saved = {}
     for name, shape in expected.items():
@@ -223,6 +223,14 @@ def _backward(spec, arrays, ws, d_outputs, d_final_states, plan, transposed=(Fal
         _scratch.give(drec_token)
 
 
+def _transposed(a, token):
+    """A fresh copy of a.T (C-contiguous), then the scratch buffer `a` (with its `token`) handed back."""
+    out = np.empty(a.shape[::-1], a.dtype)
+    engine.transpose_into(a, out)
+    _scratch.give(token)
+    return out
+
+
 def _hoisted_gradients(spec, arrays, ws, plan, transposed=(False, False)):
     """The backward loop, then the hoisted gradients from its dxp/drec: the gradients dict (see
     `backward_from_residuals` for `transposed`)."""
@@ -230,34 +238,25 @@ def _hoisted_gradients(spec, arrays, ws, plan, transposed=(False, False)):
     N = spec.B * spec.T
     engine.backward(ws, spec, plan)
 
-    def weight_gradient(a, d, out, transpose):
-        """out := a^T @ d (a (N, K), d (N, n)), or with `transpose` its transpose d^T @ a, out (n, K)."""
-        if transpose:
-            engine.gemm_into(d, a, out, trans_a=True)
-        else:
-            engine.gemm_into(a, d, out, trans_a=True)
-
     # the hoisted gradients: single GEMMs and reductions over all N = B*T rows
-    dW = np.empty((GH, I) if transposed[0] else (I, GH), dt)
-    weight_gradient(ws.xd, ws.dxp, dW, transposed[0])
+    dW, dW_token = _scratch.take((I, GH), dt) if transposed[0] else (np.empty((I, GH), dt), None)
+    engine.gemm_into(ws.xd, ws.dxp, dW, trans_a=True)
     dx = np.empty((N, I), dt)
     engine.gemm_into(ws.dxp, ws.W, dx, trans_b=True)
     dx = dx.reshape(arrays.x.shape)
     if arrays.dropout_mask is not None:
         dx *= arrays.dropout_mask[None, :, :] if spec.time_major else arrays.dropout_mask[:, None, :]
     hd = ws.hd if ws.hd is not None else ws.hp
+    dR, dR_token = _scratch.take((H, GH), dt) if transposed[1] else (np.empty((H, GH), dt), None)
     if spec.cell == "gru" and not spec.reset_after:
-        if transposed[1]:
-            dR = np.empty((GH, H), dt)
-            weight_gradient(hd, ws.dxp[:, : 2 * H], dR[: 2 * H], True)
-            weight_gradient(ws.aux, ws.dxp[:, 2 * H:], dR[2 * H:], True)
-        else:
-            dR = np.empty((H, GH), dt)
-            weight_gradient(hd, ws.dxp[:, : 2 * H], dR[:, : 2 * H], False)
-            weight_gradient(ws.aux, ws.dxp[:, 2 * H:], dR[:, 2 * H:], False)
+        engine.gemm_into(hd, ws.dxp[:, : 2 * H], dR[:, : 2 * H], trans_a=True)
+        engine.gemm_into(ws.aux, ws.dxp[:, 2 * H:], dR[:, 2 * H:], trans_a=True)
     else:
-        dR = np.empty((GH, H) if transposed[1] else (H, GH), dt)
-        weight_gradient(hd, ws.drec if ws.drec is not None else ws.dxp, dR, transposed[1])
+        engine.gemm_into(hd, ws.drec if ws.drec is not None else ws.dxp, dR, trans_a=True)
+    # transposed: the same products, then a tiled transpose (computing dG^T @ x instead measured up to
+    # 3x slower where I is small: an output of I < 16 columns fills one masked panel; NOTES 39)
+    dW, dR = (_transposed(g, token) if flag else g
+              for g, token, flag in ((dW, dW_token, transposed[0]), (dR, dR_token, transposed[1])))
     db = None
     if spec.has_bias:
         db = ws.dxp.sum(axis=0)

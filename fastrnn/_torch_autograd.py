@@ -51,6 +51,7 @@ from fastrnn._spec import GATES as _GATES
 from fastrnn._spec import N_STATES as _N_STATES
 from fastrnn._spec import _check_activation, build_spec
 
+
 def _torch_openmp():
     """(GOMP_parallel, omp_get_thread_num, omp_get_num_threads) addresses of the OpenMP runtime torch's
     parallel ops run on, or None (another parallel backend, or no runtime found already loaded).
@@ -241,9 +242,9 @@ def _backward_impl(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dr
                    aux, c_last, d_outputs, d_h, d_c, cell, go_backwards, time_major, activation,
                    recurrent_activation, zero_output_for_mask, reset_after, has_bias, transposed=(False, False)):
     """rnn_backward's computation.  transposed (`_EagerRNNFunction`, for weights that came as transposed
-    views: torch's (G*H, I) layout seen as Keras's): d_kernel / d_recurrent_kernel are computed as dW^T
-    directly and returned as its transposed view, so autograd hands torch's parameters contiguous
-    gradients with no transposing copy (the ops keep contiguous results, as their fake kernels say)."""
+    views: torch's (G*H, I) layout seen as Keras's): d_kernel / d_recurrent_kernel come as transposed
+    views of contiguous dW^T, so autograd hands torch's parameters contiguous gradients without torch's
+    strided copy (the ops keep contiguous results, as their fake kernels say)."""
     spec, arrays = _spec(cell, x, kernel, recurrent_kernel, None, None, None, mask, dropout_mask,
                          recurrent_dropout_mask, go_backwards, time_major, activation, recurrent_activation,
                          zero_output_for_mask, reset_after)
@@ -451,7 +452,7 @@ def rnn(cell, x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, mask=
         options = dict(go_backwards=go_backwards, time_major=time_major, activation=activation,
                        recurrent_activation=recurrent_activation, zero_output_for_mask=zero_output_for_mask,
                        reset_after=reset_after)
-        arrays = {k: _to_numpy(t, k) for k, t in (("x", x), ("kernel", kernel), ("recurrent_kernel", recurrent_kernel),
+        arrays = {k: _to_numpy(t, k) for k, t in (("kernel", kernel), ("recurrent_kernel", recurrent_kernel),
                                                   ("bias", bias))}
         return _inference(cell, x, h0, c0, mask, dropout_mask, recurrent_dropout_mask, options,
                           lambda x_np, **per_call: functional._run(
