@@ -163,3 +163,32 @@ def test_eager_path_refuses_an_inplace_change_before_backward():
         twin.weight_hh_l0.mul_(2.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+def _train_steps_in_child(queue):
+    twin = ft.LSTM(17, 64, batch_first=True)
+    x = torch.randn(4, 30, 17)
+    for _ in range(3):
+        out, _ = twin(x)
+        out.sum().backward()
+    queue.put(float(out.sum()))
+
+
+@pytest.mark.skipif(_torch_autograd._HOST is None, reason="torch runs on no OpenMP runtime here")
+def test_a_forked_child_trains_after_the_parent_used_torchs_team():
+    """The parent's calls ran on torch's OpenMP team; a forked child (a DataLoader worker, say) forgets
+    that team (its threads were not copied) and runs on fastrnn's own pool instead of waiting forever."""
+    import multiprocessing
+
+    with fastrnn.threads(2):
+        _train_steps_in_child(multiprocessing.get_context("fork").SimpleQueue())   # the parent, on the team
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.SimpleQueue()
+        child = ctx.Process(target=_train_steps_in_child, args=(queue,))
+        child.start()
+        child.join(60)
+        alive = child.is_alive()
+        if alive:
+            child.kill()
+    assert not alive, "the forked child hung"
+    assert child.exitcode == 0 and np.isfinite(queue.get())

@@ -157,6 +157,13 @@ static void *worker(void *p)
     return NULL;
 }
 
+/* the host runtime (pool.h; its functions below fr_pool_set_host) */
+typedef void (*fr_gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
+static fr_gomp_parallel_fn host_parallel;
+static int (*host_thread_num)(void);
+static int (*host_num_threads)(void);
+static __thread int host_on;   /* this thread's calls use the host runtime (fr_pool_use_host) */
+
 /* A forked child has none of the parent's threads: start from zero workers there. */
 static void after_fork_child(void)
 {
@@ -166,14 +173,22 @@ static void after_fork_child(void)
     n_workers = 0;
     n_asleep = 0;   /* the parent's sleeping workers are not in this process */
     solo_left = backoff = 0;
+    /* nor the host runtime's team: a forked child's GNU OpenMP may wait forever for threads that its
+     * pool lists but that were not copied, so a child runs on this pool's own (fresh) workers */
+    host_parallel = NULL;
 }
 
-static int grow(int want)
+static void ensure_atfork(void)
 {
     if (!atfork_done) {
         pthread_atfork(NULL, NULL, after_fork_child);
         atfork_done = 1;
     }
+}
+
+static int grow(int want)
+{
+    ensure_atfork();
     while (n_workers < want) {
         pthread_t th;
         pthread_attr_t attr;
@@ -194,15 +209,11 @@ static int grow(int want)
  * Host runtime (pool.h): tasks run on the team of another OpenMP runtime in this process, through its
  * GOMP_parallel entry point (libgomp's ABI; LLVM's and Intel's runtimes export it too).
  * ------------------------------------------------------------------------------------------------ */
-typedef void (*fr_gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
-static fr_gomp_parallel_fn host_parallel;
-static int (*host_thread_num)(void);
-static int (*host_num_threads)(void);
-static __thread int host_on;   /* this thread's calls use the host runtime (fr_pool_use_host) */
 
 void fr_pool_set_host(void *gomp_parallel, void *omp_get_thread_num, void *omp_get_num_threads)
 {
     pthread_mutex_lock(&run_lock);   /* not while a task runs */
+    ensure_atfork();                 /* a forked child forgets the host (after_fork_child) */
     host_thread_num = (int (*)(void))omp_get_thread_num;
     host_num_threads = (int (*)(void))omp_get_num_threads;
     host_parallel = gomp_parallel && omp_get_thread_num && omp_get_num_threads ? (fr_gomp_parallel_fn)gomp_parallel

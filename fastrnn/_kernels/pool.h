@@ -63,7 +63,9 @@ void fr_pool_barrier(int nth, int *local_sense);
  * omp_get_thread_num and omp_get_num_threads (NULL: none); fr_pool_use_host(on) switches the calling
  * thread's later fr_pool_run / fr_pool_parts calls to it (or back) and returns the previous setting.
  * A task then runs on the team GOMP_parallel gives (its size is nth), tid 0 on the caller; the same
- * barrier, stall guard and one-task-at-a-time rule apply. */
+ * barrier, stall guard and one-task-at-a-time rule apply.  A forked child forgets the host (GNU
+ * OpenMP's pool lists threads the child does not have: a child that used it hung) and runs on this
+ * pool's own fresh workers. */
 void fr_pool_set_host(void *gomp_parallel, void *omp_get_thread_num, void *omp_get_num_threads);
 int fr_pool_use_host(int on);
 
