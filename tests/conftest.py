@@ -32,3 +32,15 @@ def packed_build(request):
     assert engine.simd_level() == want
     yield request.param
     engine.limit_simd(2)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch.nn's reference on one thread for a module's tests (use with ``pytestmark``): its OpenMP pool
+    stalls when the cores are shared (tiny sizes)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,13 +19,7 @@ TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-4)}  # (outputs/s
 I, H = 5, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """torch.nn's reference on one thread: its OpenMP pool stalls when the cores are shared (tiny sizes)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pair(kind, dtype=torch.float64, **config):

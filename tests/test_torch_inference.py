@@ -24,12 +24,7 @@ TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 I, H = 17, 34
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
