@@ -368,13 +368,16 @@ class _EagerRNNFunction(torch.autograd.Function):
     ops' dispatch (~0.2 ms a call each way), for plain eager autograd (`rnn` takes it when neither
     torch.compile nor a torch.func transform is active).  Its forward also returns the Keras-layout
     copies it made of transposed weights, which its backward reads instead of transposing again, and
-    that backward returns those weights' gradients in their inputs' layout (`_backward_impl`)."""
+    that backward returns those weights' gradients in their inputs' layout (`_backward_impl`).
+    Old-style (ctx in forward): torch.func never sees it, and apply skips the new style's binding of
+    default arguments (inspect.signature at every call), 20-40 us of a ~100 us tiny call (NOTES 39)."""
 
     @staticmethod
-    def forward(*args):
-        return _forward_impl(*args, keep_copies=True)
+    def forward(ctx, *args):
+        output = _forward_impl(*args, keep_copies=True)
+        _setup_context(ctx, args, output)
+        return output
 
-    setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
 
 
