@@ -3,6 +3,8 @@ that is not the path itself: engine.transpose_into against NumPy's transpose; ta
 (the pool's host runtime) against fastrnn's own workers, bit for bit, and the float64 reference; weight
 gradients computed transposed against the plain ones; the eager autograd path against the custom ops
 (torch.func.vjp takes those) and against torch.nn."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -192,3 +194,11 @@ def test_a_forked_child_trains_after_the_parent_used_torchs_team():
             child.kill()
     assert not alive, "the forked child hung"
     assert child.exitcode == 0 and np.isfinite(queue.get())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the runtime is looked up in /proc/self/maps")
+def test_torchs_openmp_runtime_is_found_when_torch_uses_one():
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        assert _torch_autograd._HOST is None
+        return
+    assert _torch_autograd._HOST is not None and all(_torch_autograd._HOST)
