@@ -117,15 +117,18 @@ def _to_numpy(t, name):
         raise ValueError(f"{name}: fastrnn's torch bridge runs CPU tensors; got a tensor on {t.device} "
                          "(the GPU path is not built yet)")
     t = t.detach()
-    if t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous():
+    if t.is_contiguous():
+        return t.numpy()
+    if t.dim() == 2 and t.t().is_contiguous():
         # a transposed view (torch's (G*H, I) weights seen as Keras's (I, G*H)): our tiled transpose,
         # 4-10x faster than torch's strided .contiguous() (bench/NOTES.md 39)
         # (megabytes per call at H = 512: from fastrnn._scratch, mapped already, back there when the
         # copy dies, e.g. with the autograd graph that saved it)
-        out, token = _scratch.take(tuple(t.shape), t.t().numpy().dtype)
+        src = t.t().numpy()
+        out, token = _scratch.take(src.shape[::-1], src.dtype)
         if token is not None:
             weakref.finalize(out, _scratch.give_all, [token])
-        engine.transpose_into(t.t().numpy(), out)
+        engine.transpose_into(src, out)
         return out
     return t.contiguous().numpy()
 
@@ -197,11 +200,10 @@ def _forward_impl(x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
     with _on_torch_threads():
         out, final, residuals = _compiled.forward_residuals(spec, arrays)
     dt = x.dtype
-    empty = x.new_empty((0,))
-    c = _to_torch(final[1], dt) if cell == "lstm" else empty.clone()
-    res = [empty.clone() if residuals[k] is None else _to_torch(residuals[k], dt) for k in _RESIDUALS]
+    c = _to_torch(final[1], dt) if cell == "lstm" else x.new_empty((0,))
+    res = [x.new_empty((0,)) if residuals[k] is None else _to_torch(residuals[k], dt) for k in _RESIDUALS]
     if keep_copies:
-        res += [_to_torch(a, dt) if _is_transposed(t) else empty.clone()
+        res += [_to_torch(a, dt) if _is_transposed(t) else x.new_empty((0,))
                 for a, t in ((arrays.kernel, kernel), (arrays.recurrent_kernel, recurrent_kernel))]
     return (_to_torch(out, dt), _to_torch(final[0], dt), c, *res)
 
@@ -258,10 +260,9 @@ def _backward_impl(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dr
     with _on_torch_threads():
         grads = _compiled.backward_from_residuals(spec, arrays, residuals, d_out, d_states, transposed=transposed)
     dt = x.dtype
-    empty = x.new_empty((0,))
-    db = _to_torch(grads["bias"], dt) if has_bias else empty.clone()
+    db = _to_torch(grads["bias"], dt) if has_bias else x.new_empty((0,))
     d_init = grads["initial_state"]
-    dc0 = _to_torch(d_init[1], dt) if cell == "lstm" else empty.clone()
+    dc0 = _to_torch(d_init[1], dt) if cell == "lstm" else x.new_empty((0,))
     dk, dr = (_to_torch(grads[k], dt) for k in ("kernel", "recurrent_kernel"))
     dk, dr = dk.t() if transposed[0] else dk, dr.t() if transposed[1] else dr
     return _to_torch(grads["x"], dt), dk, dr, db, _to_torch(d_init[0], dt), dc0
