@@ -37,7 +37,7 @@ copies them into its state chain), so a stateful caller may update them in place
 does); mask and dropout masks are constants (no gradient).  Nothing here re-implements RNN math.
 """
 import functools
-import weakref
+import sys
 from dataclasses import replace
 from typing import Optional
 
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastrnn import _compiled, _scratch, functional
+from fastrnn import _compiled, functional
 from fastrnn._native import engine
 from fastrnn._spec import GATES as _GATES
 from fastrnn._spec import N_STATES as _N_STATES
@@ -122,15 +122,38 @@ def _to_numpy(t, name):
     if t.dim() == 2 and t.t().is_contiguous():
         # a transposed view (torch's (G*H, I) weights seen as Keras's (I, G*H)): our tiled transpose,
         # 4-10x faster than torch's strided .contiguous() (bench/NOTES.md 39)
-        # (megabytes per call at H = 512: from fastrnn._scratch, mapped already, back there when the
-        # copy dies, e.g. with the autograd graph that saved it)
         src = t.t().numpy()
-        out, token = _scratch.take(src.shape[::-1], src.dtype)
-        if token is not None:
-            weakref.finalize(out, _scratch.give_all, [token])
+        out = _copy_buffer(src.shape[::-1], src.dtype)
         engine.transpose_into(src, out)
         return out
     return t.contiguous().numpy()
+
+
+_COPY_BUFFERS = []      # arrays that own their memory, reused by _copy_buffer once nothing refers to them
+_COPY_BUFFERS_KEEP = 8
+_COPY_MIN_BYTES = 1 << 20
+
+
+def _copy_buffer(shape, dtype):
+    """An uninitialised C-contiguous array for a weight copy.  From 1 MiB, an earlier one of the same
+    shape that nothing refers to any more (a training step's copies die with its graph), so a loop does
+    not fault in fresh zeroed pages at every step (perf: clear_page 5-8% of a T50 B1 H512 step).
+
+    Why a reference count and not fastrnn._scratch with a finalizer: every NumPy view names the array
+    that owns the memory as its base, so a view of one of these arrays keeps it referenced, and a free
+    one (held by this list, the loop variable and getrefcount's argument: 3) has no view anywhere.  A
+    finalizer on a view of a scratch buffer would fire while other views of that buffer still live."""
+    dtype = np.dtype(dtype)
+    if np.prod(shape) * dtype.itemsize < _COPY_MIN_BYTES:
+        return np.empty(shape, dtype)
+    for a in _COPY_BUFFERS:
+        if a.shape == shape and a.dtype == dtype and sys.getrefcount(a) == 3:
+            return a
+    a = np.empty(shape, dtype)
+    _COPY_BUFFERS.append(a)
+    if len(_COPY_BUFFERS) > _COPY_BUFFERS_KEEP:
+        del _COPY_BUFFERS[0]   # (still alive while someone uses it; forgotten here)
+    return a
 
 
 def _is_transposed(t):

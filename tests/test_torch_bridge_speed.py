@@ -202,3 +202,22 @@ def test_torchs_openmp_runtime_is_found_when_torch_uses_one():
         assert _torch_autograd._HOST is None
         return
     assert _torch_autograd._HOST is not None and all(_torch_autograd._HOST)
+
+
+def test_weight_copy_buffers_are_reused_only_when_nothing_refers_to_them():
+    shape = (600, 512)   # above the 1 MiB threshold
+    a = _torch_autograd._copy_buffer(shape, np.float32)
+    view = a[10:20]
+    del a
+    b = _torch_autograd._copy_buffer(shape, np.float32)
+    assert not np.shares_memory(b, view)            # a live view keeps its buffer out of reuse
+    t = torch.from_numpy(b)
+    del b
+    c = _torch_autograd._copy_buffer(shape, np.float32)
+    assert not np.shares_memory(c, t.numpy())       # so does a tensor made from it
+    base = c.__array_interface__["data"][0]
+    del c
+    d = _torch_autograd._copy_buffer(shape, np.float32)
+    assert d.__array_interface__["data"][0] == base  # a free one is reused
+    small = _torch_autograd._copy_buffer((4, 4), np.float32)
+    assert small.shape == (4, 4)
