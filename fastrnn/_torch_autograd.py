@@ -119,7 +119,7 @@ def _to_numpy(t, name):
     t = t.detach()
     if t.is_contiguous():
         return t.numpy()
-    if t.dim() == 2 and t.t().is_contiguous():
+    if _is_transposed(t):
         # a transposed view (torch's (G*H, I) weights seen as Keras's (I, G*H)): our tiled transpose,
         # 4-10x faster than torch's strided .contiguous() (bench/NOTES.md 39)
         src = t.t().numpy()
@@ -170,10 +170,7 @@ def _to_torch(a, dtype):
 def _spec(cell, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask,
           go_backwards, time_major, activation, recurrent_activation, zero_output_for_mask, reset_after):
     """(Spec, Arrays) of one call, validated by fastrnn._spec.build_spec (the same errors as functional)."""
-    states = None
-    if h0 is not None:
-        states = [_to_numpy(h0, "h0")] + ([_to_numpy(c0, "c0")] if cell == "lstm" else [])
-    mask_np = None if mask is None else _to_numpy(mask, "mask").astype(bool, copy=False)
+    states, mask_np = _states_and_mask(cell, h0, c0, mask)
     return build_spec(
         cell, _to_numpy(x, "x"), _to_numpy(kernel, "kernel"), _to_numpy(recurrent_kernel, "recurrent_kernel"),
         _to_numpy(bias, "bias"), initial_state=states, mask=mask_np, go_backwards=go_backwards,
@@ -182,6 +179,14 @@ def _spec(cell, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, r
         zero_output_for_mask=zero_output_for_mask, dropout_mask=_to_numpy(dropout_mask, "dropout_mask"),
         recurrent_dropout_mask=_to_numpy(recurrent_dropout_mask, "recurrent_dropout_mask"),
         reset_after=reset_after)
+
+
+def _states_and_mask(cell, h0, c0, mask):
+    """The initial states as a list of arrays (None without h0) and the mask as a bool array (or None)."""
+    states = None
+    if h0 is not None:
+        states = [_to_numpy(h0, "h0")] + ([_to_numpy(c0, "c0")] if cell == "lstm" else [])
+    return states, None if mask is None else _to_numpy(mask, "mask").astype(bool, copy=False)
 
 
 def _sizes(cell, x, recurrent_kernel, time_major):
@@ -528,10 +533,7 @@ def _inference(cell, x, h0, c0, mask, dropout_mask, recurrent_dropout_mask, opti
     """Run ``call(x_np, initial_state=, mask=, dropout_mask=, recurrent_dropout_mask=, go_backwards=,
     time_major=, zero_output_for_mask=)`` (a fastrnn.functional-style forward on NumPy arrays) on torch
     tensors: ``(outputs, final_states)`` as tensors of x's dtype, as `rnn` returns."""
-    states = None
-    if h0 is not None:
-        states = [_to_numpy(h0, "h0")] + ([_to_numpy(c0, "c0")] if cell == "lstm" else [])
-    mask_np = None if mask is None else _to_numpy(mask, "mask").astype(bool, copy=False)
+    states, mask_np = _states_and_mask(cell, h0, c0, mask)
     with _on_torch_threads():
         out, final = call(_to_numpy(x, "x"), initial_state=states, mask=mask_np,
                           dropout_mask=_to_numpy(dropout_mask, "dropout_mask"),
