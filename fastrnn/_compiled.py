@@ -224,8 +224,9 @@ def _backward(spec, arrays, ws, d_outputs, d_final_states, plan, transposed=(Fal
 
 
 def _transposed(a, token):
-    """A fresh copy of a.T (C-contiguous), then the scratch buffer `a` (with its `token`) handed back."""
-    out = np.empty(a.shape[::-1], a.dtype)
+    """A fresh copy of a.T (C-contiguous, on a 64-byte line: transpose_into stores whole lines there),
+    then the scratch buffer `a` (with its `token`) handed back."""
+    out = engine._empty_aligned(a.size, a.dtype).reshape(a.shape[::-1])
     engine.transpose_into(a, out)
     _scratch.give(token)
     return out

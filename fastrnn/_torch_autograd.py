@@ -37,6 +37,7 @@ copies them into its state chain), so a stateful caller may update them in place
 does); mask and dropout masks are constants (no gradient).  Nothing here re-implements RNN math.
 """
 import functools
+import math
 import sys
 from dataclasses import replace
 from typing import Optional
@@ -124,33 +125,42 @@ def _to_numpy(t, name):
         # 4-10x faster than torch's strided .contiguous() (bench/NOTES.md 39)
         src = t.t().numpy()
         out = _copy_buffer(src.shape[::-1], src.dtype)
-        engine.transpose_into(src, out)
+        with _on_torch_threads():   # (a large one splits over the pool: torch's team, not our workers)
+            engine.transpose_into(src, out)
         return out
     return t.contiguous().numpy()
 
 
-_COPY_BUFFERS = []      # arrays that own their memory, reused by _copy_buffer once nothing refers to them
+_COPY_BUFFERS = []      # (owner, aligned view) pairs, reused by _copy_buffer once nothing refers to them
 _COPY_BUFFERS_KEEP = 8
 _COPY_MIN_BYTES = 1 << 20
 
 
 def _copy_buffer(shape, dtype):
-    """An uninitialised C-contiguous array for a weight copy.  From 1 MiB, an earlier one of the same
-    shape that nothing refers to any more (a training step's copies die with its graph), so a loop does
-    not fault in fresh zeroed pages at every step (perf: clear_page 5-8% of a T50 B1 H512 step).
+    """An uninitialised C-contiguous array for a weight copy, starting on a 64-byte line (transpose_into's
+    16 x 16 blocks store whole lines only there: (512, 2048) 2 threads, 16-byte offset 250 vs 165 us,
+    bench/NOTES.md 40).  From 1 MiB, an earlier one of the same shape that nothing refers to any more (a
+    training step's copies die with its graph), so a loop does not fault in fresh zeroed pages at every
+    step (perf: clear_page 5-8% of a T50 B1 H512 step).
 
-    Why a reference count and not fastrnn._scratch with a finalizer: every NumPy view names the array
-    that owns the memory as its base, so a view of one of these arrays keeps it referenced, and a free
-    one (held by this list, the loop variable and getrefcount's argument: 3) has no view anywhere.  A
-    finalizer on a view of a scratch buffer would fire while other views of that buffer still live."""
+    Why reference counts and not fastrnn._scratch with a finalizer: every NumPy view names the array
+    that owns the memory as its base, so a view of one of these arrays keeps its owner referenced, and a
+    free pair has no view anywhere: the owner held by the list's pair, the loop variable, the aligned
+    view's base and getrefcount's argument (4), the view by the pair, the loop variable and the
+    argument (3; a tensor made from it holds the view itself).  A finalizer on a view of a scratch buffer
+    would fire while other views of that buffer still live."""
     dtype = np.dtype(dtype)
-    if np.prod(shape) * dtype.itemsize < _COPY_MIN_BYTES:
-        return np.empty(shape, dtype)
-    for a in _COPY_BUFFERS:
-        if a.shape == shape and a.dtype == dtype and sys.getrefcount(a) == 3:
+    n = math.prod(shape)
+    if n * dtype.itemsize < _COPY_MIN_BYTES:
+        return engine._empty_aligned(n, dtype).reshape(shape)
+    for owner, a in _COPY_BUFFERS:
+        if a.shape == shape and a.dtype == dtype and sys.getrefcount(owner) == 4 and sys.getrefcount(a) == 3:
             return a
-    a = np.empty(shape, dtype)
-    _COPY_BUFFERS.append(a)
+    a = engine._empty_aligned(n, dtype).reshape(shape)
+    owner = a.base
+    while owner.base is not None:   # (NumPy collapses view chains to the owner; this is belt and braces)
+        owner = owner.base
+    _COPY_BUFFERS.append((owner, a))
     if len(_COPY_BUFFERS) > _COPY_BUFFERS_KEEP:
         del _COPY_BUFFERS[0]   # (still alive while someone uses it; forgotten here)
     return a

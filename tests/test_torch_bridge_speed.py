@@ -21,9 +21,31 @@ from fastrnn._spec import build_spec  # noqa: E402
 GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
 
 
+@pytest.fixture(params=[0, 1, 2])
+def simd(request):
+    """The transpose's builds: 0 portable, 1 AVX2 8 x 8 blocks, 2 AVX-512 16 x 16 (skipped where the CPU
+    lacks them)."""
+    if engine.simd_level() < request.param:
+        pytest.skip(f"simd_level() is {engine.simd_level()}")
+    engine.limit_simd(request.param)
+    yield request.param
+    engine.limit_simd(2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (8, 8), (31, 33), (64, 17), (130, 520)])
-def test_transpose_into_matches_numpy(shape, dtype):
+# (130, 520), (1030, 70), (16, 4100): past TRANSPOSE_SPLIT_MIN_BYTES in float32, so split over the pool
+# (1030 rows: parts of whole 16-row strips and a short last one; 16 rows: one strip, no split)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (8, 8), (16, 16), (31, 33), (64, 17), (48, 80),
+                                   (130, 520), (1030, 70), (16, 4100)])
+def test_transpose_into_matches_numpy(shape, dtype, threads, simd):
+    assert (130 * 520 * 4 >= engine.TRANSPOSE_SPLIT_MIN_BYTES and 1030 * 70 * 4 >= engine.TRANSPOSE_SPLIT_MIN_BYTES
+            and 16 * 4100 * 4 >= engine.TRANSPOSE_SPLIT_MIN_BYTES)
+    with fastrnn.threads(threads):
+        _check_transpose(shape, dtype)
+
+
+def _check_transpose(shape, dtype):
     rng = np.random.default_rng(sum(shape))
     src = rng.standard_normal(shape).astype(dtype)
     dst = np.full(shape[::-1], np.nan, dtype)
@@ -229,3 +251,5 @@ def test_weight_copy_buffers_are_reused_only_when_nothing_refers_to_them():
     assert d.__array_interface__["data"][0] == base  # a free one is reused
     small = _torch_autograd._copy_buffer((4, 4), np.float32)
     assert small.shape == (4, 4)
+    for arr in (d, small):   # (transpose_into's whole-line stores)
+        assert arr.flags.c_contiguous and arr.__array_interface__["data"][0] % 64 == 0

@@ -1380,21 +1380,36 @@ def pack_b_panels(cnp.ndarray B):
     return out
 
 
-cdef void _transpose_typed(floating *src_type, cnp.ndarray src, cnp.ndarray dst):
-    """dst := src^T on the typed pointers (src_type: the fused type's tag, unused)."""
-    cdef int M = src.shape[0], N = src.shape[1]
-    cdef long lds = src.strides[0] // src.itemsize if M > 1 else N
-    cdef long ldd = dst.strides[0] // dst.itemsize if N > 1 else M
-    cdef const floating *s = <const floating *>cnp.PyArray_DATA(src)
-    cdef floating *d = <floating *>cnp.PyArray_DATA(dst)
-    with nogil:
-        transpose(M, N, s, lds, d, ldd)
+ctypedef struct TransposeJob:
+    int M, N, per              # src (M, N); each part `per` rows of src (a multiple of 16)
+    const void *src
+    void *dst
+    long lds, ldd
+    bint f32
+
+
+cdef void _transpose_part(void *arg, int part) noexcept nogil:
+    """Rows [part*per, part*per + per) of src into the same columns of dst: parts write disjoint
+    64-byte-aligned runs of dst's rows (per is a multiple of 16), so they share no cache line."""
+    cdef TransposeJob *J = <TransposeJob *>arg
+    cdef int i0 = part * J.per
+    cdef int rows = J.M - i0 if J.M - i0 < J.per else J.per
+    if J.f32:
+        transpose(rows, J.N, <const float *>J.src + <Py_ssize_t>i0 * J.lds, J.lds, <float *>J.dst + i0, J.ldd)
+    else:
+        transpose(rows, J.N, <const double *>J.src + <Py_ssize_t>i0 * J.lds, J.lds, <double *>J.dst + i0, J.ldd)
+
+
+# From this size of src a transpose splits over the pool: 1 MiB, one Zen 4 core 55 us, two 39 (C
+# harness, bench/NOTES.md 40); a split of a smaller one costs about the dispatch it saves.
+TRANSPOSE_SPLIT_MIN_BYTES = 256 << 10
 
 
 def transpose_into(cnp.ndarray src, cnp.ndarray dst):
     """dst := src.T for 2-D float32/float64 arrays of one dtype, src (M, N) and dst (N, M), each with
-    contiguous rows (any row stride), not overlapping: np.copyto(dst, src.T) in 32 x 32 tiles (8 x 8
-    register transposes for float32 on AVX2), where numpy's and torch's strided copies run 10-40x slower
+    contiguous rows (any row stride), not overlapping: np.copyto(dst, src.T) in register-transposed
+    blocks (float32: 16 x 16 on AVX-512F, 8 x 8 in 32 x 32 tiles on AVX2), split by rows of src over
+    the pool from TRANSPOSE_SPLIT_MIN_BYTES, where numpy's and torch's strided copies run 10-40x slower
     than a plain copy (fastrnn/_torch_autograd.py: torch's (G*H, I) weights <-> the Keras layout)."""
     if src.ndim != 2 or dst.ndim != 2 or src.dtype != dst.dtype or src.dtype not in (np.float32, np.float64):
         raise ValueError(f"transpose_into: expected two 2-D float32 or float64 arrays of one dtype, got "
@@ -1411,10 +1426,20 @@ def transpose_into(cnp.ndarray src, cnp.ndarray dst):
         raise ValueError("transpose_into: src and dst overlap")
     if src.size == 0:
         return
-    if src.dtype == np.float32:
-        _transpose_typed(<float *>NULL, src, dst)
-    else:
-        _transpose_typed(<double *>NULL, src, dst)
+    cdef TransposeJob J
+    J.M, J.N, J.f32 = src.shape[0], src.shape[1], src.dtype == np.float32
+    J.lds = src.strides[0] // src.itemsize if J.M > 1 else J.N
+    J.ldd = dst.strides[0] // dst.itemsize if J.N > 1 else J.M
+    J.src, J.dst = cnp.PyArray_DATA(src), cnp.PyArray_DATA(dst)
+    cdef int n = _n_threads if src.nbytes >= TRANSPOSE_SPLIT_MIN_BYTES else 1
+    cdef int nparts = min(2 * n, (J.M + 15) // 16)   # two a thread: a late worker takes the second
+    J.per = ((J.M + nparts - 1) // nparts + 15) // 16 * 16
+    nparts = (J.M + J.per - 1) // J.per
+    with nogil:
+        if nparts > 1:
+            fr_pool_parts(n, nparts, _transpose_part, &J)
+        else:
+            _transpose_part(&J, 0)
 
 
 cdef void _use_b_panels(GemmJob *J, object b_panels) except *:

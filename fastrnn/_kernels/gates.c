@@ -172,7 +172,8 @@ void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float be
 
 /* dst (N x M, rows ldd apart) := src (M x N, rows lds apart)^T.  The portable build walks 32 x 32 tiles
  * (a tile of src and of dst stay in L1 while it passes; a row-by-row strided copy touches a new cache line
- * of dst at every element); float32 on AVX2 takes gates_avx2.c's 8 x 8 register transposes. */
+ * of dst at every element); float32 takes gates_avx2.c's 8 x 8 register transposes on AVX2 and
+ * gemm_avx512.c's 16 x 16 on AVX-512F. */
 #define FR_TRANSPOSE_SCALAR(T, SFX)                                                                    \
     static void fr_transpose_scalar_##SFX(int M, int N, const T *src, long lds, T *dst, long ldd)      \
     {                                                                                                  \
@@ -190,7 +191,9 @@ FR_TRANSPOSE_SCALAR(double, f64)
 
 void fr_transpose_f32(int M, int N, const float *src, long lds, float *dst, long ldd)
 {
-    if (fr_use_avx2)
+    if (fr_level >= 2)
+        fr_transpose_f32_avx512(M, N, src, lds, dst, ldd);
+    else if (fr_use_avx2)
         fr_transpose_f32_avx2(M, N, src, lds, dst, ldd);
     else
         fr_transpose_scalar_f32(M, N, src, lds, dst, ldd);

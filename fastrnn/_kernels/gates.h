@@ -124,6 +124,7 @@ void fr_gemm_prepacked_f32_avx512(int M, int N, int K, const float *work, const 
 void fr_transpose_f32(int M, int N, const float *src, long lds, float *dst, long ldd);
 void fr_transpose_f64(int M, int N, const double *src, long lds, double *dst, long ldd);
 void fr_transpose_f32_avx2(int M, int N, const float *src, long lds, float *dst, long ldd);
+void fr_transpose_f32_avx512(int M, int N, const float *src, long lds, float *dst, long ldd);
 void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 /* The same panels for R^T (K, N), read from R (N, K) rows ldr apart (backward: dG @ R^T).  IN R; OUT P */
 void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P);

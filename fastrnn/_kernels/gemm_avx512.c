@@ -269,3 +269,56 @@ void fr_vecmat_f32_avx512(const float *restrict x, const float *restrict R, int 
         k0 += kb;
     } while (k0 < K);
 }
+
+/* Transpose (torch's weights and their gradients, fastrnn/_torch_autograd.py).  16 x 16 blocks in
+ * registers: each of the 16 loads and 16 stores is a whole 64-byte line.  Why: the rows of a weight are
+ * a power of two of bytes apart (8 KiB for (512, 2048)), so every row of a tile falls in the same L1
+ * set; gates_avx2.c's 32 x 32 tiles of 8 x 8 blocks read each line twice, 32 B at a time, and its line
+ * is gone before the second read.  C harness, (512, 2048) float32, one Zen 4 core, medians: 280 us
+ * (32 x 32 tiles) -> 220 (16 x 16 blocks), a memcpy 86 (bench/NOTES.md 40).  Blocks walk strips of 16
+ * rows of src; the last M % 16 rows and N % 16 columns go to the AVX2 build. */
+static inline __attribute__((always_inline)) void fr_transpose16(const float *restrict src, long lds,
+                                                                 float *restrict dst, long ldd)
+{
+    __m512 r[16], t[16];
+    int k;
+    for (k = 0; k < 16; k++) r[k] = _mm512_loadu_ps(src + k * lds);
+    /* pairs of rows interleaved, then quads: lane L (128 bits) of t[4q + c] holds column 4L + c of rows
+     * 4q..4q+3 */
+    for (k = 0; k < 16; k += 2) {
+        t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
+        t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (k = 0; k < 16; k += 4) {
+        r[k] = _mm512_shuffle_ps(t[k], t[k + 2], 0x44);
+        r[k + 1] = _mm512_shuffle_ps(t[k], t[k + 2], 0xEE);
+        r[k + 2] = _mm512_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+        r[k + 3] = _mm512_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+    }
+    /* then the 128-bit lanes across quads: two rounds of shuffle_f32x4 */
+    for (k = 0; k < 4; k++) {
+        t[k] = _mm512_shuffle_f32x4(r[k], r[k + 4], 0x88);
+        t[k + 4] = _mm512_shuffle_f32x4(r[k], r[k + 4], 0xDD);
+        t[k + 8] = _mm512_shuffle_f32x4(r[k + 8], r[k + 12], 0x88);
+        t[k + 12] = _mm512_shuffle_f32x4(r[k + 8], r[k + 12], 0xDD);
+    }
+    for (k = 0; k < 4; k++) {
+        r[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
+        r[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xDD);
+        r[k + 4] = _mm512_shuffle_f32x4(t[k + 4], t[k + 12], 0x88);
+        r[k + 12] = _mm512_shuffle_f32x4(t[k + 4], t[k + 12], 0xDD);
+    }
+    for (k = 0; k < 16; k++) _mm512_storeu_ps(dst + k * ldd, r[k]);
+}
+
+void fr_transpose_f32_avx512(int M, int N, const float *restrict src, long lds, float *restrict dst, long ldd)
+{
+    const int M16 = M / 16 * 16, N16 = N / 16 * 16;
+    int i, j;
+    for (i = 0; i < M16; i += 16)
+        for (j = 0; j < N16; j += 16) fr_transpose16(src + (long)i * lds + j, lds, dst + (long)j * ldd + i, ldd);
+    if (N16 < N && M16 > 0)   /* the last columns of the full strips */
+        fr_transpose_f32_avx2(M16, N - N16, src + N16, lds, dst + (long)N16 * ldd, ldd);
+    if (M16 < M)              /* the last rows, every column */
+        fr_transpose_f32_avx2(M - M16, N, src + (long)M16 * lds, lds, dst + M16, ldd);
+}
