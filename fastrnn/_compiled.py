@@ -46,7 +46,12 @@ class Workspace:
             dm = arrays.dropout_mask[None, :, :] if spec.time_major else arrays.dropout_mask[:, None, :]
             x = x * dm
         self.xd = np.ascontiguousarray(x).reshape(N, I)
-        self.W = np.ascontiguousarray(arrays.kernel)
+        # a kernel that is a transposed view ((G*H, I) memory seen as (I, G*H): torch's layout through
+        # fastrnn/_torch_autograd.py, or any Fortran-ordered array) is read in place: W holds that
+        # (G*H, I) memory and W_t says so; the projection and dx take it with trans_b (no copy)
+        k = arrays.kernel
+        self.W_t = k.ndim == 2 and not k.flags.c_contiguous and k.T.flags.c_contiguous
+        self.W = k.T if self.W_t else np.ascontiguousarray(k)
         self.R = np.ascontiguousarray(arrays.recurrent_kernel)
         self.bx = self.br = None
         if arrays.bias is not None:
@@ -93,7 +98,7 @@ class Workspace:
         # scratch (a one-shot inference call): xp comes from _scratch and goes back in `release`
         self.xp, self._xp_token = _scratch.take((N, GH), dt) if scratch else (xp_alloc((N, GH), dt), None)
         if project:
-            engine.gemm_into(self.xd, self.W, self.xp)
+            engine.gemm_into(self.xd, self.W, self.xp, trans_b=self.W_t)
         self.out = np.empty((N, H), dt)
         self.hT = np.empty((B, H), dt)
         self.cT = np.empty((B, H), dt) if spec.cell == "lstm" else None
@@ -243,7 +248,7 @@ def _hoisted_gradients(spec, arrays, ws, plan, transposed=(False, False)):
     dW, dW_token = _scratch.take((I, GH), dt) if transposed[0] else (np.empty((I, GH), dt), None)
     engine.gemm_into(ws.xd, ws.dxp, dW, trans_a=True)
     dx = np.empty((N, I), dt)
-    engine.gemm_into(ws.dxp, ws.W, dx, trans_b=True)
+    engine.gemm_into(ws.dxp, ws.W, dx, trans_b=not ws.W_t)
     dx = dx.reshape(arrays.x.shape)
     if arrays.dropout_mask is not None:
         dx *= arrays.dropout_mask[None, :, :] if spec.time_major else arrays.dropout_mask[:, None, :]

@@ -30,7 +30,9 @@ torch.func transform or torch.compile trace active, plain tensors) skips the ops
 fastrnn.functional's inference forward (no residuals written), and `rnn_prepared` the same on a
 fastrnn.functional.prepare handle (fastrnn.torch's modules keep one per direction).
 
-Contracts: CPU tensors cross to NumPy without copies; x, the weights, the masks and the residuals are saved
+Contracts: CPU tensors cross to NumPy without copies (a transposed view, torch's (G*H, I) weights seen
+in the Keras layout: the kernel is read in place with trans_b, the recurrent kernel copied by the tiled
+`engine.transpose_into`, which its many packed layouts read); x, the weights, the masks and the residuals are saved
 with ``ctx.save_for_backward``, so an in-place change before backward raises torch's "modified by an
 inplace operation" error instead of giving wrong gradients; h0, c0 and bias are not saved (the forward
 copies them into its state chain), so a stateful caller may update them in place before backward (Keras
@@ -109,7 +111,10 @@ _RESIDUALS = ("gates", "hp", "cp", "hd", "aux", "c_last")
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
-def _to_numpy(t, name):
+def _to_numpy(t, name, in_place=False):
+    """t's values as a NumPy array: its memory where contiguous, else a copy; a transposed view (torch's
+    (G*H, I) weights seen as Keras's (I, G*H)) comes as a C-contiguous copy, or with `in_place` as the
+    transposed NumPy view of its memory (the kernel: fastrnn._compiled.Workspace reads it so)."""
     if t is None:
         return None
     if not isinstance(t, torch.Tensor):
@@ -121,6 +126,8 @@ def _to_numpy(t, name):
     if t.is_contiguous():
         return t.numpy()
     if _is_transposed(t):
+        if in_place:
+            return t.t().numpy().T
         # a transposed view (torch's (G*H, I) weights seen as Keras's (I, G*H)): our tiled transpose,
         # 4-10x faster than torch's strided .contiguous() (bench/NOTES.md 39)
         src = t.t().numpy()
@@ -182,7 +189,8 @@ def _spec(cell, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, r
     """(Spec, Arrays) of one call, validated by fastrnn._spec.build_spec (the same errors as functional)."""
     states, mask_np = _states_and_mask(cell, h0, c0, mask)
     return build_spec(
-        cell, _to_numpy(x, "x"), _to_numpy(kernel, "kernel"), _to_numpy(recurrent_kernel, "recurrent_kernel"),
+        cell, _to_numpy(x, "x"), _to_numpy(kernel, "kernel", in_place=True),
+        _to_numpy(recurrent_kernel, "recurrent_kernel"),
         _to_numpy(bias, "bias"), initial_state=states, mask=mask_np, go_backwards=go_backwards,
         time_major=time_major, activation=activation,
         recurrent_activation=recurrent_activation,
@@ -229,9 +237,10 @@ def _forward_impl(x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
                   go_backwards, time_major, activation, recurrent_activation, zero_output_for_mask, reset_after,
                   keep_copies=False):
     """rnn_forward's computation (called by the op, and directly by `_EagerRNNFunction`).  keep_copies:
-    two more outputs, the Keras-layout copies this call made of kernel and recurrent_kernel where they
-    came as transposed views (torch's layout), else (0,)-shaped: the backward reads them instead of
-    transposing again."""
+    one more output, the Keras-layout copy this call made of recurrent_kernel where it came as a
+    transposed view (torch's layout), else (0,)-shaped: the backward reads it instead of transposing
+    again.  (A transposed kernel needs none: it is read in place, torch's memory as it is, by the
+    projection and the input gradient; fastrnn._compiled.Workspace.)"""
     spec, arrays = _spec(cell, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
                          recurrent_dropout_mask, go_backwards, time_major, activation, recurrent_activation,
                          zero_output_for_mask, reset_after)
@@ -241,8 +250,8 @@ def _forward_impl(x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
     c = _to_torch(final[1], dt) if cell == "lstm" else x.new_empty((0,))
     res = [x.new_empty((0,)) if residuals[k] is None else _to_torch(residuals[k], dt) for k in _RESIDUALS]
     if keep_copies:
-        res += [_to_torch(a, dt) if _is_transposed(t) else x.new_empty((0,))
-                for a, t in ((arrays.kernel, kernel), (arrays.recurrent_kernel, recurrent_kernel))]
+        res.append(_to_torch(arrays.recurrent_kernel, dt) if _is_transposed(recurrent_kernel)
+                   else x.new_empty((0,)))
     return (_to_torch(out, dt), _to_torch(final[0], dt), c, *res)
 
 
@@ -349,7 +358,7 @@ def _setup_context(ctx, inputs, output):
     x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask = inputs[:9]
     ctx.options = inputs[9:]
     ctx.has_bias, ctx.has_state = bias is not None, h0 is not None
-    residuals = output[3:]   # (and, from _EagerRNNFunction, the weights' Keras-layout copies after them)
+    residuals = output[3:]   # (and, from _EagerRNNFunction, the recurrent kernel's Keras-layout copy after them)
     # x, the weights and the masks are read again by the backward (x's memory, zero-copy): saving them lets
     # torch's version counters refuse a backward after an in-place change.  h0, c0 and bias are not read
     # (the state chain is in the residuals), so a stateful caller may update them in place (Keras does).
@@ -372,9 +381,10 @@ def _backward(ctx, d_out, d_h, d_c, *_residual_grads):
         run = rnn_backward
     elif copies and not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
         transposed = (_is_transposed(kernel), _is_transposed(recurrent_kernel))
-        # the forward's Keras-layout copies of transposed weights (the same values: saved tensors
-        # refuse a backward after an in-place change of the originals)
-        kernel, recurrent_kernel = (c if t else w for c, t, w in zip(copies, transposed, (kernel, recurrent_kernel)))
+        # the forward's Keras-layout copy of a transposed recurrent kernel (the same values: saved tensors
+        # refuse a backward after an in-place change of the original); the kernel is read in place
+        if transposed[1]:
+            recurrent_kernel = copies[0]
         run = functools.partial(_backward_impl, transposed=transposed)
     else:
         run = _RNNBackwardFunction.apply
@@ -406,8 +416,9 @@ class _EagerRNNFunction(torch.autograd.Function):
     """The same forward and backward, calling their computations directly instead of through the custom
     ops' dispatch (~0.2 ms a call each way), for plain eager autograd (`rnn` takes it when neither
     torch.compile nor a torch.func transform is active).  Its forward also returns the Keras-layout
-    copies it made of transposed weights, which its backward reads instead of transposing again, and
-    that backward returns those weights' gradients in their inputs' layout (`_backward_impl`).
+    copy it made of a transposed recurrent kernel, which its backward reads instead of transposing
+    again (a transposed kernel is read in place), and that backward returns the weights' gradients in
+    their inputs' layout (`_backward_impl`).
     Old-style (ctx in forward): torch.func never sees it, and apply skips the new style's binding of
     default arguments (inspect.signature at every call), 20-40 us of a ~100 us tiny call (NOTES 39)."""
 

@@ -187,12 +187,49 @@ def test_eager_path_matches_the_custom_ops_and_torch_nn(kind):
         assert_close(f"{name} (ops)", via_ops[name].detach().numpy(), expected[name].numpy(), 1e-10)
 
 
-def test_eager_path_refuses_an_inplace_change_before_backward():
-    """The eager path saves the weights (and reads its own copies): torch's version check still fires."""
+@pytest.mark.parametrize("time_major", [False, True], ids=["batch_major", "time_major"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 12, 17, 34), (1, 30, 64, 512), (5, 1, 9, 16)],
+                         ids=["batch-split", "b1-h512", "t1"])
+def test_a_transposed_kernel_is_read_in_place(shape, dtype, time_major):
+    """A kernel that is a transposed view (torch's (G*H, I) memory: what the bridge passes) is not copied:
+    the projection and dx read it with trans_b; outputs and every gradient match the C-ordered kernel's
+    and the float64 reference."""
+    B, T, I, H = shape
+    x, k, r, b = _problem("lstm", B, T, I, H, dtype, seed=3)
+    if time_major:
+        x = np.ascontiguousarray(x.transpose(1, 0, 2))
+    kt = np.ascontiguousarray(k.T).T   # (I, 4H) values over (4H, I) memory
+    d_out = np.random.default_rng(4).standard_normal(x.shape[:2] + (H,)).astype(dtype)
+    results = []
+    with fastrnn.threads(2):
+        for kernel in (k, kt):
+            spec, arrays = build_spec("lstm", x, kernel, r, b, time_major=time_major)
+            ws = _compiled.Workspace(spec, arrays, training=True)
+            assert ws.W_t == (kernel is kt) and (np.shares_memory(ws.W, kt) if kernel is kt else True)
+            out, states, residuals = _compiled.forward_residuals(spec, arrays)
+            results.append((out, states, _compiled.backward_from_residuals(spec, arrays, residuals, d_out)))
+    (o0, s0, g0), (o1, s1, g1) = results
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert_close("outputs", o1, o0, tol)
+    assert_close("h", s1[0], s0[0], tol)
+    for key in ("x", "kernel", "recurrent_kernel", "bias"):
+        assert_close(f"d{key}", g1[key], g0[key], tol)
+    f64 = [a.astype(np.float64) for a in (x, k, r, b)]
+    ref_out, _, ref_bwd = reference.lstm_vjp(*f64, time_major=time_major)
+    assert_close("outputs vs reference", o1, ref_out, 2e-5 if dtype == np.float32 else 1e-10)
+    assert_close("dx vs reference", g1["x"], ref_bwd(d_out.astype(np.float64))["x"],
+                 1e-4 if dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("weight", ["weight_ih_l0", "weight_hh_l0"])
+def test_eager_path_refuses_an_inplace_change_before_backward(weight):
+    """The eager path saves the weights (and reads its own copy of the recurrent one, the kernel in
+    place): torch's version check still fires."""
     twin = ft.LSTM(5, 6)
     out, _ = twin(torch.randn(4, 2, 5))
     with torch.no_grad():
-        twin.weight_hh_l0.mul_(2.0)
+        getattr(twin, weight).mul_(2.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
 

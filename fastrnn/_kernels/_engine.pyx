@@ -972,7 +972,8 @@ PART_PROJECTION_MAX_W_BYTES = 1 << 20
 def forward(ws, spec, plan=None, dict packs=None):
     """Run the forward time loop over the Workspace `ws` (arrays prepared by fastrnn.functional).
 
-    IN ws.xp (N, G*H) = x @ W, or when not ws.projected ws.xd (N, I) and ws.W, from which this computes
+    IN ws.xp (N, G*H) = x @ W, or when not ws.projected ws.xd (N, I) and ws.W ((I, G*H), or its
+    transpose (G*H, I) where ws.W_t), from which this computes
     xp first (the batch split of a batch-major call: each part its own rows, in its task, so the rows
     it reads every step are in its core's cache; otherwise gemm_into), ws.R, ws.bx, ws.br, ws.h0,
     ws.c0, ws.mask (B, T) uint8, ws.rdmask (B, H);
@@ -1000,22 +1001,23 @@ def forward(ws, spec, plan=None, dict packs=None):
     if split != "serial":
         n = plan.threads
     proj_buf = proj_token = w_panels = None
+    cdef bint w_t = ws.W_t   # ws.W is (G*H, I), W's transpose (a transposed kernel read in place)
     if not ws.projected:
         if (packs is not None and f32 and fr_simd_level() >= 2 and _packed_gemm_enabled and _keep_w_panels
-                and L.B * L.T >= 2):
+                and L.B * L.T >= 2 and not w_t):
             # W's panels for the projection on the packed microkernel (gemm_into's packed path), kept
             w_panels = packs.get(("w_panels",))
             if w_panels is None:
                 w_panels = packs[("w_panels",)] = pack_b_panels(ws.W)
         if (split == "batch" and not L.time_major and L.T >= 2
                 and ws.W.nbytes <= PART_PROJECTION_MAX_W_BYTES
-                and _gemm_prepare(&P, ws.xd, ws.W, ws.xp, False, False, 0.0)):
+                and _gemm_prepare(&P, ws.xd, ws.W, ws.xp, False, w_t, 0.0)):
             P.parts, P.by_rows = n, True   # part p: the rows of batch part p (_batch_part)
             _use_b_panels(&P, w_panels)
             proj_buf, proj_token = _gemm_scratch(&P, (L.B + n - 1) // n * L.T)
             J.proj = &P
         else:
-            gemm_into(ws.xd, ws.W, ws.xp, b_panels=w_panels)
+            gemm_into(ws.xd, ws.W, ws.xp, trans_b=w_t, b_panels=w_panels)
         ws.projected = True
     if split == "hidden":
         panels = plan.forward_packed and f32 and fr_simd_level()

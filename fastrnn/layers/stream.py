@@ -49,7 +49,8 @@ class Stream:
                                       cell.recurrent_kernel, cell.bias, initial_state=states, **opts)
             ws = _compiled.Workspace(spec, arrays, training=False)
             plan = cpu_plan(spec, training=False, packs_kept=True)
-            self._kernels.append(engine.StepKernel(ws, spec, ws.W, plan))
+            W = np.ascontiguousarray(ws.W.T) if ws.W_t else ws.W   # (the step kernel reads (I, G*H))
+            self._kernels.append(engine.StepKernel(ws, spec, W, plan))
         self._in_shape = (self.batch_size, cells[0].kernel.shape[0])
         self._versions = [cell._weights_version for cell in cells]   # of the weights the kernels packed
         self._cell0 = cells[0]
