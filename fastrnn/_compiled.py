@@ -228,12 +228,39 @@ def _backward(spec, arrays, ws, d_outputs, d_final_states, plan, transposed=(Fal
         _scratch.give(drec_token)
 
 
-def _transposed(a, token):
-    """A fresh copy of a.T (C-contiguous, on a 64-byte line: transpose_into stores whole lines there),
-    then the scratch buffer `a` (with its `token`) handed back."""
-    out = engine._empty_aligned(a.size, a.dtype).reshape(a.shape[::-1])
-    engine.transpose_into(a, out)
-    _scratch.give(token)
+# A transposed weight gradient (torch's layout, `transposed`) comes from the transposed GEMM dG^T @ A
+# where that is faster than the plain product and a tiled transpose: few rows (the GEMM is short, the
+# transpose a fixed cost per weight) and outputs of 64 columns or more (fewer fill one masked panel).
+# One Zen 4, 2 threads, us (plain + transpose / transposed; N x K, G*H): 50 x 512, 2048: 1192 / 748;
+# 100 x 128, 512: 138 / 120; 400 x 512, 2048: 4930 / 4585; 800: 8968 / 8901; 1000 x 64, 256: 158 / 210;
+# 1600 x 256, 1024: 4762 / 5895; 50 x 17, 512: 13 / 27 (bench/NOTES.md 40).
+DIRECT_TRANSPOSED_MAX_ROWS = 512
+DIRECT_TRANSPOSED_MIN_COLS = 64
+
+
+def _weight_gradient(products, K, GH, dt, transposed):
+    """dWeight (K, GH) = A^T @ G summed over the N rows, from `products`: (A (N, K), G (N, w), c0) pairs
+    filling columns c0..c0+w (several for GRU reset_after=False, whose candidate block reads aux).
+    transposed: the (GH, K) C-contiguous transpose instead, on a 64-byte line (transpose_into stores whole
+    lines there), computed as the transposed GEMM or as the plain one then a tiled transpose."""
+    N = products[0][0].shape[0]
+    if not transposed:
+        out = np.empty((K, GH), dt)
+        for A, G, c0 in products:
+            engine.gemm_into(A, G, out[:, c0:c0 + G.shape[1]], trans_a=True)
+        return out
+    out = engine._empty_aligned(K * GH, dt).reshape(GH, K)
+    if N <= DIRECT_TRANSPOSED_MAX_ROWS and K >= DIRECT_TRANSPOSED_MIN_COLS:
+        for A, G, c0 in products:
+            engine.gemm_into(G, A, out[c0:c0 + G.shape[1]], trans_a=True)
+        return out
+    plain, token = _scratch.take((K, GH), dt)
+    try:
+        for A, G, c0 in products:
+            engine.gemm_into(A, G, plain[:, c0:c0 + G.shape[1]], trans_a=True)
+        engine.transpose_into(plain, out)
+    finally:
+        _scratch.give(token)
     return out
 
 
@@ -245,24 +272,18 @@ def _hoisted_gradients(spec, arrays, ws, plan, transposed=(False, False)):
     engine.backward(ws, spec, plan)
 
     # the hoisted gradients: single GEMMs and reductions over all N = B*T rows
-    dW, dW_token = _scratch.take((I, GH), dt) if transposed[0] else (np.empty((I, GH), dt), None)
-    engine.gemm_into(ws.xd, ws.dxp, dW, trans_a=True)
+    dW = _weight_gradient([(ws.xd, ws.dxp, 0)], I, GH, dt, transposed[0])
     dx = np.empty((N, I), dt)
     engine.gemm_into(ws.dxp, ws.W, dx, trans_b=not ws.W_t)
     dx = dx.reshape(arrays.x.shape)
     if arrays.dropout_mask is not None:
         dx *= arrays.dropout_mask[None, :, :] if spec.time_major else arrays.dropout_mask[:, None, :]
     hd = ws.hd if ws.hd is not None else ws.hp
-    dR, dR_token = _scratch.take((H, GH), dt) if transposed[1] else (np.empty((H, GH), dt), None)
     if spec.cell == "gru" and not spec.reset_after:
-        engine.gemm_into(hd, ws.dxp[:, : 2 * H], dR[:, : 2 * H], trans_a=True)
-        engine.gemm_into(ws.aux, ws.dxp[:, 2 * H:], dR[:, 2 * H:], trans_a=True)
+        products = [(hd, ws.dxp[:, : 2 * H], 0), (ws.aux, ws.dxp[:, 2 * H:], 2 * H)]
     else:
-        engine.gemm_into(hd, ws.drec if ws.drec is not None else ws.dxp, dR, trans_a=True)
-    # transposed: the same products, then a tiled transpose (computing dG^T @ x instead measured up to
-    # 3x slower where I is small: an output of I < 16 columns fills one masked panel; NOTES 39)
-    dW, dR = (_transposed(g, token) if flag else g
-              for g, token, flag in ((dW, dW_token, transposed[0]), (dR, dR_token, transposed[1])))
+        products = [(hd, ws.drec if ws.drec is not None else ws.dxp, 0)]
+    dR = _weight_gradient(products, H, GH, dt, transposed[1])
     db = None
     if spec.has_bias:
         db = ws.dxp.sum(axis=0)

@@ -134,12 +134,17 @@ def test_pool_use_host_is_per_thread_and_restores():
 @pytest.mark.parametrize("cell,reset_after", [("lstm", True), ("gru", True), ("gru", False),
                                               ("simple_rnn", True)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_weight_gradients_computed_transposed(cell, reset_after, dtype):
+# I == H, so a wrong orientation could not hide behind a shape error.  Both ways of computing them:
+# 12 columns and 540 rows take the plain GEMM then a transpose, 18 rows of 64 the transposed GEMM
+@pytest.mark.parametrize("B,T,n", [(3, 7, 12), (2, 9, 64), (9, 60, 64)])
+def test_weight_gradients_computed_transposed(cell, reset_after, dtype, B, T, n):
     """backward_from_residuals(transposed=...) returns dW^T / dR^T: the float64 reference's gradients
-    transposed (I == H, so a wrong orientation could not hide behind a shape error)."""
-    x, k, r, b = _problem(cell, 3, 7, 12, 12, dtype, reset_after=reset_after)
+    transposed, C-contiguous on a 64-byte line."""
+    assert (7 * 3 <= _compiled.DIRECT_TRANSPOSED_MAX_ROWS < 9 * 60
+            and 12 < _compiled.DIRECT_TRANSPOSED_MIN_COLS <= 64)
+    x, k, r, b = _problem(cell, B, T, n, n, dtype, reset_after=reset_after)
     spec, arrays = build_spec(cell, x, k, r, b, reset_after=reset_after)
-    d_out = np.random.default_rng(2).standard_normal((3, 7, 12)).astype(dtype)
+    d_out = np.random.default_rng(2).standard_normal((B, T, n)).astype(dtype)
     out, states, residuals = _compiled.forward_residuals(spec, arrays)
     plain = _compiled.backward_from_residuals(spec, arrays, residuals, d_out)
     # the plain gradients against the float64 NumPy reference first (an oracle that is not this code)
@@ -153,7 +158,9 @@ def test_weight_gradients_computed_transposed(cell, reset_after, dtype):
         got = _compiled.backward_from_residuals(spec, arrays, residuals, d_out, transposed=flags)
         for key, flag in zip(("kernel", "recurrent_kernel"), flags):
             expected = ref[key].T if flag else ref[key]
-            assert got[key].shape == expected.shape
+            assert got[key].shape == expected.shape and got[key].flags.c_contiguous
+            if flag:
+                assert got[key].__array_interface__["data"][0] % 64 == 0
             assert_close(f"d{key} transposed={flag} vs reference", got[key], expected,
                          1e-4 if dtype == np.float32 else 1e-10)
 
