@@ -164,10 +164,7 @@ def _copy_buffer(shape, dtype):
         if a.shape == shape and a.dtype == dtype and sys.getrefcount(owner) == 4 and sys.getrefcount(a) == 3:
             return a
     a = engine._empty_aligned(n, dtype).reshape(shape)
-    owner = a.base
-    while owner.base is not None:   # (NumPy collapses view chains to the owner; this is belt and braces)
-        owner = owner.base
-    _COPY_BUFFERS.append((owner, a))
+    _COPY_BUFFERS.append((a.base, a))   # (NumPy names the memory's owner as every view's base)
     if len(_COPY_BUFFERS) > _COPY_BUFFERS_KEEP:
         del _COPY_BUFFERS[0]   # (still alive while someone uses it; forgotten here)
     return a
