@@ -119,23 +119,24 @@ def _to_numpy(t, name, in_place=False):
         return None
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         raise ValueError(f"{name}: fastrnn's torch bridge runs CPU tensors; got a tensor on {t.device} "
                          "(the GPU path is not built yet)")
-    t = t.detach()
-    if t.is_contiguous():
-        return t.numpy()
-    if _is_transposed(t):
+    # the strided view of t's memory, its layout read on the NumPy side: a microsecond or two, where
+    # torch's is_contiguous / t() checks cost 6-7 us a transposed weight (a dozen conversions a step)
+    a = t.detach().numpy()
+    if a.flags.c_contiguous:
+        return a
+    if a.ndim == 2 and a.flags.f_contiguous:
         if in_place:
-            return t.t().numpy().T
+            return a
         # a transposed view (torch's (G*H, I) weights seen as Keras's (I, G*H)): our tiled transpose,
         # 4-10x faster than torch's strided .contiguous() (bench/NOTES.md 39)
-        src = t.t().numpy()
-        out = _copy_buffer(src.shape[::-1], src.dtype)
+        out = _copy_buffer(a.shape, a.dtype)
         with _on_torch_threads():   # (a large one splits over the pool: torch's team, not our workers)
-            engine.transpose_into(src, out)
+            engine.transpose_into(a.T, out)
         return out
-    return t.contiguous().numpy()
+    return np.ascontiguousarray(a)
 
 
 _COPY_BUFFERS = []      # (owner, aligned view) pairs, reused by _copy_buffer once nothing refers to them
@@ -238,6 +239,17 @@ def _forward_impl(x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
     transposed view (torch's layout), else (0,)-shaped: the backward reads it instead of transposing
     again.  (A transposed kernel needs none: it is read in place, torch's memory as it is, by the
     projection and the input gradient; fastrnn._compiled.Workspace.)"""
+    return _forward_call(x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask,
+                         cell, go_backwards, time_major, activation, recurrent_activation, zero_output_for_mask,
+                         reset_after, keep_copies)[0]
+
+
+def _forward_call(x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask, recurrent_dropout_mask, cell,
+                  go_backwards, time_major, activation, recurrent_activation, zero_output_for_mask, reset_after,
+                  keep_copies):
+    """`_forward_impl` and what its backward would rebuild from the saved tensors: ``(outputs, (spec,
+    arrays, residuals))``, the validated call as NumPy views and the residuals as arrays (the memory of
+    the residual outputs)."""
     spec, arrays = _spec(cell, x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
                          recurrent_dropout_mask, go_backwards, time_major, activation, recurrent_activation,
                          zero_output_for_mask, reset_after)
@@ -249,7 +261,7 @@ def _forward_impl(x, kernel, recurrent_kernel, bias, h0, c0, mask, dropout_mask,
     if keep_copies:
         res.append(_to_torch(arrays.recurrent_kernel, dt) if _is_transposed(recurrent_kernel)
                    else x.new_empty((0,)))
-    return (_to_torch(out, dt), _to_torch(final[0], dt), c, *res)
+    return (_to_torch(out, dt), _to_torch(final[0], dt), c, *res), (spec, arrays, residuals)
 
 
 @rnn_forward.register_fake
@@ -286,16 +298,24 @@ def rnn_backward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, mask: Opti
 
 def _backward_impl(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dropout_mask, gates, hp, cp, hd,
                    aux, c_last, d_outputs, d_h, d_c, cell, go_backwards, time_major, activation,
-                   recurrent_activation, zero_output_for_mask, reset_after, has_bias, transposed=(False, False)):
+                   recurrent_activation, zero_output_for_mask, reset_after, has_bias, transposed=(False, False),
+                   call=None):
     """rnn_backward's computation.  transposed (`_EagerRNNFunction`, for weights that came as transposed
     views: torch's (G*H, I) layout seen as Keras's): d_kernel / d_recurrent_kernel come as transposed
     views of contiguous dW^T, so autograd hands torch's parameters contiguous gradients without torch's
-    strided copy (the ops keep contiguous results, as their fake kernels say)."""
-    spec, arrays = _spec(cell, x, kernel, recurrent_kernel, None, None, None, mask, dropout_mask,
-                         recurrent_dropout_mask, go_backwards, time_major, activation, recurrent_activation,
-                         zero_output_for_mask, reset_after)
+    strided copy (the ops keep contiguous results, as their fake kernels say).  call (`_EagerRNNFunction`):
+    the forward's ``(spec, arrays, residuals)`` (`_forward_call`), the same views of the same tensors,
+    instead of validating and converting them again (~50 us a call)."""
+    if call is None:
+        spec, arrays = _spec(cell, x, kernel, recurrent_kernel, None, None, None, mask, dropout_mask,
+                             recurrent_dropout_mask, go_backwards, time_major, activation, recurrent_activation,
+                             zero_output_for_mask, reset_after)
+        residuals = {k: _to_numpy(t, k) for k, t in zip(_RESIDUALS, (gates, hp, cp, hd, aux, c_last))}
+    else:
+        spec, arrays, residuals = call
+        # the backward reads neither the bias nor the initial states (the state chain is in the residuals)
+        arrays = arrays._replace(bias=None, initial_state=None)
     spec = replace(spec, has_bias=has_bias)  # the bias itself is not needed: only whether to return d_bias
-    residuals = {k: _to_numpy(t, k) for k, t in zip(_RESIDUALS, (gates, hp, cp, hd, aux, c_last))}
     if d_outputs is None:
         d_out = np.zeros((spec.T, spec.B, spec.H) if time_major else (spec.B, spec.T, spec.H), spec.dtype)
     else:
@@ -377,12 +397,16 @@ def _backward(ctx, d_out, d_h, d_c, *_residual_grads):
     if torch.compiler.is_compiling():
         run = rnn_backward
     elif copies and not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
+        # `_EagerRNNFunction`'s forward call as arrays (views of the tensors just unpacked, which checked
+        # their versions); dropped here, so it does not hold the residuals' memory past this backward (a
+        # retain_graph second backward rebuilds it from the saved tensors)
+        call, ctx.call = ctx.call, None
         transposed = (_is_transposed(kernel), _is_transposed(recurrent_kernel))
         # the forward's Keras-layout copy of a transposed recurrent kernel (the same values: saved tensors
         # refuse a backward after an in-place change of the original); the kernel is read in place
         if transposed[1]:
             recurrent_kernel = copies[0]
-        run = functools.partial(_backward_impl, transposed=transposed)
+        run = functools.partial(_backward_impl, transposed=transposed, call=call)
     else:
         run = _RNNBackwardFunction.apply
     dx, dk, dr, db, dh0, dc0 = run(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dropout_mask,
@@ -421,7 +445,7 @@ class _EagerRNNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *args):
-        output = _forward_impl(*args, keep_copies=True)
+        output, ctx.call = _forward_call(*args, keep_copies=True)
         _setup_context(ctx, args, output)
         return output
 

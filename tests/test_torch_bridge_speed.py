@@ -241,6 +241,40 @@ def test_eager_path_refuses_an_inplace_change_before_backward(weight):
         out.sum().backward()
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
+def test_eager_backward_reuses_the_forward_call_once(cell):
+    """The eager path's backward reads the forward's validated call (spec and NumPy views) instead of
+    rebuilding it, and drops it: after the backward the graph holds no view of the residuals.  A
+    retain_graph second backward rebuilds the call from the saved tensors and gives the same gradients,
+    which match torch.nn's."""
+    torch.manual_seed(5)
+    stock = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "simple_rnn": torch.nn.RNN}[cell](17, 34, batch_first=True)
+    twin = ft.from_torch(stock)
+    x = torch.randn(3, 7, 17)
+    d_out = torch.randn(3, 7, 34)
+    out, _ = twin(x)
+    node = out.grad_fn
+    assert type(node).__name__ == "_EagerRNNFunctionBackward" and node.call is not None
+    first = torch.autograd.grad(out, list(twin.parameters()), d_out, retain_graph=True)
+    assert node.call is None
+    second = torch.autograd.grad(out, list(twin.parameters()), d_out)
+    want = torch.autograd.grad(stock(x)[0], list(stock.parameters()), d_out)
+    for a, b, w in zip(first, second, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-5)
+
+
+def test_eager_path_refuses_an_inplace_change_of_x_before_backward():
+    twin = ft.GRU(5, 6)
+    x = torch.randn(4, 2, 5, requires_grad=True)
+    xi = x * 1.0
+    out, _ = twin(xi)
+    with torch.no_grad():
+        xi.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 def _train_steps_in_child(queue):
     twin = ft.LSTM(17, 64, batch_first=True)
     x = torch.randn(4, 30, 17)
