@@ -191,42 +191,61 @@ void fr_gemm_packed_f32_avx512(int M, int N, int K, const float *restrict A, int
  * ------------------------------------------------------------------------------------------------ */
 #define FR_NV 64
 
-/* y[0:w] := x @ r[0:K, 0:w] + beta*y, w <= 64 columns, r's rows ld apart (masked past w) */
+/* One 64-column vector of r's row, masked past w, or a plain load where `full` (a constant at each call
+ * below, so each build of the loop has one kind): Zen 4 runs masked 512-bit loads at about two thirds of
+ * the plain ones' rate, which is what bounds a panel already in L1 (C harness, K x N = 64 x 128, one
+ * core: 121 -> 179 GB/s; from L2, 128 x 256, 110 -> 114: bandwidth-bound either way; bench/NOTES.md 42). */
+#define FR_VM_LOAD(m, p) (full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p))
+
+/* a[0..3] := x @ r[0:K, 0:64] (lanes past m[j] zero), r's rows ld apart */
 static inline __attribute__((always_inline)) void
-fr_vecmat_block(const float *restrict x, const float *restrict r, int K, long ld, int w, float beta,
-                float *restrict y)
+fr_vecmat_acc(const float *restrict x, const float *restrict r, int K, long ld, const __mmask16 *m, int full,
+              __m512 *a)
 {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, e0 = a0, e1 = a0, e2 = a0, e3 = a0;
-    __m512 a[4];
-    __mmask16 m[4];
-    int k, j;
-    for (j = 0; j < 4; j++) {
-        const int wj = w - 16 * j;
-        m[j] = wj >= 16 ? (__mmask16)0xFFFF : wj > 0 ? (__mmask16)((1u << wj) - 1u) : (__mmask16)0;
-    }
+    int k;
     for (k = 0; k + 1 < K; k += 2, r += 2 * ld) {
         const __m512 x0 = _mm512_set1_ps(x[k]), x1 = _mm512_set1_ps(x[k + 1]);
         const float *s = r + ld;
-        a0 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[0], r), a0);
-        a1 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[1], r + 16), a1);
-        a2 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[2], r + 32), a2);
-        a3 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[3], r + 48), a3);
-        e0 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m[0], s), e0);
-        e1 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m[1], s + 16), e1);
-        e2 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m[2], s + 32), e2);
-        e3 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m[3], s + 48), e3);
+        a0 = _mm512_fmadd_ps(x0, FR_VM_LOAD(m[0], r), a0);
+        a1 = _mm512_fmadd_ps(x0, FR_VM_LOAD(m[1], r + 16), a1);
+        a2 = _mm512_fmadd_ps(x0, FR_VM_LOAD(m[2], r + 32), a2);
+        a3 = _mm512_fmadd_ps(x0, FR_VM_LOAD(m[3], r + 48), a3);
+        e0 = _mm512_fmadd_ps(x1, FR_VM_LOAD(m[0], s), e0);
+        e1 = _mm512_fmadd_ps(x1, FR_VM_LOAD(m[1], s + 16), e1);
+        e2 = _mm512_fmadd_ps(x1, FR_VM_LOAD(m[2], s + 32), e2);
+        e3 = _mm512_fmadd_ps(x1, FR_VM_LOAD(m[3], s + 48), e3);
     }
     if (k < K) {   /* odd K: the last row */
         const __m512 x0 = _mm512_set1_ps(x[k]);
-        a0 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[0], r), a0);
-        a1 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[1], r + 16), a1);
-        a2 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[2], r + 32), a2);
-        a3 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m[3], r + 48), a3);
+        a0 = _mm512_fmadd_ps(x0, FR_VM_LOAD(m[0], r), a0);
+        a1 = _mm512_fmadd_ps(x0, FR_VM_LOAD(m[1], r + 16), a1);
+        a2 = _mm512_fmadd_ps(x0, FR_VM_LOAD(m[2], r + 32), a2);
+        a3 = _mm512_fmadd_ps(x0, FR_VM_LOAD(m[3], r + 48), a3);
     }
     a[0] = _mm512_add_ps(a0, e0);
     a[1] = _mm512_add_ps(a1, e1);
     a[2] = _mm512_add_ps(a2, e2);
     a[3] = _mm512_add_ps(a3, e3);
+}
+#undef FR_VM_LOAD
+
+/* y[0:w] := x @ r[0:K, 0:w] + beta*y, w <= 64 columns, r's rows ld apart (masked past w) */
+static inline __attribute__((always_inline)) void
+fr_vecmat_block(const float *restrict x, const float *restrict r, int K, long ld, int w, float beta,
+                float *restrict y)
+{
+    __m512 a[4];
+    __mmask16 m[4];
+    int j;
+    for (j = 0; j < 4; j++) {
+        const int wj = w - 16 * j;
+        m[j] = wj >= 16 ? (__mmask16)0xFFFF : wj > 0 ? (__mmask16)((1u << wj) - 1u) : (__mmask16)0;
+    }
+    if (w == FR_NV)
+        fr_vecmat_acc(x, r, K, ld, m, 1, a);
+    else
+        fr_vecmat_acc(x, r, K, ld, m, 0, a);
     for (j = 0; j < 4 && m[j]; j++) {
         __m512 v = a[j];
         if (beta != 0.0f) v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m[j], y + 16 * j), v);
