@@ -11,8 +11,18 @@ Contract: `take(shape, dtype)` returns ``(array, token)``; the array is uninitia
 and belongs to the caller until it hands the token back with `give(token)` (it must not use the array
 afterwards).  Thread-safe: two calls in flight never get the same buffer.  Holds at most KEEP idle
 buffers, each at most MAX_BYTES and MAX_IDLE_BYTES in all (the largest stay); smaller requests than
-MIN_BYTES are plain np.empty (malloc reuses those itself).  KEEP covers one training call's buffers
-(a forward's five sequences, its backward's two gradients) with one to spare.
+MIN_BYTES are plain np.empty.  A request takes the smallest idle buffer that fits and is at most
+MAX_SLACK times its size (a small one never holds a big one, which the next big request would then
+map afresh).  KEEP covers one training call's buffers (a forward's five sequences, its backward's two
+gradients) with one to spare.
+
+Why MIN_BYTES is glibc's default mmap threshold (128 KiB) and not 1 MiB: buffers of 128 KiB - 1 MiB
+come from mmap or from the top of the heap, which glibc trims when they are freed, so a call that makes
+several of them faults them in afresh every time.  On this kind of VM a page fault costs ~3 us (a
+process's first 4 KiB touch: 3.1 us a page, timed); gru T1000 B1 H64 training (a fresh process) took
+~890 faults a call, ~2.7 ms of a 4-7 ms call, and none with these buffers pooled (bench/NOTES.md 42).
+Whether they fault depends on the process's history (glibc raises its threshold after freeing a big
+mapping), so a whole bench in one process hid it.
 """
 import collections
 import math
@@ -20,7 +30,8 @@ import threading
 
 import numpy as np
 
-MIN_BYTES = 1 << 20
+MIN_BYTES = 128 << 10
+MAX_SLACK = 2
 MAX_BYTES = 256 << 20
 MAX_IDLE_BYTES = 512 << 20
 KEEP = 8
@@ -54,7 +65,7 @@ def take(shape, dtype):
         return np.empty(shape, dtype), None
     with _lock:
         _settle()
-        fits = [i for i, raw in enumerate(_idle) if raw.nbytes >= nbytes]
+        fits = [i for i, raw in enumerate(_idle) if nbytes <= raw.nbytes <= MAX_SLACK * nbytes]
         raw = _idle.pop(min(fits, key=lambda i: _idle[i].nbytes)) if fits else None
     if raw is None:
         raw = np.empty(nbytes, np.uint8)

@@ -141,13 +141,13 @@ def _to_numpy(t, name, in_place=False):
 
 _COPY_BUFFERS = []      # (owner, aligned view) pairs, reused by _copy_buffer once nothing refers to them
 _COPY_BUFFERS_KEEP = 8
-_COPY_MIN_BYTES = 1 << 20
+_COPY_MIN_BYTES = 128 << 10   # (glibc's default mmap threshold: fastrnn/_scratch.py says why)
 
 
 def _copy_buffer(shape, dtype):
     """An uninitialised C-contiguous array for a weight copy, starting on a 64-byte line (transpose_into's
     16 x 16 blocks store whole lines only there: (512, 2048) 2 threads, 16-byte offset 250 vs 165 us,
-    bench/NOTES.md 40).  From 1 MiB, an earlier one of the same shape that nothing refers to any more (a
+    bench/NOTES.md 40).  From 128 KiB, an earlier one of the same shape that nothing refers to any more (a
     training step's copies die with its graph), so a loop does not fault in fresh zeroed pages at every
     step (perf: clear_page 5-8% of a T50 B1 H512 step).
 

@@ -25,8 +25,13 @@ def test_take_give_reuse_and_limits():
     assert a.shape == (256, 1024) and a.dtype == np.float32 and ta is not None
     assert not np.shares_memory(a, b), "two buffers in flight must not overlap"
     _scratch.give(ta)
-    c, tc = _scratch.take((100, 1000), np.float64)           # 0.76 MiB: below MIN_BYTES, plain np.empty
+    c, tc = _scratch.take((_scratch.MIN_BYTES // 8 - 1,), np.float64)   # below MIN_BYTES: plain np.empty
     assert tc is None and _scratch.idle_bytes() == MiB
+    e, te = _scratch.take((MiB // 2 - 1,), np.uint8)          # under half the idle 1 MiB: not that one
+    assert te is not None and te is not ta and _scratch.idle_bytes() == MiB
+    _scratch.give(te)
+    _scratch.clear()
+    _scratch.give(ta)
     d, td = _scratch.take((128, 1024), np.float64)           # fits the idle 1 MiB buffer: reused
     assert td is ta and np.shares_memory(d, a) and _scratch.idle_bytes() == 0
     for t in (tb, td):
@@ -133,8 +138,9 @@ def test_training_buffers_return_to_the_pool_and_stale_contents_never_leak(cell)
     mask = rng.random((B, T)) > 0.3
     mask[0] = False
     poison = []
-    for _ in range(_scratch.KEEP):
-        raw, token = _scratch.take((4 * MiB,), np.float32)
+    N, GH, H = B * T, R.shape[1], R.shape[0]
+    for k in range(_scratch.KEEP):   # the sizes the call asks for (a buffer serves up to MAX_SLACK x less)
+        raw, token = _scratch.take((N, GH if k % 2 else H), np.float32)
         raw[...] = np.nan
         poison.append(token)
     _scratch.give_all(poison)
