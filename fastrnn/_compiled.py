@@ -7,7 +7,8 @@ Per call:  xp := (x * dropout_mask) @ W   (one GEMM for all T steps, rows in x's
            dW := xd^T @ dG,  dx := (dG @ W^T) * dropout_mask,  dR := h_d^T @ dG_rec,  db := sum(dG)
 All buffers are allocated here, before the loops; the kernels never allocate and hold no state.  The
 big buffers that never leave a call (the inference forward's xp, the backward's dxp and drec) come from
-fastrnn/_scratch.py, which keeps them mapped between calls.
+fastrnn/_scratch.py, which keeps them mapped between calls, and so do the results handed out (outputs,
+dx, dW, dR, forward_residuals' residuals: `_scratch.take_result`, back in the pool once dropped).
 `forward_vjp` keeps the forward's buffers in its backward closure; `forward_residuals` /
 `backward_from_residuals` hand the same buffers out and back in as plain arrays (torch custom ops).
 """
@@ -19,6 +20,12 @@ from fastrnn import _scratch
 from fastrnn._dispatch import cpu_plan
 from fastrnn._native import engine
 from fastrnn._spec import GATES, check_cotangents
+
+
+def _zeros_result(shape, dtype):
+    a = _scratch.take_result(shape, dtype)
+    a.fill(0)
+    return a
 
 
 class Workspace:
@@ -82,7 +89,8 @@ class Workspace:
             self.cT = saved["c_last"]
             self.out = self.hT = self.rec = None  # written by the forward only; backward never reads them
             return
-        alloc = xp_alloc = np.zeros if zeroed else np.empty
+        # (the sequences of forward_residuals leave fastrnn as the caller's residuals: take_result)
+        alloc = xp_alloc = _zeros_result if zeroed else _scratch.take_result
         if pooled and training and not zeroed:
             tokens = []
 
@@ -94,12 +102,12 @@ class Workspace:
             xp_alloc = alloc
             weakref.finalize(self, _scratch.give_all, tokens)
         elif zeroed:
-            xp_alloc = np.empty   # the GEMM writes every element
+            xp_alloc = _scratch.take_result   # the GEMM writes every element
         # scratch (a one-shot inference call): xp comes from _scratch and goes back in `release`
         self.xp, self._xp_token = _scratch.take((N, GH), dt) if scratch else (xp_alloc((N, GH), dt), None)
         if project:
             engine.gemm_into(self.xd, self.W, self.xp, trans_b=self.W_t)
-        self.out = np.empty((N, H), dt)
+        self.out = _scratch.take_result((N, H), dt)
         self.hT = np.empty((B, H), dt)
         self.cT = np.empty((B, H), dt) if spec.cell == "lstm" else None
         seq = (N, H) if training else (2 * B, H)  # saved state chain, or a ping-pong pair
@@ -245,11 +253,11 @@ def _weight_gradient(products, K, GH, dt, transposed):
     lines there), computed as the transposed GEMM or as the plain one then a tiled transpose."""
     N = products[0][0].shape[0]
     if not transposed:
-        out = np.empty((K, GH), dt)
+        out = _scratch.take_result((K, GH), dt)
         for A, G, c0 in products:
             engine.gemm_into(A, G, out[:, c0:c0 + G.shape[1]], trans_a=True)
         return out
-    out = engine._empty_aligned(K * GH, dt).reshape(GH, K)
+    out = _scratch.take_result((GH, K), dt, align=64)
     if N <= DIRECT_TRANSPOSED_MAX_ROWS and K >= DIRECT_TRANSPOSED_MIN_COLS:
         for A, G, c0 in products:
             engine.gemm_into(G, A, out[c0:c0 + G.shape[1]], trans_a=True)
@@ -273,7 +281,7 @@ def _hoisted_gradients(spec, arrays, ws, plan, transposed=(False, False)):
 
     # the hoisted gradients: single GEMMs and reductions over all N = B*T rows
     dW = _weight_gradient([(ws.xd, ws.dxp, 0)], I, GH, dt, transposed[0])
-    dx = np.empty((N, I), dt)
+    dx = _scratch.take_result((N, I), dt)
     engine.gemm_into(ws.dxp, ws.W, dx, trans_b=not ws.W_t)
     dx = dx.reshape(arrays.x.shape)
     if arrays.dropout_mask is not None:

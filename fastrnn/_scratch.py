@@ -1,6 +1,8 @@
-"""Large temporary buffers kept between calls: the inference forward's input projection xp, the
-backward's gate gradients (dxp, drec) and a training forward's saved sequences (the gates, hp, cp, hd,
-aux its backward closure reads), none of which leave fastrnn.
+"""Large buffers kept between calls: the inference forward's input projection xp, the backward's gate
+gradients (dxp, drec) and a training forward's saved sequences (the gates, hp, cp, hd, aux its backward
+closure reads), none of which leave fastrnn; and, through `take_result`, the results handed to the
+caller (outputs, weight and input gradients, the torch bridge's residuals), which come back by
+themselves once the caller drops them.
 
 Why: glibc serves an allocation this big (above its mmap threshold, at most 32 MiB) with fresh pages
 from the OS, and the kernel zeroes every page on first touch.  For lstm t100-b128-h256 xp alone is
@@ -9,12 +11,14 @@ from the OS, and the kernel zeroes every page on first touch.  For lstm t100-b12
 
 Contract: `take(shape, dtype)` returns ``(array, token)``; the array is uninitialised, like np.empty,
 and belongs to the caller until it hands the token back with `give(token)` (it must not use the array
-afterwards).  Thread-safe: two calls in flight never get the same buffer.  Holds at most KEEP idle
+afterwards).  `take_result(shape, dtype)` returns an uninitialised array alone, whose memory returns to
+the pool when the array and every view of it are gone (a finalizer on the array all views name as
+their base).  Thread-safe: two calls in flight never get the same buffer.  Holds at most KEEP idle
 buffers, each at most MAX_BYTES and MAX_IDLE_BYTES in all (the largest stay); smaller requests than
 MIN_BYTES are plain np.empty.  A request takes the smallest idle buffer that fits and is at most
 MAX_SLACK times its size (a small one never holds a big one, which the next big request would then
-map afresh).  KEEP covers one training call's buffers (a forward's five sequences, its backward's two
-gradients) with one to spare.
+map afresh).  KEEP covers one training call's buffers (a forward's five sequences and its
+outputs, its backward's two gate gradients and three results) and the next call's.
 
 Why MIN_BYTES is glibc's default mmap threshold (128 KiB) and not 1 MiB: buffers of 128 KiB - 1 MiB
 come from mmap or from the top of the heap, which glibc trims when they are freed, so a call that makes
@@ -27,6 +31,7 @@ mapping), so a whole bench in one process hid it.
 import collections
 import math
 import threading
+import weakref
 
 import numpy as np
 
@@ -34,7 +39,7 @@ MIN_BYTES = 128 << 10
 MAX_SLACK = 2
 MAX_BYTES = 256 << 20
 MAX_IDLE_BYTES = 512 << 20
-KEEP = 8
+KEEP = 16
 
 _lock = threading.Lock()
 _idle = []   # raw uint8 buffers, free to take
@@ -63,13 +68,42 @@ def take(shape, dtype):
     nbytes = math.prod(shape) * dtype.itemsize   # Python ints (np.prod costs microseconds a call)
     if not MIN_BYTES <= nbytes <= MAX_BYTES:
         return np.empty(shape, dtype), None
+    raw = _take_raw(nbytes)
+    return raw[:nbytes].view(dtype).reshape(shape), raw
+
+
+def _take_raw(nbytes):
+    """An idle buffer of nbytes to MAX_SLACK * nbytes bytes (the smallest), or a fresh one."""
     with _lock:
         _settle()
         fits = [i for i, raw in enumerate(_idle) if nbytes <= raw.nbytes <= MAX_SLACK * nbytes]
         raw = _idle.pop(min(fits, key=lambda i: _idle[i].nbytes)) if fits else None
-    if raw is None:
-        raw = np.empty(nbytes, np.uint8)
-    return raw[:nbytes].view(dtype).reshape(shape), raw
+    return np.empty(nbytes, np.uint8) if raw is None else raw
+
+
+def take_result(shape, dtype, align=16):
+    """An uninitialised array of `shape`/`dtype` (like np.empty) for a result that leaves fastrnn, starting
+    on an `align`-byte boundary (a power of two up to 64); from MIN_BYTES its memory comes back to the
+    pool by itself once the array and every view of it are gone.
+
+    How: the memory is viewed through np.frombuffer over a memoryview of a pool buffer, so the frombuffer
+    array is the base every later view (reshape, slice, a torch tensor made from it) names and keeps
+    alive (NumPy stops collapsing bases at an array whose own base is not an array); a finalizer on it
+    hands the buffer back (`give_all`'s lock-free path: it may run inside the garbage collector)."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if not MIN_BYTES <= nbytes <= MAX_BYTES:
+        if align <= 16:   # (NumPy's own alignment)
+            return np.empty(shape, dtype)
+        raw = np.empty(nbytes + align, np.uint8)
+        off = -raw.ctypes.data % align
+        return raw[off:off + nbytes].view(dtype).reshape(shape)
+    raw = _take_raw(nbytes + align)
+    off = -raw.ctypes.data % align
+    base = np.frombuffer(memoryview(raw)[off:off + nbytes], dtype)
+    finalizer = weakref.finalize(base, _returned.append, raw)
+    finalizer.atexit = False
+    return base.reshape(shape)
 
 
 def give(token):

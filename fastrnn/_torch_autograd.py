@@ -39,8 +39,6 @@ copies them into its state chain), so a stateful caller may update them in place
 does); mask and dropout masks are constants (no gradient).  Nothing here re-implements RNN math.
 """
 import functools
-import math
-import sys
 from dataclasses import replace
 from typing import Optional
 
@@ -48,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastrnn import _compiled, functional
+from fastrnn import _compiled, _scratch, functional
 from fastrnn._native import engine
 from fastrnn._spec import GATES as _GATES
 from fastrnn._spec import N_STATES as _N_STATES
@@ -139,36 +137,13 @@ def _to_numpy(t, name, in_place=False):
     return np.ascontiguousarray(a)
 
 
-_COPY_BUFFERS = []      # (owner, aligned view) pairs, reused by _copy_buffer once nothing refers to them
-_COPY_BUFFERS_KEEP = 8
-_COPY_MIN_BYTES = 128 << 10   # (glibc's default mmap threshold: fastrnn/_scratch.py says why)
-
-
 def _copy_buffer(shape, dtype):
     """An uninitialised C-contiguous array for a weight copy, starting on a 64-byte line (transpose_into's
     16 x 16 blocks store whole lines only there: (512, 2048) 2 threads, 16-byte offset 250 vs 165 us,
-    bench/NOTES.md 40).  From 128 KiB, an earlier one of the same shape that nothing refers to any more (a
-    training step's copies die with its graph), so a loop does not fault in fresh zeroed pages at every
-    step (perf: clear_page 5-8% of a T50 B1 H512 step).
-
-    Why reference counts and not fastrnn._scratch with a finalizer: every NumPy view names the array
-    that owns the memory as its base, so a view of one of these arrays keeps its owner referenced, and a
-    free pair has no view anywhere: the owner held by the list's pair, the loop variable, the aligned
-    view's base and getrefcount's argument (4), the view by the pair, the loop variable and the
-    argument (3; a tensor made from it holds the view itself).  A finalizer on a view of a scratch buffer
-    would fire while other views of that buffer still live."""
-    dtype = np.dtype(dtype)
-    n = math.prod(shape)
-    if n * dtype.itemsize < _COPY_MIN_BYTES:
-        return engine._empty_aligned(n, dtype).reshape(shape)
-    for owner, a in _COPY_BUFFERS:
-        if a.shape == shape and a.dtype == dtype and sys.getrefcount(owner) == 4 and sys.getrefcount(a) == 3:
-            return a
-    a = engine._empty_aligned(n, dtype).reshape(shape)
-    _COPY_BUFFERS.append((a.base, a))   # (NumPy names the memory's owner as every view's base)
-    if len(_COPY_BUFFERS) > _COPY_BUFFERS_KEEP:
-        del _COPY_BUFFERS[0]   # (still alive while someone uses it; forgotten here)
-    return a
+    bench/NOTES.md 40), from fastrnn._scratch.take_result: a training step's copies die with its graph
+    and their memory goes back to the pool, so a loop does not fault in fresh zeroed pages at every step
+    (perf: clear_page 5-8% of a T50 B1 H512 step; bench/NOTES.md 42)."""
+    return _scratch.take_result(shape, dtype, align=64)
 
 
 def _is_transposed(t):

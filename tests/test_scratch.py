@@ -160,3 +160,41 @@ def test_training_buffers_return_to_the_pool_and_stale_contents_never_leak(cell)
         held = _scratch.idle_bytes()
         del backward
         assert _scratch.idle_bytes() > held, "collecting the closure should return its buffers"
+
+
+def test_a_result_comes_back_only_when_every_view_is_gone():
+    a = _scratch.take_result((300, 1024), np.float32, align=64)
+    assert a.shape == (300, 1024) and a.flags.writeable and a.flags.c_contiguous
+    assert a.__array_interface__["data"][0] % 64 == 0
+    views = [a[7:9], a.T, a.reshape(-1)[::3], np.asarray(a)]
+    del a
+    gc_and_settle = _scratch.idle_bytes   # (settles the finalizers' returns)
+    assert gc_and_settle() == 0
+    views.pop()
+    views.pop(0)
+    assert gc_and_settle() == 0, "a view still alive must keep the buffer out of the pool"
+    views.clear()
+    assert gc_and_settle() >= 300 * 1024 * 4
+    small = _scratch.take_result((3, 5), np.float64, align=64)   # below MIN_BYTES: not pooled, aligned
+    assert small.__array_interface__["data"][0] % 64 == 0 and small.shape == (3, 5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_results_kept_by_the_caller_survive_later_calls(cell):
+    """Outputs and gradients come from take_result: a later call never writes over the ones a caller
+    still holds, and dropped ones are reused (each array's values are checked against a fresh copy)."""
+    rng = np.random.default_rng(11)
+    x, W, R, b = _problem(rng, cell, T=100)
+    vjp = getattr(F, cell + "_vjp")
+    kept = []
+    for i in range(4):
+        xi = x * (1 + 0.1 * i)
+        out, _, backward = vjp(xi, W, R, b)
+        grads = backward(np.ones_like(out))
+        kept.append((out, grads["x"], grads["kernel"], grads["recurrent_kernel"]))
+        kept.append(tuple(a.copy() for a in kept[-1]))
+        if i == 1:
+            del kept[:2]   # the first call's results dropped: their memory is reused from here on
+    for held, copies in zip(kept[::2], kept[1::2]):
+        for a, c in zip(held, copies):
+            np.testing.assert_array_equal(a, c)
