@@ -17,8 +17,8 @@ their base).  Thread-safe: two calls in flight never get the same buffer.  Holds
 buffers, each at most MAX_BYTES and MAX_IDLE_BYTES in all (the largest stay); smaller requests than
 MIN_BYTES are plain np.empty.  A request takes the smallest idle buffer that fits and is at most
 MAX_SLACK times its size (a small one never holds a big one, which the next big request would then
-map afresh).  KEEP covers one training call's buffers (a forward's five sequences and its
-outputs, its backward's two gate gradients and three results) and the next call's.
+map afresh).  KEEP covers one training call's buffers (up to eleven: a forward's five sequences and
+its outputs, its backward's two gate gradients and three results) with room to spare.
 
 Why MIN_BYTES is glibc's default mmap threshold (128 KiB) and not 1 MiB: buffers of 128 KiB - 1 MiB
 come from mmap or from the top of the heap, which glibc trims when they are freed, so a call that makes
