@@ -44,11 +44,12 @@ import numbers
 import warnings
 import weakref
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from fastrnn import functional
+from fastrnn import _scratch, functional
 from fastrnn._torch_autograd import inference_ok, rnn_prepared
 from fastrnn._torch_autograd import rnn as _rnn
 
@@ -69,6 +70,45 @@ def _gru_blocks(t, dim):
     """torch GRU gates [r, z, n] <-> Keras [z, r, h] (the same swap both ways) along `dim`."""
     r, z, n = t.chunk(3, dim)
     return torch.cat([z, r, n], dim)
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _swapped_rows(t):
+    """A new tensor: t (3H, n) with its first two blocks of H rows swapped (`_gru_blocks` along dim 0),
+    in memory from fastrnn's pool (fastrnn._scratch.take_result: back in the pool once the tensor dies)."""
+    H = t.shape[0] // 3
+    out = torch.from_numpy(_scratch.take_result(tuple(t.shape), _NUMPY_DTYPES[t.dtype]))
+    out[:H].copy_(t[H:2 * H])
+    out[H:2 * H].copy_(t[:H])
+    out[2 * H:].copy_(t[2 * H:])
+    return out
+
+
+class _GateSwap(torch.autograd.Function):
+    """`_gru_blocks(w, 0)` of a GRU weight as one copy each way, for plain eager autograd.  Why: torch.cat's
+    backward hands each chunk a view and chunk's backward concatenates them again into fresh memory, and
+    torch's allocator maps (and the kernel zeroes) the weight-sized tensors of both directions afresh at
+    every step (perf/page faults: ~225 faults a call at GRU T50 B1 H512, ~3 us each here; bench/NOTES.md 42).
+    The swap is its own inverse, so the backward is the same copy of the gradient."""
+
+    @staticmethod
+    def forward(ctx, w):
+        return _swapped_rows(w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _swapped_rows(grad)
+
+
+def _gate_swap(w):
+    """`_gru_blocks(w, 0)`: through `_GateSwap` where plain eager autograd runs (torch.compile and the
+    torch.func transforms see torch.cat, which they know)."""
+    if (w.dtype in _NUMPY_DTYPES and w.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active()):
+        return _GateSwap.apply(w)
+    return _gru_blocks(w, 0)
 
 
 class _RNNBase(nn.Module):
@@ -200,7 +240,7 @@ class _RNNBase(nn.Module):
         b_ih, b_hh = (getattr(self, "bias_ih" + suffix), getattr(self, "bias_hh" + suffix)) if self.bias \
             else (None, None)
         if self._cell == "gru":
-            kernel, recurrent = _gru_blocks(w_ih, 0).t(), _gru_blocks(w_hh, 0).t()
+            kernel, recurrent = _gate_swap(w_ih).t(), _gate_swap(w_hh).t()
             bias = None if b_ih is None else torch.stack([_gru_blocks(b_ih, 0), _gru_blocks(b_hh, 0)])
         else:
             kernel, recurrent = w_ih.t(), w_hh.t()

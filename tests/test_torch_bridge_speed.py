@@ -334,3 +334,20 @@ def test_weight_copy_buffers_are_reused_only_when_nothing_refers_to_them():
     assert small.shape == (4, 4)
     for arr in (d, small):   # (transpose_into's whole-line stores)
         assert arr.flags.c_contiguous and arr.__array_interface__["data"][0] % 64 == 0
+
+
+def test_gate_swap_is_torch_cat_with_its_own_inverse_as_backward():
+    """fastrnn.torch's GRU weights reach the Keras gate order through `_GateSwap` in eager autograd (one
+    pooled copy each way): the same values and gradients as the torch.cat path, and gradcheck passes."""
+    from fastrnn.torch import _gate_swap, _GateSwap, _gru_blocks
+
+    w = torch.randn(3 * 34, 17, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3 * 34, 17, dtype=torch.float64)
+    got = _gate_swap(w)
+    assert type(got.grad_fn).__name__ == "_GateSwapBackward"
+    want = _gru_blocks(w, 0)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    (dg,) = torch.autograd.grad(got, w, g)
+    (dw,) = torch.autograd.grad(want, w, g)
+    torch.testing.assert_close(dg, dw, rtol=0, atol=0)
+    assert torch.autograd.gradcheck(_GateSwap.apply, (w[:, :5].detach().clone().requires_grad_(),))
