@@ -89,8 +89,8 @@ def _swapped_rows(t):
 class _GateSwap(torch.autograd.Function):
     """`_gru_blocks(w, 0)` of a GRU weight as one copy each way, for plain eager autograd.  Why: torch.cat's
     backward hands each chunk a view and chunk's backward concatenates them again into fresh memory, and
-    torch's allocator maps (and the kernel zeroes) the weight-sized tensors of both directions afresh at
-    every step (perf/page faults: ~225 faults a call at GRU T50 B1 H512, ~3 us each here; bench/NOTES.md 42).
+    torch's allocator maps (and the kernel zeroes) these weight-sized tensors afresh in every forward and
+    backward (~225 page faults a call at GRU T50 B1 H512, ~3 us each here; bench/NOTES.md 42).
     The swap is its own inverse, so the backward is the same copy of the gradient."""
 
     @staticmethod
