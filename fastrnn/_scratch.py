@@ -92,14 +92,13 @@ def take_result(shape, dtype, align=16):
     hands the buffer back (`give_all`'s lock-free path: it may run inside the garbage collector)."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if not MIN_BYTES <= nbytes <= MAX_BYTES:
-        if align <= 16:   # (NumPy's own alignment)
-            return np.empty(shape, dtype)
-        raw = np.empty(nbytes + align, np.uint8)
-        off = -raw.ctypes.data % align
+    pooled = MIN_BYTES <= nbytes <= MAX_BYTES
+    if not pooled and align <= 16:   # (NumPy's own alignment)
+        return np.empty(shape, dtype)
+    raw = _take_raw(nbytes + align) if pooled else np.empty(nbytes + align, np.uint8)
+    off = -raw.ctypes.data % align   # (Python's % is never negative)
+    if not pooled:
         return raw[off:off + nbytes].view(dtype).reshape(shape)
-    raw = _take_raw(nbytes + align)
-    off = -raw.ctypes.data % align
     base = np.frombuffer(memoryview(raw)[off:off + nbytes], dtype)
     finalizer = weakref.finalize(base, _returned.append, raw)
     finalizer.atexit = False
