@@ -3,7 +3,8 @@
 * Cython 3 extensions in fastrnn/_kernels, compiled with -O3 but never -march=native: the AVX2/FMA gate
   math lives in gates_avx2.c, compiled with -mavx2 -mfma on its own and chosen at run time
   (__builtin_cpu_supports), with a portable scalar twin in gates.c; the AVX-512 packed products and
-  fused cell rows in gemm_avx512.c and gates_avx512.c, compiled with -mavx512f -mfma on their own, likewise.
+  fused cell rows in gemm_avx512.c, vecmat_proj_avx512.c and gates_avx512.c, compiled with -mavx512f -mfma
+  on their own, likewise.
 * BLAS is scipy-openblas32 from PyPI (CBLAS API, symbols prefixed scipy_); fastrnn/__init__ loads the
   library with RTLD_GLOBAL before importing the extension (no rpath: an isolated build environment's
   copy of the library is gone after the build).
@@ -22,8 +23,8 @@ BLAS_LIB = scipy_openblas32.get_lib_dir()
 BLAS_NAME = scipy_openblas32.get_library()
 
 class BuildExt(build_ext):
-    """Compile gates_avx2.c (and only it) with AVX2/FMA enabled, gates_avx512.c and gemm_avx512.c (only they)
-    with AVX-512F."""
+    """Compile gates_avx2.c (and only it) with AVX2/FMA enabled, gates_avx512.c, gemm_avx512.c and
+    vecmat_proj_avx512.c (only they) with AVX-512F."""
 
     def build_extensions(self):
         original = self.compiler._compile
@@ -32,7 +33,8 @@ class BuildExt(build_ext):
             extra = list(extra_postargs)
             if src.endswith("gates_avx2.c") and sys.platform != "win32":
                 extra += ["-mavx2", "-mfma"]
-            if src.endswith(("gemm_avx512.c", "gates_avx512.c")) and sys.platform != "win32":
+            avx512 = ("gemm_avx512.c", "gates_avx512.c", "vecmat_proj_avx512.c")
+            if src.endswith(avx512) and sys.platform != "win32":
                 extra += ["-mavx512f", "-mfma"]
             return original(obj, src, ext, cc_args, extra, pp_opts)
 
@@ -54,7 +56,8 @@ def kernel_extension(name, sources=()):
 
 
 extensions = [
-    kernel_extension("_engine", sources=["gates.c", "gates_avx2.c", "gates_avx512.c", "gemm_avx512.c", "pool.c"]),
+    kernel_extension("_engine", sources=["gates.c", "gates_avx2.c", "gates_avx512.c", "gemm_avx512.c",
+                                         "vecmat_proj_avx512.c", "pool.c"]),
 ]
 
 setup(

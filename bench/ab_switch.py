@@ -15,6 +15,7 @@ SWITCH (the "on" side first; the ratio is on / off):
   threads     2 threads vs 1                                         fastrnn.set_num_threads
   prepared    forward on fastrnn.functional.prepare's frozen weights vs the per-call functional API
   wpanels     with packs kept, W's panels kept for the projection too vs R's only   engine.keep_w_panels
+  fused       B == 1: the input projection inside the recurrent product vs hoisted   fastrnn._dispatch.fused_projection
   narrowpanels with packs kept (prepare, cells), one-row products on vector panels at any width vs
               from G*H >= 512 only (fastrnn._dispatch.cpu_plan's packs_kept)
 
@@ -64,6 +65,7 @@ SWITCHES = {
     "threads": lambda on: fastrnn.set_num_threads(2 if on else 1),
     "prepared": lambda on: setattr(ENGINES["fastrnn"], "use_prepared", on),
     "wpanels": lambda on: engine.keep_w_panels(on),
+    "fused": lambda on: _dispatch.fused_projection(on),
     "narrowpanels": lambda on: setattr(_dispatch, "cpu_plan", _REAL_PLAN if on else _plan_wide_kept_only),
 }
 

@@ -32,6 +32,8 @@ class CpuPlan(NamedTuple):
     backward_split: str     # "serial" | "batch" | "hidden" (B == 1)
     forward_packed: bool    # forward's per-step product on packed R (microkernel; B == 1: vector panels)
     backward_packed: bool   # backward's dG @ R^T likewise (on R^T)
+    forward_fused: bool = False   # B == 1: the input projection inside the step's product (Fused
+                                  # projection in _engine.pyx) where the call's W allows it
 
 
 # The packed-R microkernel against sgemm (which repacks R on every call), loop time, same process
@@ -74,6 +76,18 @@ HIDDEN_SPLIT_MIN_MACS = 32 * 1024
 HIDDEN_SPLIT_SMALL_MACS = 12 * 1024
 HIDDEN_SPLIT_MIN_CALL_MACS = 3 * 1024 * 1024
 _packed_enabled = True
+_fused_enabled = True
+# The fused projection computes a chunk of this many steps ahead inside the chunk before (vecmat_proj_
+# avx512.c): a call of at most one chunk has nothing to overlap.  It pays where the product streams R
+# from L2 and the step is big enough to carry the chunk's bookkeeping.  Prepared calls, fused / hoisted,
+# medians of 7 alternations (Zen 4, 1 MiB L2; bench/NOTES.md 44), 1 and 2 threads: lstm T100 H=128
+# 0.96 / 0.87, gru 0.92 / 0.80, lstm T1000 H=64 0.99 / 0.86, gru 0.94 / 1.02, simple_rnn T50 H=512
+# 0.93 / 0.96; but simple_rnn T1000 H=64 (4K multiply-adds a step) 1.30 / 1.32, and with R_k and W_k
+# beyond L2 the overlap is gone (the product waits on L3 and the longer loop keeps fewer of its loads in
+# flight): lstm T50 H=512 (8 / 4 MiB a slice) 1.03 / 0.95, gru (6 / 3 MiB) 0.97 / 1.01.
+FUSED_CHUNK = 8
+FUSED_MIN_MACS = 12 * 1024
+FUSED_MAX_SLICE_BYTES = 2 << 20
 
 
 def _engine():
@@ -97,6 +111,15 @@ def packed_gemm(on=None):
     if on is not None:
         _packed_enabled = bool(on)
     return _packed_enabled
+
+
+def fused_projection(on=None):
+    """Whether plans may fuse the B == 1 input projection into the recurrent product (A/B switch, like
+    `packed_gemm`); returns the setting in force."""
+    global _fused_enabled
+    if on is not None:
+        _fused_enabled = bool(on)
+    return _fused_enabled
 
 
 def cpu_plan(spec, training, threads=None, packs_kept=False):
@@ -142,8 +165,14 @@ def cpu_plan(spec, training, threads=None, packs_kept=False):
     else:
         forward_packed = packable and 2 <= forward_rows and (forward_rows <= PACK_MAX_ROWS or wide
                                                              or engine.simd_level() >= 2)
+    # B == 1 on the vector panels, AVX-512F: the projection's FMAs fill the bandwidth-bound product's idle
+    # slots (NOTES 44)
+    per = -(-spec.H // n) if forward == "hidden" else spec.H   # one slice's units
+    fused = (_fused_enabled and spec.B == 1 and forward_packed and engine.simd_level() >= 2
+             and spec.T > FUSED_CHUNK and macs >= FUSED_MIN_MACS
+             and (spec.H + spec.I) * spec.G * per * spec.dtype.itemsize <= FUSED_MAX_SLICE_BYTES)
     return CpuPlan(n, forward, backward if training else "serial", forward_packed,
-                   training and packable and 2 <= backward_rows)
+                   training and packable and 2 <= backward_rows, fused)
 
 
 def _kernel_name(spec, plan):
@@ -152,7 +181,8 @@ def _kernel_name(spec, plan):
         parts.append("reset_after" if spec.reset_after else "reset_before")
     parts.append(str(spec.dtype))
     if plan.forward_packed:  # the per-step product (see _blas.pxd and _engine.pyx)
-        parts.append("packed-vecmat" if spec.B == 1 else "packed-microkernel")
+        parts.append(("packed-vecmat+fused-projection" if plan.forward_fused else "packed-vecmat")
+                     if spec.B == 1 else "packed-microkernel")
     else:
         parts.append("simd-vecmat" if spec.B == 1 or plan.forward_split == "hidden" else "blas-gemm")
     split = {"serial": "1 thread", "batch": f"batch split over {plan.threads} threads",

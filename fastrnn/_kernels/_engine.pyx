@@ -79,7 +79,9 @@ from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads
 from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2,
                                      fr_gemm_packed_f32, fr_pack_vec_panels_f32_avx2,
                                      fr_vecmat_panels_f32, FR_VEC_PACKED_SIZE, FR_PACKED_A_SIZE,
-                                     fr_pack_a_f32_avx512, fr_gemm_prepacked_f32_avx512)
+                                     fr_pack_a_f32_avx512, fr_gemm_prepacked_f32_avx512, FR_PROJ_ROWS,
+                                     fr_proj_pack_a_f32, fr_vecmat_proj_panels_f32_avx512,
+                                     fr_proj_panels_f32_avx512)
 from fastrnn._kernels._pool cimport (fr_pool_run, fr_pool_parts, fr_pool_barrier, fr_pool_stats,
                                     fr_pool_set_host, fr_pool_use_host)
 from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
@@ -424,8 +426,10 @@ ctypedef struct Job:
                                # microkernel's 16-column panels per gate block (B >= 2), or 64-column
                                # vector panels over the whole slice (B == 1)
     const void *xin            # streaming (StepKernel): the step's input x (1, n_in); NULL: use xp
-    const void *W              # with xin: the input kernel (n_in, G*H), packed per slice below R_k
+    const void *W              # with xin or fused: the input kernel (n_in, G*H), packed per slice below R_k
     int n_in
+    bint fused                 # B == 1 on AVX-512: the projection rides in the step's product (Fused
+    const float *xseq          # projection, below) from these input rows, (T, n_in), instead of xp
     GemmJob *proj              # batch split forward: each part computes its own rows of xp := x @ W
                                # first (rows by part, scratch slot = part), or NULL (xp is ready)
 
@@ -502,12 +506,23 @@ cdef inline void _scatter(floating *dst, const floating *src, int G, int H, int 
         memcpy(dst + k * H + u0, src + k * nu, nu * sizeof(floating))
 
 
+cdef inline Py_ssize_t _proj_ld(int G, int per) noexcept nogil:
+    """Fused projection: the row stride of a slice's chunk buffer, its G*per columns in whole 64-column
+    vector panels."""
+    return (<Py_ssize_t>G * per + 63) // 64 * 64
+
+
 cdef inline floating *_vec(floating *vec, const Job *J, int sl, int part) noexcept nogil:
     """Slice sl's scratch vectors (Job.vec): part 0 gates (B, G*per), 1 recurrent product (B, G*per),
-    2 bx and 3 br slices (G*per), 4 the packed product's A scratch."""
+    2 bx and 3 br slices (G*per), 4 the packed product's A scratch; with J.fused, 5 the two chunk
+    buffers of the projection, (FR_PROJ_ROWS, _proj_ld) each, and 6 the next chunk's input rows
+    (n_in, FR_PROJ_ROWS) k-major (fr_proj_pack_a_f32)."""
     cdef Py_ssize_t B = J.L.B, gp = <Py_ssize_t>J.L.G * J.per
-    cdef Py_ssize_t offs[5]
+    cdef Py_ssize_t a_end = 2 * B * gp + 2 * gp + (FR_PACKED_A_SIZE(B, J.L.H) if J.panels else 0)
+    cdef Py_ssize_t offs[7]
     offs[0], offs[1], offs[2], offs[3], offs[4] = 0, B * gp, 2 * B * gp, 2 * B * gp + gp, 2 * B * gp + 2 * gp
+    offs[5] = (a_end + 15) // 16 * 16
+    offs[6] = offs[5] + 2 * FR_PROJ_ROWS * _proj_ld(J.L.G, J.per)
     return vec + sl * J.vec_stride + offs[part]   # vec: J.vec, typed
 
 
@@ -607,11 +622,61 @@ cdef inline void _stream_projection(const Job *J, int sl, int nu, floating *loc,
     matmul(False, 1, N, J.n_in, <const floating *>J.xin, J.n_in, pk + <Py_ssize_t>H * N, N, 0, loc, N)
 
 
+# Fused projection (B == 1, float32, AVX-512F: Job.fused).  The step's product is bound by the bandwidth
+# of R's stream, with half its FMA slots idle (vecmat_proj_avx512.c), so instead of the hoisted GEMM
+# xp = x @ W, each slice computes its own columns of the projection, FR_PROJ_ROWS = 8 steps (a chunk) at
+# a time, inside the products of the chunk before: step s does piece s % 8 of chunk s // 8 + 1's tile
+# into the other of two chunk buffers (_vec part 5), and reads its own pre-activations from row s % 8 of
+# the current one.  Chunk 0 is computed before the loop.  W_k's vector panels sit below R_k's in the
+# slice's block, as a stream's do.  A serial call (one thread) runs here too, as one slice.
+
+cdef inline float *_chunk_row(const Job *J, int sl, int s) noexcept nogil:
+    """Fused projection: slice sl's buffer row for step s (of chunk s // FR_PROJ_ROWS's buffer)."""
+    cdef Py_ssize_t ld = _proj_ld(J.L.G, J.per)
+    return (_vec(<float *>J.vec, J, sl, 5) + ((s // FR_PROJ_ROWS) & 1) * FR_PROJ_ROWS * ld
+            + (s % FR_PROJ_ROWS) * ld)
+
+
+cdef inline void _chunk_inputs(const Job *J, int sl, int s0) noexcept nogil:
+    """Fused projection: slice sl's A := the input rows of the steps s0, s0 + 1, ... of a chunk,
+    k-major (zeros past the last step); go_backwards walks back in time."""
+    cdef const Loop *L = J.L
+    cdef int rows = L.T - s0 if L.T - s0 < FR_PROJ_ROWS else FR_PROJ_ROWS
+    fr_proj_pack_a_f32(J.xseq + <Py_ssize_t>_time(L, s0) * J.n_in, -J.n_in if L.go_backwards else J.n_in,
+                       rows, J.n_in, _vec(<float *>J.vec, J, sl, 6))
+
+
+cdef inline void _fused_first_chunk(const Job *J, int sl, int nu) noexcept nogil:
+    """Fused projection, before the loop: chunk 0's columns of slice sl."""
+    cdef int N = J.L.G * nu
+    cdef float *pk = <float *>J.pk + sl * J.pk_stride
+    _chunk_inputs(J, sl, 0)
+    fr_proj_panels_f32_avx512(_vec(<float *>J.vec, J, sl, 6), pk + _w_panels_at(J.L.H, N), J.n_in, N,
+                              _chunk_row(J, sl, 0), _proj_ld(J.L.G, J.per))
+
+
+cdef inline void _fused_product(const Job *J, int sl, int nu, int s, const float *hdp, float beta, float *C,
+                                int rev) noexcept nogil:
+    """Fused projection: step s's product (as _hsplit_product), with piece s % 8 of the next chunk's
+    projection in its loop while there is a next chunk."""
+    cdef const Loop *L = J.L
+    cdef int N = L.G * nu, c = s // FR_PROJ_ROWS
+    cdef float *pk = <float *>J.pk + sl * J.pk_stride
+    if (c + 1) * FR_PROJ_ROWS >= L.T:   # the last chunk: nothing to project
+        fr_vecmat_panels_f32(hdp, pk, L.H, N, beta, C, rev & _serpentine)
+        return
+    if s % FR_PROJ_ROWS == 0:
+        _chunk_inputs(J, sl, (c + 1) * FR_PROJ_ROWS)
+    fr_vecmat_proj_panels_f32_avx512(hdp, pk, L.H, N, beta, C, rev & _serpentine, _vec(<float *>J.vec, J, sl, 6),
+                                     pk + _w_panels_at(L.H, N), J.n_in, s % FR_PROJ_ROWS,
+                                     _chunk_row(J, sl, (c + 1) * FR_PROJ_ROWS), _proj_ld(L.G, J.per))
+
+
 cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept nogil:
     """Thread tid's slices (tid, tid + nth, ...) of the forward (see Hidden split above)."""
     cdef const Loop *L = J.L
     cdef int T = L.T, B = L.B, H = L.H, G = L.G, GH = L.G * L.H, rs = _rs(L)
-    cdef int s, t, b, sl, u0, nu, ldp, ldn, ldcp, ldcn, ldd, lda, ldg = rs * GH, sense = 0
+    cdef int s, t, b, sl, u0, nu, ldp, ldn, ldcp, ldcn, ldd, lda, ldg = rs * GH, sense = 0, rev
     cdef bint m, is_lstm = L.cell == CELL_LSTM, is_gru = L.cell == CELL_GRU
     cdef floating *rdm = <floating *>L.rdmask
     cdef floating *out = <floating *>L.out
@@ -632,6 +697,9 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
     while _next_slice(J, nth, &sl, &u0, &nu):   # this thread's slices: tid, tid + nth, ...
         if J.pack:
             _hsplit_pack(J, sl, <floating *>J.pk + sl * J.pk_stride)
+        if floating is float:
+            if J.fused:
+                _fused_first_chunk(J, sl, nu)
         hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, 0, &ldp)
         _copy_rows(hpp + u0, ldp, <floating *>L.h0 + u0, H, B, nu)
         if is_lstm:
@@ -670,21 +738,28 @@ cdef void _hsplit_forward(const Job *J, int tid, int nth, floating *xp) noexcept
             lbx = _vec(<floating *>J.vec, J, sl, 2) if L.bx != NULL else NULL
             lbr = _vec(<floating *>J.vec, J, sl, 3) if L.br != NULL else NULL
             # the slice's pre-activations (every row: masked rows are computed and discarded)
+            rev = (s + L.parity) & 1
             if J.xin != NULL:   # streaming (B == 1): the input projection is split too (x @ W_k)
-                _stream_projection(J, sl, nu, loc, (s + L.parity) & 1)
-            else:
+                _stream_projection(J, sl, nu, loc, rev)
+            elif not J.fused:
                 for b in range(B):
                     _gather(loc + b * G * nu, g + b * ldg, G, H, u0, nu)
-            if is_gru:   # reset_after (plan): the whole product first, then r * (h_d @ R_h + b)
-                _hsplit_product(J, sl, nu, hdp, ldd, 0, lrec, (s + L.parity) & 1)
+            if J.fused:   # (float32, B == 1) the pre-activations are the chunk buffer's row
+                if floating is float:
+                    loc = _chunk_row(J, sl, s)
+                    _fused_product(J, sl, nu, s, hdp, 0 if is_gru else 1, lrec if is_gru else loc, rev)
+            elif is_gru:   # reset_after (plan): the whole product first, then r * (h_d @ R_h + b)
+                _hsplit_product(J, sl, nu, hdp, ldd, 0, lrec, rev)
             else:
-                _hsplit_product(J, sl, nu, hdp, ldd, 1, loc, (s + L.parity) & 1)
+                _hsplit_product(J, sl, nu, hdp, ldd, 1, loc, rev)
             for b in range(B):
                 m = L.mask == NULL or L.mask[<Py_ssize_t>b * T + t] != 0
                 ob = out + _row(L, b, s) * H + u0
                 if not m:
                     _masked_step(L, s, b, u0, nu, out, hpp + b * ldp, hnp + b * ldn,
                                  cpp + b * ldcp if is_lstm else NULL, cnp_ + b * ldcn if is_lstm else NULL)
+                    if J.fused and L.training:   # xp holds no projection: keep the saved gates' row defined
+                        _scatter(g + b * ldg, loc + b * G * nu, G, H, u0, nu)
                 else:
                     if is_lstm:
                         lstm_fwd_row(loc + b * G * nu, lbx, cpp + b * ldcp + u0, cnp_ + b * ldcn + u0,
@@ -868,7 +943,7 @@ cdef class _HSplitBuffers:
     cdef list tokens
 
     def __init__(self, int B, int H, int G, int nslices, dtype, bint panels, int n_in=0, pk=None,
-                 bint pooled=False, bint keep_pk=False):
+                 bint pooled=False, bint keep_pk=False, bint fused=False):
         cdef Py_ssize_t gp, a_scratch
         self.nslices, self.panels = nslices, panels
         self.per = ((H + nslices - 1) // nslices + 7) // 8 * 8   # whole SIMD vectors per slice
@@ -881,6 +956,8 @@ cdef class _HSplitBuffers:
             self.pk_stride = ((H + n_in) * G * ((self.per + 15) // 16 * 16) + 15) // 16 * 16
         a_scratch = FR_PACKED_A_SIZE(B, H) if panels else 0   # the microkernel's A scratch
         self.vec_stride = (2 * B * gp + 2 * gp + a_scratch + 15) // 16 * 16
+        if fused:   # _vec's parts 5 and 6
+            self.vec_stride += 2 * FR_PROJ_ROWS * _proj_ld(G, self.per) + (FR_PROJ_ROWS * n_in + 15) // 16 * 16
         self.tokens = []
         if pk is None:
             pk = self._alloc(self.pk_stride * nslices, dtype, pooled and not keep_pk)
@@ -904,9 +981,10 @@ cdef class _HSplitBuffers:
             _scratch.give(token)
 
     @staticmethod
-    def pk_key(int B, int nslices, dtype, bint panels):
-        """What the slices' layout depends on besides R's shape (a packs-cache key, see `forward`)."""
-        return ("hidden", B == 1, nslices, np.dtype(dtype).char, bool(panels))
+    def pk_key(int B, int nslices, dtype, bint panels, bint with_w=False):
+        """What the slices' layout depends on besides R's shape (a packs-cache key, see `forward`);
+        with_w: W_k packed below each R_k (the fused projection)."""
+        return ("hidden", B == 1, nslices, np.dtype(dtype).char, bool(panels), bool(with_w))
 
     cdef void fill(self, Job *J):
         J.nslices, J.per, J.panels = self.nslices, self.per, self.panels
@@ -979,8 +1057,11 @@ def forward(ws, spec, plan=None, dict packs=None):
     ws.c0, ws.mask (B, T) uint8, ws.rdmask (B, H);
     OUT ws.out (N, H), ws.hT, ws.cT, and when ws.training the saved gates (in ws.xp), hp, hd, cp, aux.
     `plan` is fastrnn._dispatch.cpu_plan's choice: forward_split "serial" | "batch" | "hidden" over
-    plan.threads threads, and plan.forward_packed (the packed-R microkernel for the per-step product;
-    float32 on AVX2 or AVX-512 only).  None: serial, BLAS products.
+    plan.threads threads, plan.forward_packed (the packed-R microkernel for the per-step product;
+    float32 on AVX2 or AVX-512 only) and plan.forward_fused (B == 1: the projection inside the product,
+    see Fused projection, where xp is not projected yet and W is not read transposed; then the saved
+    gates are the only thing xp holds after the loop, and a serial call runs as one slice of the hidden
+    split).  None: serial, BLAS products.
     `packs`: a cache of the packed copies of R (the vector panels, the microkernel's panels, the hidden
     split's slices) and of W (the projection's panels, pack_b_panels, on AVX-512), keyed by layout: a
     layout found there is used as it is, one packed here is added.
@@ -1002,7 +1083,14 @@ def forward(ws, spec, plan=None, dict packs=None):
         n = plan.threads
     proj_buf = proj_token = w_panels = None
     cdef bint w_t = ws.W_t   # ws.W is (G*H, I), W's transpose (a transposed kernel read in place)
-    if not ws.projected:
+    cdef bint fused = (plan is not None and plan.forward_fused and f32 and fr_simd_level() >= 2 and L.B == 1
+                       and not ws.projected and not w_t and L.T > FR_PROJ_ROWS and ws.W.dtype == np.float32
+                       and ws.xd.dtype == np.float32)
+    if fused:
+        split = "hidden"   # n: 1 for a serial plan
+        J.fused, J.W, J.n_in = True, cnp.PyArray_DATA(<cnp.ndarray>ws.W), ws.W.shape[0]
+        J.xseq = <const float *>cnp.PyArray_DATA(<cnp.ndarray>ws.xd)
+    elif not ws.projected:
         if (packs is not None and f32 and fr_simd_level() >= 2 and _packed_gemm_enabled and _keep_w_panels
                 and L.B * L.T >= 2 and not w_t):
             # W's panels for the projection on the packed microkernel (gemm_into's packed path), kept
@@ -1021,15 +1109,15 @@ def forward(ws, spec, plan=None, dict packs=None):
         ws.projected = True
     if split == "hidden":
         panels = plan.forward_packed and f32 and fr_simd_level()
-        key = _HSplitBuffers.pk_key(L.B, n, ws.xp.dtype, panels)
+        key = _HSplitBuffers.pk_key(L.B, n, ws.xp.dtype, panels, fused)
         cached = packs.get(key) if packs is not None else None
-        bufs = _HSplitBuffers(L.B, L.H, L.G, n, ws.xp.dtype, panels, pk=cached, pooled=True,
-                              keep_pk=packs is not None)
+        bufs = _HSplitBuffers(L.B, L.H, L.G, n, ws.xp.dtype, panels, n_in=J.n_in, pk=cached, pooled=True,
+                              keep_pk=packs is not None, fused=fused)
         bufs.fill(&J)
         J.pack = PACK_BIASES if cached is not None else PACK_ALL
         try:
             with nogil:
-                fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
+                fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, J.n_in))
         finally:
             bufs.release()
         if packs is not None and cached is None:

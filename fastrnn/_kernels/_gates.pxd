@@ -44,6 +44,12 @@ cdef extern from "gates.h" nogil:
     long FR_VEC_PACKED_SIZE(int K, int N)
     void fr_pack_vec_panels_f32_avx2(const float *R, int K, int ldr, int nblk, int blk_stride, int blk_w, float *P)
     void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float beta, float *y, int reverse)
+    int FR_PROJ_ROWS
+    void fr_proj_pack_a_f32(const float *x0, long ldx, int rows, int ni, float *A)
+    void fr_vecmat_proj_panels_f32_avx512(const float *x, const float *P, int K, int N, float beta, float *y,
+                                          int reverse, const float *A, const float *Wp, int ni, int piece,
+                                          float *C, long ldc)
+    void fr_proj_panels_f32_avx512(const float *A, const float *Wp, int ni, int N, float *C, long ldc)
 
 
 cdef inline void dact(int kind, floating *dx, const floating *y, const floating *dy, int n) noexcept nogil:

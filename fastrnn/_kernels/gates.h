@@ -165,4 +165,17 @@ void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float be
 void fr_vecmat_panels_f32_avx512(const float *x, const float *P, int K, int N, float beta, float *y,
                                  int reverse);
 
+/* B == 1 with the input projection of the next FR_PROJ_ROWS time steps riding along in the product's
+ * loop (vecmat_proj_avx512.c, level 2 only; its header comment has the layouts).
+ * pack_a: IN x0 (rows ldx apart); OUT A (I x 8).
+ * vecmat_proj: y := x @ P + beta*y as fr_vecmat_panels_f32_avx512, and piece `piece` (0..7) of
+ *   C (8, ldc) := A^T @ Wp (Wp: W's vector panels, I rows).  IN x, P, A, Wp; IN/OUT y, C.
+ * proj: all eight pieces (the first chunk).  IN A, Wp; OUT C. */
+#define FR_PROJ_ROWS 8
+void fr_proj_pack_a_f32(const float *x0, long ldx, int rows, int ni, float *A);
+void fr_vecmat_proj_panels_f32_avx512(const float *x, const float *P, int K, int N, float beta, float *y,
+                                      int reverse, const float *A, const float *Wp, int ni, int piece, float *C,
+                                      long ldc);
+void fr_proj_panels_f32_avx512(const float *A, const float *Wp, int ni, int N, float *C, long ldc);
+
 #endif
