@@ -77,16 +77,21 @@ def test_prepared_fused_matches_reference(cell, extra, T, I, H, threads, any_siz
             assert_close("final state vs hoisted", s, w, 3e-6)
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["kernel", "kernel_t"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("T", [9, 40])
 @pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
-def test_functional_fused_training(cell, extra, T, threads):
+def test_functional_fused_training(cell, extra, T, threads, transposed):
     """One-off calls (vector panels from G*H >= 512) at the plan's own rule: the training forward
     (saved gates written by the fused slices, masked steps too) and every gradient against the
-    float64 reference, masks and go_backwards included."""
+    float64 reference, masks and go_backwards included; `transposed`: the kernel given as a transposed
+    view (torch's (G*H, I) memory, read in place: W_k's panels are packed from the transpose)."""
     I, H = 17, {"lstm": 136, "gru": 176, "simple_rnn": 520}[cell]
     rng = np.random.default_rng(T * 7 + threads + G[cell])
     args, kw = make_case(rng, cell, extra, T, 1, I, H, mask="holes", init=True, dtype=np.float32)
+    if transposed:
+        args[1] = np.ascontiguousarray(args[1].T).T
+        assert not args[1].flags.c_contiguous
     kw["go_backwards"] = T % 2 == 1
     cell_kw = {k: v for k, v in kw.items() if k == "reset_after"}
     assert _fused(cell, args[0], args[1:], cell_kw, threads, packs_kept=False)

@@ -67,6 +67,9 @@ Hoisted GEMMs.  `gemm_into` (the input projection x @ W, and dW, dR, dx) runs on
 at simd level 2 (float32), packing op(B) per K block and part and op(A) in L2-sized row chunks
 (`_packed_gemm_block`), or reading B in place for few rows of A; elsewhere it is one 1-thread BLAS
 call per part.  OpenBLAS's kernels are whatever its build or OPENBLAS_CORETYPE chose (bench/NOTES.md 35).
+One exception to hoisting (DESIGN.md 4 hoists every projection): at B == 1 on AVX-512F the plan may move
+the projection into the loop, 8 steps ahead, where its FMAs fill the bandwidth-bound product's idle
+slots ("Fused projection" below; plan.forward_fused).
 """
 import numpy as np
 from fastrnn import _scratch
@@ -428,6 +431,7 @@ ctypedef struct Job:
     const void *xin            # streaming (StepKernel): the step's input x (1, n_in); NULL: use xp
     const void *W              # with xin or fused: the input kernel (n_in, G*H), packed per slice below R_k
     int n_in
+    bint w_t                   # fused: W is held as its transpose (G*H, n_in) (Workspace.W_t)
     bint fused                 # B == 1 on AVX-512: the projection rides in the step's product (Fused
     const float *xseq          # projection, below) from these input rows, (T, n_in), instead of xp
     GemmJob *proj              # batch split forward: each part computes its own rows of xp := x @ W
@@ -549,6 +553,25 @@ cdef inline Py_ssize_t _w_panels_at(int H, int N) noexcept nogil:
     return FR_VEC_PACKED_SIZE(H, N)
 
 
+cdef void _pack_vec_panels_from_t(const float *Wt, int K, int G, int H, int u0, int nu, float *P) noexcept nogil:
+    """P := the vector panels of W's (K, G*H) slice columns, as fr_pack_vec_panels_f32_avx2 packs them
+    (the units [u0, u0 + nu) of each gate block side by side, zeros past them), read from W's transpose
+    Wt (G*H, K) (torch's layout, Workspace.W_t): each column of W is a contiguous row of Wt, so the
+    reads stream and the writes go 64 floats apart within one panel."""
+    cdef int N = G * nu, c, j, k
+    cdef const float *src
+    cdef float *dst
+    for j in range((N + 63) // 64 * 64):
+        dst = P + <Py_ssize_t>(j // 64) * K * 64 + j % 64
+        if j < N:
+            src = Wt + <Py_ssize_t>((j // nu) * H + u0 + j % nu) * K
+            for k in range(K):
+                dst[<Py_ssize_t>k * 64] = src[k]
+        else:
+            for k in range(K):
+                dst[<Py_ssize_t>k * 64] = 0
+
+
 cdef void _hsplit_pack(const Job *J, int sl, floating *pk) noexcept nogil:
     """Slice sl's R_k (H, G*nu) (then W_k (n_in, G*nu) when streaming) and bias slices, from the full R
     (W) and biases, as Job.pack says: row-major for the vecmat, or packed (Job.panels): for the
@@ -579,7 +602,10 @@ cdef void _hsplit_pack(const Job *J, int sl, floating *pk) noexcept nogil:
     cdef bint w_panels = False
     if J.W != NULL:   # W_k below R_k: (n_in, G*nu), packed as R_k is
         if floating is float:
-            if J.panels and L.B == 1:
+            if J.panels and L.B == 1 and J.w_t:
+                _pack_vec_panels_from_t(<const float *>J.W, J.n_in, G, H, u0, nu, pk + _w_panels_at(H, G * nu))
+                w_panels = True
+            elif J.panels and L.B == 1:
                 fr_pack_vec_panels_f32_avx2(<const float *>J.W + u0, J.n_in, GH, G, H, nu,
                                             pk + _w_panels_at(H, G * nu))
                 w_panels = True
@@ -1059,7 +1085,7 @@ def forward(ws, spec, plan=None, dict packs=None):
     `plan` is fastrnn._dispatch.cpu_plan's choice: forward_split "serial" | "batch" | "hidden" over
     plan.threads threads, plan.forward_packed (the packed-R microkernel for the per-step product;
     float32 on AVX2 or AVX-512 only) and plan.forward_fused (B == 1: the projection inside the product,
-    see Fused projection, where xp is not projected yet and W is not read transposed; then the saved
+    see Fused projection, where xp is not projected yet; then the saved
     gates are the only thing xp holds after the loop, and a serial call runs as one slice of the hidden
     split).  None: serial, BLAS products.
     `packs`: a cache of the packed copies of R (the vector panels, the microkernel's panels, the hidden
@@ -1083,12 +1109,12 @@ def forward(ws, spec, plan=None, dict packs=None):
         n = plan.threads
     proj_buf = proj_token = w_panels = None
     cdef bint w_t = ws.W_t   # ws.W is (G*H, I), W's transpose (a transposed kernel read in place)
-    cdef bint fused = (plan is not None and plan.forward_fused and f32 and fr_simd_level() >= 2 and L.B == 1
-                       and not ws.projected and not w_t and L.T > FR_PROJ_ROWS and ws.W.dtype == np.float32
-                       and ws.xd.dtype == np.float32)
+    cdef bint fused = (plan is not None and plan.forward_fused and plan.forward_packed and f32
+                       and fr_simd_level() >= 2 and L.B == 1 and not ws.projected and L.T > FR_PROJ_ROWS
+                       and ws.W.dtype == np.float32 and ws.xd.dtype == np.float32 and ws.W.flags.c_contiguous)
     if fused:
         split = "hidden"   # n: 1 for a serial plan
-        J.fused, J.W, J.n_in = True, cnp.PyArray_DATA(<cnp.ndarray>ws.W), ws.W.shape[0]
+        J.fused, J.W, J.w_t, J.n_in = True, cnp.PyArray_DATA(<cnp.ndarray>ws.W), w_t, ws.xd.shape[1]
         J.xseq = <const float *>cnp.PyArray_DATA(<cnp.ndarray>ws.xd)
     elif not ws.projected:
         if (packs is not None and f32 and fr_simd_level() >= 2 and _packed_gemm_enabled and _keep_w_panels
