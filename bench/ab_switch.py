@@ -16,6 +16,8 @@ SWITCH (the "on" side first; the ratio is on / off):
   prepared    forward on fastrnn.functional.prepare's frozen weights vs the per-call functional API
   wpanels     with packs kept, W's panels kept for the projection too vs R's only   engine.keep_w_panels
   fused       B == 1: the input projection inside the recurrent product vs hoisted   fastrnn._dispatch.fused_projection
+  longpanels  B == 1 calls of T >= 32 on vector panels at any width vs from G*H >= 512 only
+              (fastrnn._dispatch.PACK_ONE_ROW_MIN_T)
   narrowpanels with packs kept (prepare, cells), one-row products on vector panels at any width vs
               from G*H >= 512 only (fastrnn._dispatch.cpu_plan's packs_kept)
 
@@ -66,6 +68,7 @@ SWITCHES = {
     "prepared": lambda on: setattr(ENGINES["fastrnn"], "use_prepared", on),
     "wpanels": lambda on: engine.keep_w_panels(on),
     "fused": lambda on: _dispatch.fused_projection(on),
+    "longpanels": lambda on: setattr(_dispatch, "PACK_ONE_ROW_MIN_T", 32 if on else 1 << 30),
     "narrowpanels": lambda on: setattr(_dispatch, "cpu_plan", _REAL_PLAN if on else _plan_wide_kept_only),
 }
 

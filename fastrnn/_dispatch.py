@@ -55,6 +55,11 @@ class CpuPlan(NamedTuple):
 PACK_MAX_ROWS = 16
 PACK_MIN_COLUMNS = 512
 PACK_MAX_H = 1024
+# ... and at any width once a call has this many steps: the pack, about one step's read of R, is then
+# paid back over the call as it is over a prepared call's many (NOTES 38: at H = 64-128 the panels ran
+# T = 100-1000 calls in 0.81-1.01x the time), and it opens the fused projection to one-off and training
+# calls (bench/NOTES.md 44).
+PACK_ONE_ROW_MIN_T = 32
 # The hidden split pays one barrier per step (~0.1-0.3 us between two quiet cores, a time slice when one
 # is taken): never below H = 32, and at B == 1 only from HIDDEN_SPLIT_MIN_MACS (below).
 HIDDEN_SPLIT_MIN_H = 32
@@ -161,7 +166,7 @@ def cpu_plan(spec, training, threads=None, packs_kept=False):
         # packed once for many calls, the panels win at any width: per stream step, panels vs row-major,
         # simple_rnn H=256 1.09-1.36x, narrower rows 0.92-1.13x (NOTES 37); prepared T = 100-1000 calls
         # at H = 64-128, 1 and 2 threads, 0.81-1.01x the time (NOTES 38)
-        forward_packed = packable and (wide or packs_kept)
+        forward_packed = packable and (wide or packs_kept or spec.T >= PACK_ONE_ROW_MIN_T)
     else:
         forward_packed = packable and 2 <= forward_rows and (forward_rows <= PACK_MAX_ROWS or wide
                                                              or engine.simd_level() >= 2)

@@ -102,19 +102,23 @@ def test_functional_fused_training(cell, extra, T, threads, transposed):
 
 def test_plan_rule():
     """Fused only where it measured faster: B == 1, float32, past one chunk, a step of FUSED_MIN_MACS,
+    on the vector panels,
     R_k and W_k within FUSED_MAX_SLICE_BYTES; the switch turns it off."""
-    def plan(cell, T, B, I, H, dtype=np.float32, threads=1):
+    def plan(cell, T, B, I, H, dtype=np.float32, threads=1, packs_kept=True):
         rng = np.random.default_rng(0)
         g = G[cell]
         x = rng.normal(size=(B, T, I)).astype(dtype)
         w = [rng.normal(size=s).astype(dtype) for s in ((I, g * H), (H, g * H), (g * H,))]
         spec, _ = build_spec(cell, x, *w)
         with fastrnn.threads(threads):
-            return _dispatch.cpu_plan(spec, training=False, packs_kept=True)
+            return _dispatch.cpu_plan(spec, training=False, packs_kept=packs_kept)
 
     assert plan("lstm", 100, 1, 128, 128).forward_fused
     assert plan("lstm", 100, 1, 128, 128, threads=2).forward_fused
     assert not plan("lstm", 8, 1, 128, 128).forward_fused            # one chunk: nothing to overlap
+    # a one-off call packs narrow rows too once it has PACK_ONE_ROW_MIN_T steps, so it can fuse
+    assert plan("lstm", 100, 1, 64, 64, packs_kept=False).forward_fused
+    assert not plan("lstm", 16, 1, 64, 64, packs_kept=False).forward_packed
     assert not plan("lstm", 100, 2, 128, 128).forward_fused          # two rows: the microkernel
     assert not plan("lstm", 100, 1, 128, 128, np.float64).forward_fused
     assert not plan("simple_rnn", 1000, 1, 64, 64).forward_fused     # 4K multiply-adds a step
