@@ -553,12 +553,13 @@ cdef inline Py_ssize_t _w_panels_at(int H, int N) noexcept nogil:
     return FR_VEC_PACKED_SIZE(H, N)
 
 
-cdef void _pack_vec_panels_from_t(const float *Wt, int K, int G, int H, int u0, int nu, float *P) noexcept nogil:
+cdef void _pack_vec_panels_from_t(const float *Wt, int K, int G, int H, int u0, int nu,
+                                  float *P) noexcept nogil:
     """P := the vector panels of W's (K, G*H) slice columns, as fr_pack_vec_panels_f32_avx2 packs them
     (the units [u0, u0 + nu) of each gate block side by side, zeros past them), read from W's transpose
     Wt (G*H, K) (torch's layout, Workspace.W_t): each column of W is a contiguous row of Wt, so the
     reads stream and the writes go 64 floats apart within one panel."""
-    cdef int N = G * nu, c, j, k
+    cdef int N = G * nu, j, k
     cdef const float *src
     cdef float *dst
     for j in range((N + 63) // 64 * 64):
@@ -693,8 +694,9 @@ cdef inline void _fused_product(const Job *J, int sl, int nu, int s, const float
         return
     if s % FR_PROJ_ROWS == 0:
         _chunk_inputs(J, sl, (c + 1) * FR_PROJ_ROWS)
-    fr_vecmat_proj_panels_f32_avx512(hdp, pk, L.H, N, beta, C, rev & _serpentine, _vec(<float *>J.vec, J, sl, 6),
-                                     pk + _w_panels_at(L.H, N), J.n_in, s % FR_PROJ_ROWS,
+    fr_vecmat_proj_panels_f32_avx512(hdp, pk, L.H, N, beta, C, rev & _serpentine,
+                                     _vec(<float *>J.vec, J, sl, 6), pk + _w_panels_at(L.H, N), J.n_in,
+                                     s % FR_PROJ_ROWS,
                                      _chunk_row(J, sl, (c + 1) * FR_PROJ_ROWS), _proj_ld(L.G, J.per))
 
 

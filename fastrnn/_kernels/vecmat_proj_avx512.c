@@ -21,8 +21,9 @@
  * floats apart.  The eight steps of the chunk before compute it: step j of a chunk does piece j of
  * every panel's tile, columns 32 (j & 1) .. + 32 over the k quarter j >> 1 of W's ni rows, an 8 x 32
  * block of accumulators (16 zmm) next to the product's 8; quarter 0 stores C, the later ones add to it,
- * in order of k (so with ni < 4 the empty quarters before the first k store zeros).  The engine (_engine.pyx, _hsplit_forward) computes the first chunk up front with
- * fr_proj_panels_f32_avx512, and hands each step the next chunk's A, W panels, C and piece.
+ * in order of k (so with ni < 4 the empty quarters before the first k store zeros).  The engine
+ * (_engine.pyx, _hsplit_forward) computes the first chunk up front with fr_proj_panels_f32_avx512, and
+ * hands each step the next chunk's A, W panels, C and piece.
  *
  * The recurrent product runs the same FMAs in the same order as gemm_avx512.c's fr_vecmat_acc (two k a
  * pass, eight accumulators), so its bits do not change; the projection's differ from gemm_into's only in
@@ -35,8 +36,8 @@
 #define FR_NV 64
 
 /* A (ni x 8, k-major) := the input rows x0, x0 + ldx, ... (`rows` <= 8 of them; ldx < 0 walks back in
- * time, for go_backwards), zeros for the rows past `rows`.  IN x0; OUT A */
-/* (plain C, but compiled for AVX-512F with the rest of this file: level 2 only) */
+ * time, for go_backwards), zeros for the rows past `rows`.  IN x0; OUT A.  (Plain C, but compiled for
+ * AVX-512F with the rest of this file: level 2 only.) */
 void fr_proj_pack_a_f32(const float *x0, long ldx, int rows, int ni, float *A)
 {
     int i, k;
@@ -52,7 +53,8 @@ void fr_proj_pack_a_f32(const float *x0, long ldx, int rows, int ni, float *A)
 /* one k of a piece: c[i][0..1] += A[8k + i] * b[k, 0:32] (b's rows 64 apart) */
 #define FR_TILE_K(k)                                                                                   \
     do {                                                                                               \
-        const __m512 b0 = _mm512_loadu_ps(b + (long)(k) * FR_NV), b1 = _mm512_loadu_ps(b + (long)(k) * FR_NV + 16); \
+        const __m512 b0 = _mm512_loadu_ps(b + (long)(k) * FR_NV);                                      \
+        const __m512 b1 = _mm512_loadu_ps(b + (long)(k) * FR_NV + 16);                                 \
         const float *a_ = A + (long)(k) * FR_PROJ_ROWS;                                                \
         c00 = _mm512_fmadd_ps(_mm512_set1_ps(a_[0]), b0, c00);                                         \
         c01 = _mm512_fmadd_ps(_mm512_set1_ps(a_[0]), b1, c01);                                         \
@@ -171,8 +173,8 @@ fr_vp_panel(const float *restrict x, const float *restrict r, int K, int w, floa
     const float *b = (Wp) + (long)(p) * (ni) * FR_NV + 32 * half_;                                    \
     float *c = (C) + (long)(p) * FR_NV + 32 * half_
 
-void fr_vecmat_proj_panels_f32_avx512(const float *restrict x, const float *restrict P, int K, int N, float beta,
-                                      float *restrict y, int reverse, const float *restrict A,
+void fr_vecmat_proj_panels_f32_avx512(const float *restrict x, const float *restrict P, int K, int N,
+                                      float beta, float *restrict y, int reverse, const float *restrict A,
                                       const float *restrict Wp, int ni, int piece, float *restrict C, long ldc)
 {
     const int np = (N + FR_NV - 1) / FR_NV;
@@ -182,9 +184,11 @@ void fr_vecmat_proj_panels_f32_avx512(const float *restrict x, const float *rest
         const int w = N - p * FR_NV < FR_NV ? N - p * FR_NV : FR_NV;
         FR_PIECE(piece, ni, Wp, C, p, b, k0, k1, c);
         if (w == FR_NV)
-            fr_vp_panel(x, P + (long)p * K * FR_NV, K, w, beta, y + p * FR_NV, A, b, k0, k1, k0 == 0, c, ldc, 1, 1);
+            fr_vp_panel(x, P + (long)p * K * FR_NV, K, w, beta, y + p * FR_NV, A, b, k0, k1, k0 == 0, c, ldc, 1,
+                        1);
         else
-            fr_vp_panel(x, P + (long)p * K * FR_NV, K, w, beta, y + p * FR_NV, A, b, k0, k1, k0 == 0, c, ldc, 1, 0);
+            fr_vp_panel(x, P + (long)p * K * FR_NV, K, w, beta, y + p * FR_NV, A, b, k0, k1, k0 == 0, c, ldc, 1,
+                        0);
     }
 }
 
