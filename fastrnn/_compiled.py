@@ -79,7 +79,7 @@ class Workspace:
         if arrays.recurrent_dropout_mask is not None:
             self.rdmask = np.ascontiguousarray(arrays.recurrent_dropout_mask)
 
-        for name in ("dout", "dxp", "drec", "dh", "dc", "dht", "dhd", "dacc"):
+        for name in ("dout", "dxp", "drec", "dh", "dc", "dht", "dhd", "dacc", "db"):
             setattr(self, name, None)
         self.tmp = np.empty((B, 2 * H), dt) if spec.cell == "lstm" else None
         self._xp_token = None
@@ -228,6 +228,8 @@ def _backward(spec, arrays, ws, d_outputs, d_final_states, plan, transposed=(Fal
     ws.dacc = np.empty((B, H), dt)
     ws.dxp, dxp_token = _scratch.take((N, GH), dt)   # scratch: nothing returned keeps a view of them
     ws.drec, drec_token = _scratch.take((N, GH), dt) if spec.cell == "gru" and spec.reset_after else (None, None)
+    # the bias gradient, summed by the loop (row 1: drec's sums, GRU reset_after's recurrent bias)
+    ws.db = np.empty((1 + (ws.drec is not None), GH), dt) if spec.has_bias else None
     try:
         return _hoisted_gradients(spec, arrays, ws, plan, transposed)
     finally:
@@ -294,8 +296,6 @@ def _hoisted_gradients(spec, arrays, ws, plan, transposed=(False, False)):
     dR = _weight_gradient(products, H, GH, dt, transposed[1])
     db = None
     if spec.has_bias:
-        db = ws.dxp.sum(axis=0)
-        if ws.drec is not None:
-            db = np.stack([db, ws.drec.sum(axis=0)])
+        db = ws.db if ws.drec is not None else ws.db[0]
     d_init = [ws.dh, ws.dc] if spec.cell == "lstm" else [ws.dh]
     return {"x": dx, "kernel": dW, "recurrent_kernel": dR, "bias": db, "initial_state": d_init}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _dispatch, layers
+from fastrnn import _dispatch, layers, reference
 from fastrnn import functional as F
 from fastrnn._native import engine
 from fastrnn._spec import build_spec
@@ -456,3 +456,33 @@ def test_small_tasks_run_as_a_team_in_a_forked_child():
     child.join(timeout=60)
     assert child.exitcode == 0
     assert teamed, "back-to-back small tasks in the child never ran as a team"
+
+
+@pytest.mark.parametrize("build", ["portable", "simd"])
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("B,H", [(1, 184), (5, 40), (1, 17)], ids=["b1-hidden", "b5-batch", "b1-serial"])
+def test_bias_gradient_on_every_path_and_build(build, nthreads, cell, extra, B, H):
+    """The backward sums the bias gradient inside its loop (fr_colsum_add: the batch split's parts in
+    part order, the hidden split's T rows after it), on the portable and the SIMD build of the sums:
+    against the float64 reference, with holes in the mask (zero gate-gradient rows)."""
+    T, I = 11, 9
+    rng = np.random.default_rng(zlib.crc32(repr((build, nthreads, cell, extra, B, H)).encode()))
+    G = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
+    two = cell == "gru" and extra.get("reset_after", True)
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    W = (rng.standard_normal((I, G * H)) * 0.3).astype(np.float32)
+    R = (rng.standard_normal((H, G * H)) * 0.5 / np.sqrt(H)).astype(np.float32)
+    b = (rng.standard_normal((2, G * H) if two else (G * H,)) * 0.1).astype(np.float32)
+    mask = rng.random((B, T)) > 0.25
+    d = rng.standard_normal((B, T, H)).astype(np.float32)
+    engine.force_scalar(build == "portable")
+    try:
+        with fastrnn.threads(nthreads):
+            got = getattr(F, cell + "_vjp")(x, W, R, b, mask=mask, **extra)[2](d)["bias"]
+    finally:
+        engine.force_scalar(False)
+    ref = getattr(reference, cell + "_vjp")(x.astype(np.float64), W, R, b, mask=mask, **extra)[2](
+        d.astype(np.float64))["bias"]
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * max(1.0, np.abs(ref).max()))

@@ -32,6 +32,15 @@ Masks (Keras semantics).  A masked step copies the state through and outputs the
 zero gate gradients, passes dh/dc straight through and hands its output gradient to the previous
 output (`dacc`), or drops it when outputs are zeroed.
 
+Bias gradient.  db is the column sum of dxp (and, GRU reset_after, of drec), so `backward` adds each
+step's rows of gate gradients into Loop.dbias while they are still in cache (fr_colsum_add), instead of
+a NumPy sum over all N rows afterwards, which re-read N * G*H floats from L3 or memory (lstm
+t28-b64-h64: ~110 us of a 2.6 ms training call; bench/NOTES.md 45).  The batch split's parts each sum
+into their own row of partials, added in part order (so the result does not depend on which thread
+ran what).  The hidden split (B == 1) sums its T rows once after the loop instead: they are few and
+still in cache, and adding each slice's few columns a step cost more than that (gru t100-b1-h128: 60 us
+against 5; NOTES 45).
+
 Sizes.  BLAS here takes 32-bit ints, so _spec refuses problems with B*T*G*H >= 2**31 elements; below
 that every offset computed in int stays in range.
 
@@ -87,7 +96,7 @@ from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_
                                      fr_proj_panels_f32_avx512)
 from fastrnn._kernels._pool cimport (fr_pool_run, fr_pool_parts, fr_pool_barrier, fr_pool_stats,
                                     fr_pool_set_host, fr_pool_use_host)
-from fastrnn._kernels._gates cimport (dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
+from fastrnn._kernels._gates cimport (colsum_add, dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row, transpose,
                                      fr_init_simd, fr_force_scalar, fr_limit_simd, fr_simd_level)
 
@@ -145,6 +154,8 @@ ctypedef struct Loop:
     void *dht
     void *dhd
     void *dacc
+    void *dbias        # += each step's dG rows (then GH on: GRU reset_after's drec's); or NULL
+    Py_ssize_t dbias_ld   # elements from one batch part's dbias to the next
 
 
 cdef inline void *_ptr(object a) except? NULL:
@@ -172,6 +183,7 @@ cdef void _fill(Loop *L, object ws, object spec) except *:
     L.rec, L.tmp = _ptr(ws.rec), _ptr(ws.tmp)
     L.dout, L.dxp, L.drec = _ptr(ws.dout), _ptr(ws.dxp), _ptr(ws.drec)
     L.dh, L.dc, L.dht, L.dhd, L.dacc = _ptr(ws.dh), _ptr(ws.dc), _ptr(ws.dht), _ptr(ws.dhd), _ptr(ws.dacc)
+    L.dbias, L.dbias_ld = NULL, 0   # backward() points it at db or its parts' partial sums
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -482,6 +494,8 @@ cdef void _batch_part(void *arg, int part) noexcept nogil:
     if J.proj != NULL:   # batch-major: the part's rows of xp are contiguous, and now in this core's cache
         _gemm_rows(J.proj, part, b0 * J.L.T, nb * J.L.T)
     _sub_loop(J.L, &S, b0, nb, J.item)
+    if S.dbias != NULL:   # this part's own partial sums (backward)
+        S.dbias = _at(S.dbias, part * S.dbias_ld, J.item)
     if S.Rp != NULL:
         S.Ap = _at(J.Ap, part * J.ap_stride, J.item)
     if J.f32:
@@ -1176,6 +1190,7 @@ cdef void _backward(Loop *L, floating *xp) noexcept nogil:
     cdef floating *dhd = <floating *>L.dhd
     cdef floating *dacc = <floating *>L.dacc
     cdef floating *tmp = <floating *>L.tmp
+    cdef floating *dbias = <floating *>L.dbias
     cdef floating *hpp
     cdef floating *cpp = NULL
     cdef floating *cnp_ = NULL
@@ -1250,6 +1265,10 @@ cdef void _backward(Loop *L, floating *xp) noexcept nogil:
             else:
                 dact(L.act, dgb, gb, db_, H)
                 memset(dh + b * H, 0, H * sizeof(floating))
+        if dbias != NULL and not (is_gru and not L.reset_after):   # (reset_before: dr comes below)
+            colsum_add(dbias, dg, B, GH, ldg)   # (a masked row's dG is zeros)
+            if drec != NULL:
+                colsum_add(dbias + GH, drec, B, GH, ldg)
 
         # dL/dh_prev += (gate grads) @ R^T, through the recurrent dropout mask
         if is_gru and not L.reset_after:
@@ -1260,6 +1279,8 @@ cdef void _backward(Loop *L, floating *xp) noexcept nogil:
                     gru_bwd_r_row(g + b * ldg, dhd + b * H, hdp + b * ldd, dg + b * ldg, H, L.ract)
                 for j in range(H):
                     dhd[b * H + j] *= g[b * ldg + H + j]
+            if dbias != NULL:
+                colsum_add(dbias, dg, B, GH, ldg)
             matmul(True, B, H, 2 * H, dg, ldg, R, GH, 1, dhd, H)
             dsrc = dhd
         else:
@@ -1279,33 +1300,70 @@ def backward(ws, spec, plan=None):
 
     IN ws.dout (N, H) (processing order, like ws.out); IN/OUT ws.dh, ws.dc (B, H): dL/d(final state) in,
     dL/d(initial state) out; OUT ws.dxp (N, G*H) pre-activation gradients (input side), ws.drec (GRU
-    reset_after: recurrent side).  `plan` as for `forward` (plan.backward_split: "serial", "batch" or
-    "hidden" (B == 1); plan.backward_packed: dG @ R^T on the microkernel).
+    reset_after: recurrent side); OUT ws.db, if not None: (1, G*H), or (2, G*H) with ws.drec, the
+    column sums of dxp (and drec): the bias gradient, summed inside the loop ("Bias gradient" above).
+    `plan` as for `forward` (plan.backward_split: "serial", "batch" or "hidden" (B == 1);
+    plan.backward_packed: dG @ R^T on the microkernel).
     """
     cdef Job J
     cdef Loop L
-    cdef int n = 1
+    cdef int n = 1, hidden = plan is not None and plan.backward_split == "hidden"
     cdef bint f32 = ws.xp.dtype == np.float32
     cdef _HSplitBuffers bufs
+    cdef cnp.ndarray db = getattr(ws, "db", None), partials = None
+    cdef Py_ssize_t k = 0
     _pin_blas()
     _fill(&L, ws, spec)
     _job_init(&J, &L, f32, True)
-    if plan is not None and plan.backward_split == "hidden":
+    if plan is not None and plan.backward_split in ("batch", "hidden"):
+        n = plan.threads   # (the hidden split: one slice a thread)
+    if db is not None:
+        if (<object>db).shape != (1 + (ws.drec is not None), L.G * L.H) or db.dtype != ws.xp.dtype \
+                or not db.flags.c_contiguous:
+            raise ValueError(f"backward: ws.db must be a C-contiguous {ws.xp.dtype} array of shape "
+                             f"{(1 + (ws.drec is not None), L.G * L.H)}, got {db.dtype} {(<object>db).shape}")
+        k = db.size
+        memset(cnp.PyArray_DATA(db), 0, k * J.item)
+        if n == 1 and not hidden:
+            L.dbias = cnp.PyArray_DATA(db)   # db's rows: dxp's sums, then drec's (Loop.dbias's layout)
+        elif not hidden:   # row p: batch part p's sums, on cache lines of its own
+            L.dbias_ld = (k + 15) // 16 * 16
+            partials = _empty_aligned(n * L.dbias_ld, ws.xp.dtype)
+            memset(cnp.PyArray_DATA(partials), 0, n * L.dbias_ld * J.item)
+            L.dbias = cnp.PyArray_DATA(partials)
+    if hidden:
         bufs = _HSplitBuffers(L.B, L.H, L.G, plan.threads, ws.xp.dtype, False, pooled=True)
         bufs.fill(&J)
         J.pk = NULL   # the product reads each slice's own rows of R in place
-        n = plan.threads
         try:
             with nogil:
                 fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
         finally:
             bufs.release()
+        if db is not None:   # all T rows at once, after the loop ("Bias gradient")
+            L.dbias_ld = 0
+            L.dbias = cnp.PyArray_DATA(db)
+            _sum_rows(&L, L.dxp, L.B * L.T, L.G * L.H, 1, f32)
+            if L.drec != NULL:
+                L.dbias = <char *>L.dbias + L.G * L.H * J.item
+                _sum_rows(&L, L.drec, L.B * L.T, L.G * L.H, 1, f32)
         return
-    if plan is not None and plan.backward_split == "batch":
-        n = plan.threads
     if plan is not None and plan.backward_packed and f32 and fr_simd_level():
         keep = _pack_recurrent(&L, &J, n, True)   # R^T for dG @ R^T, in Loop.Rp (forward's Rp is not used here)
     _run_batch(&J, n)
+    if partials is not None:   # db := the parts' sums, added in part order
+        L.dbias = cnp.PyArray_DATA(db)
+        _sum_rows(&L, cnp.PyArray_DATA(partials), n, k, L.dbias_ld, f32)
+
+
+cdef void _sum_rows(const Loop *L, const void *rows, int n, int k, Py_ssize_t ld, bint f32) noexcept:
+    """L.dbias[:k] += the n rows of k elements at `rows`, ld apart (ld 1: k, contiguous), in row order."""
+    if ld == 1:
+        ld = k
+    if f32:
+        colsum_add(<float *>L.dbias, <const float *>rows, n, k, ld)
+    else:
+        colsum_add(<double *>L.dbias, <const double *>rows, n, k, ld)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ cdef extern from "gates.h" nogil:
     void fr_matvec_f64(const double *R, const double *x, int M, int N, int ldr, double beta, double *y)
     void fr_simple_fwd_row_f32(float *g, const float *bias, float *h, int H, int act)
     void fr_simple_fwd_row_f64(double *g, const double *bias, double *h, int H, int act)
+    void fr_colsum_add_f32(float *acc, const float *x, int rows, int n, long ldx)
+    void fr_colsum_add_f64(double *acc, const double *x, int rows, int n, long ldx)
     void fr_transpose_f32(int M, int N, const float *src, long lds, float *dst, long ldd)
     void fr_transpose_f64(int M, int N, const double *src, long lds, double *dst, long ldd)
     void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P)
@@ -100,3 +102,7 @@ cdef inline void simple_fwd_row(floating *g, const floating *bias, floating *h, 
 cdef inline void transpose(int M, int N, const floating *src, long lds, floating *dst, long ldd) noexcept nogil:
     if floating is float: fr_transpose_f32(M, N, src, lds, dst, ldd)
     else: fr_transpose_f64(M, N, src, lds, dst, ldd)
+
+cdef inline void colsum_add(floating *acc, const floating *x, int rows, int n, long ldx) noexcept nogil:
+    if floating is float: fr_colsum_add_f32(acc, x, rows, n, ldx)
+    else: fr_colsum_add_f64(acc, x, rows, n, ldx)

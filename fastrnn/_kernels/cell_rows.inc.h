@@ -222,6 +222,33 @@ void FN(fr_matvec)(const T *restrict R, const T *restrict x, int M, int N, int l
 }
 #endif
 
+/* Column sums kept in registers over the rows (32, then 8 columns a block): one load and one add an
+ * element, where adding row by row into acc loads and stores acc for every row (NOTES 45).  The rows
+ * are summed in order, so the result is the row-by-row sum's, bit for bit. */
+void FN(fr_colsum_add)(T *restrict acc, const T *restrict x, int rows, int n, long ldx)
+{
+    int j, r, u;
+    for (j = 0; j + 32 <= n; j += 32) {
+        T s[32];
+        for (u = 0; u < 32; u++) s[u] = acc[j + u];
+        for (r = 0; r < rows; r++)
+            for (u = 0; u < 32; u++) s[u] += x[(long)r * ldx + j + u];
+        for (u = 0; u < 32; u++) acc[j + u] = s[u];
+    }
+    for (; j + 8 <= n; j += 8) {
+        T s[8];
+        for (u = 0; u < 8; u++) s[u] = acc[j + u];
+        for (r = 0; r < rows; r++)
+            for (u = 0; u < 8; u++) s[u] += x[(long)r * ldx + j + u];
+        for (u = 0; u < 8; u++) acc[j + u] = s[u];
+    }
+    for (; j < n; j++) {
+        T s = acc[j];
+        for (r = 0; r < rows; r++) s += x[(long)r * ldx + j];
+        acc[j] = s;
+    }
+}
+
 #undef FN
 #undef FR_CAT
 #undef FR_CAT2

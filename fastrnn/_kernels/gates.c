@@ -108,6 +108,7 @@ FR_PICK(fr_gru_bwd_r_row, (const float *g, const float *a, const float *b, float
         (g, a, b, dg, H, ract))
 FR_PICK(fr_matvec, (const float *R, const float *x, int M, int N, int ldr, float beta, float *y),
         (R, x, M, N, ldr, beta, y))
+FR_PICK(fr_colsum_add, (float *acc, const float *x, int rows, int n, long ldx), (acc, x, rows, n, ldx))
 #undef FR_PICK
 
 /* The rows fused for the default activations: on AVX-512F, gates_avx512.c's 16-lane build (`fused`)

@@ -83,7 +83,10 @@ int fr_simd_level(void);
     /* matvec: y := beta*y + R @ x, R (M, N) rows ldr apart.  IN R, x; IN/OUT y */                    \
     void fr_matvec_##SFX(const T *R, const T *x, int M, int N, int ldr, T beta, T *y);                 \
     /* SimpleRNN: g := act(g + b); h := g.  IN/OUT g (H); IN bias; OUT h (may be g) */                        \
-    void fr_simple_fwd_row_##SFX(T *g, const T *bias, T *h, int H, int act);
+    void fr_simple_fwd_row_##SFX(T *g, const T *bias, T *h, int H, int act);                           \
+    /* acc[j] += x[0][j] + ... + x[rows-1][j] for j < n, rows ldx apart, summed in row order (the     \
+     * backward's bias gradient, one step's rows at a time).  IN x; IN/OUT acc */                     \
+    void fr_colsum_add_##SFX(T *acc, const T *x, int rows, int n, long ldx);
 
 FR_DECLARE(float, f32)
 FR_DECLARE(double, f64)
