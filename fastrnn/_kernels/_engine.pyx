@@ -38,8 +38,8 @@ a NumPy sum over all N rows afterwards, which re-read N * G*H floats from L3 or 
 t28-b64-h64: ~110 us of a 2.6 ms training call; bench/NOTES.md 45).  The batch split's parts each sum
 into their own row of partials, added in part order (so the result does not depend on which thread
 ran what).  The hidden split (B == 1) sums its T rows once after the loop instead: they are few and
-still in cache, and adding each slice's few columns a step cost more than that (gru t100-b1-h128: 60 us
-against 5; NOTES 45).
+still in cache, and adding each slice's few columns every step cost more (gru t100-b1-h128: +60-80 us
+a call, against +0-7 for the sum after the loop; NOTES 45).
 
 Sizes.  BLAS here takes 32-bit ints, so _spec refuses problems with B*T*G*H >= 2**31 elements; below
 that every offset computed in int stays in range.
@@ -154,7 +154,7 @@ ctypedef struct Loop:
     void *dht
     void *dhd
     void *dacc
-    void *dbias        # += each step's dG rows (then GH on: GRU reset_after's drec's); or NULL
+    void *dbias        # backward: += each step's dG rows, and at +G*H its drec rows (GRU); or NULL
     Py_ssize_t dbias_ld   # elements from one batch part's dbias to the next
 
 
@@ -1307,7 +1307,8 @@ def backward(ws, spec, plan=None):
     """
     cdef Job J
     cdef Loop L
-    cdef int n = 1, hidden = plan is not None and plan.backward_split == "hidden"
+    cdef int n = 1
+    cdef bint hidden = plan is not None and plan.backward_split == "hidden"
     cdef bint f32 = ws.xp.dtype == np.float32
     cdef _HSplitBuffers bufs
     cdef cnp.ndarray db = getattr(ws, "db", None), partials = None
@@ -1341,29 +1342,24 @@ def backward(ws, spec, plan=None):
         finally:
             bufs.release()
         if db is not None:   # all T rows at once, after the loop ("Bias gradient")
-            L.dbias_ld = 0
-            L.dbias = cnp.PyArray_DATA(db)
-            _sum_rows(&L, L.dxp, L.B * L.T, L.G * L.H, 1, f32)
+            _sum_rows(cnp.PyArray_DATA(db), L.dxp, L.B * L.T, L.G * L.H, L.G * L.H, f32)
             if L.drec != NULL:
-                L.dbias = <char *>L.dbias + L.G * L.H * J.item
-                _sum_rows(&L, L.drec, L.B * L.T, L.G * L.H, 1, f32)
+                _sum_rows(_at(cnp.PyArray_DATA(db), L.G * L.H, J.item), L.drec, L.B * L.T, L.G * L.H, L.G * L.H,
+                          f32)
         return
     if plan is not None and plan.backward_packed and f32 and fr_simd_level():
         keep = _pack_recurrent(&L, &J, n, True)   # R^T for dG @ R^T, in Loop.Rp (forward's Rp is not used here)
     _run_batch(&J, n)
     if partials is not None:   # db := the parts' sums, added in part order
-        L.dbias = cnp.PyArray_DATA(db)
-        _sum_rows(&L, cnp.PyArray_DATA(partials), n, k, L.dbias_ld, f32)
+        _sum_rows(cnp.PyArray_DATA(db), cnp.PyArray_DATA(partials), n, k, L.dbias_ld, f32)
 
 
-cdef void _sum_rows(const Loop *L, const void *rows, int n, int k, Py_ssize_t ld, bint f32) noexcept:
-    """L.dbias[:k] += the n rows of k elements at `rows`, ld apart (ld 1: k, contiguous), in row order."""
-    if ld == 1:
-        ld = k
+cdef inline void _sum_rows(void *acc, const void *rows, int n, int k, Py_ssize_t ld, bint f32) noexcept nogil:
+    """acc[:k] += the n rows of k elements at `rows`, ld elements apart, in row order (float32 or 64)."""
     if f32:
-        colsum_add(<float *>L.dbias, <const float *>rows, n, k, ld)
+        colsum_add(<float *>acc, <const float *>rows, n, k, ld)
     else:
-        colsum_add(<double *>L.dbias, <const double *>rows, n, k, ld)
+        colsum_add(<double *>acc, <const double *>rows, n, k, ld)
 
 
 # ---------------------------------------------------------------------------------------------------
