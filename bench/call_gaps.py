@@ -9,17 +9,11 @@ so it costs 2-6x what the same lines cost in a warm microbenchmark, and at small
 sizeable share of the call.  Medians over C calls (the first tenth dropped); the machine is noisy, so
 compare gaps within one run, not totals across runs.
 """
-import argparse
 import statistics
 import time
 
-import numpy as np
-
-import fastrnn
 from fastrnn import _compiled
-from fastrnn import functional as F
-
-GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+from training_call import parse_args, training_step
 
 
 class _Timed:
@@ -43,22 +37,9 @@ class _Timed:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cell", choices=sorted(GATES))
-    ap.add_argument("sizes", nargs=4, type=int, metavar="T B I H")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--calls", type=int, default=500)
-    args = ap.parse_args()
-    T, B, I, H = args.sizes
-    G = GATES[args.cell]
-    fastrnn.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((B, T, I)).astype(np.float32)
-    k = (rng.standard_normal((I, G * H)) * 0.1).astype(np.float32)
-    r = (rng.standard_normal((H, G * H)) * 0.1).astype(np.float32)
-    b = np.zeros((2, G * H) if args.cell == "gru" else (G * H,), np.float32)
-    d = rng.standard_normal((B, T, H)).astype(np.float32)
-    vjp = getattr(F, args.cell + "_vjp")
+    args = parse_args(__doc__, calls=500)
+    T, B, I, H = args.sizes  # noqa: E741
+    step = training_step(args.cell, T, B, I, H)
     marks = []
     real = _compiled.engine
     _compiled.engine = _Timed(real, marks)
@@ -68,7 +49,7 @@ def main():
         for _ in range(args.calls):
             marks.clear()
             t0 = time.perf_counter()
-            vjp(x, k, r, b)[2](d)
+            step()
             t1 = time.perf_counter()
             row, prev = [], t0
             for name, start, end in marks:

@@ -8,41 +8,18 @@ call faults them in again, ~3 us a 4 KiB page on this VM) depends on what the pr
 whole bench in one process raises glibc's mmap threshold early and hides it.  Compare two checkouts
 by running this with PYTHONPATH pointing at each, alternately.
 """
-import argparse
 import resource
 import statistics
 import time
 
-import numpy as np
-
 import fastrnn
-from fastrnn import functional
-
-GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+from training_call import parse_args, training_step
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cell", choices=sorted(GATES))
-    ap.add_argument("sizes", nargs=4, type=int, metavar="T B I H")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--calls", type=int, default=300)
-    args = ap.parse_args()
+    args = parse_args(__doc__, calls=300)
     T, B, I, H = args.sizes  # noqa: E741
-    G = GATES[args.cell]
-    fastrnn.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((B, T, I), dtype=np.float32)
-    kernel = rng.standard_normal((I, G * H), dtype=np.float32) * 0.1
-    recurrent = rng.standard_normal((H, G * H), dtype=np.float32) * 0.1
-    bias = np.zeros((2, G * H) if args.cell == "gru" else (G * H,), np.float32)
-    d_out = rng.standard_normal((B, T, H), dtype=np.float32)
-    vjp = getattr(functional, args.cell + "_vjp")
-
-    def step():
-        _, _, backward = vjp(x, kernel, recurrent, bias)
-        return backward(d_out)
-
+    step = training_step(args.cell, T, B, I, H)
     for _ in range(5):
         step()
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
