@@ -290,7 +290,8 @@ def _backward_impl(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dr
         spec, arrays, residuals = call
         # the backward reads neither the bias nor the initial states (the state chain is in the residuals)
         arrays = arrays._replace(bias=None, initial_state=None)
-    spec = replace(spec, has_bias=has_bias)  # the bias itself is not needed: only whether to return d_bias
+    if spec.has_bias != has_bias:   # the bias itself is not needed: only whether to return d_bias
+        spec = replace(spec, has_bias=has_bias)   # (dataclasses.replace: ~10 us warm, ~40 cold in a step)
     if d_outputs is None:
         d_out = np.zeros((spec.T, spec.B, spec.H) if time_major else (spec.B, spec.T, spec.H), spec.dtype)
     else:
