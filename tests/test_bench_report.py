@@ -20,6 +20,10 @@ def test_target_of(report):
     assert report.target_of("lstm-t100-b1-i128-h128", "forward") == 1.5
     assert report.target_of("lstm-t50-b64-i512-h512", "forward") == 1.0
     assert report.target_of("gru-t50-b64-i512-h512", "training") == 1.3
+    for problem in ("lstm-t100-b1-i128-h128", "lstm-t50-b64-i512-h512"):   # 1 thread: on par with the best peer
+        for mode in ("forward", "training"):
+            assert report.target_of(problem, mode, threads=1) == 1.0
+    assert report.peak_share_target("lstm-t50-b64-i512-h512", "forward", threads=1) is None
 
 
 def test_targets_table_flags_needs_above_the_peak(report):
@@ -46,13 +50,16 @@ def test_targets_table_asks_85_percent_of_the_peak_at_large_batch(report):
     rows = {("lstm", "lstm-t50-b64-i512-h512", "forward", 2): eng(100.0, 90.0),     # faster, 50% of the peak
             ("gru", "gru-t50-b64-i512-h512", "forward", 2): eng(180.0, 150.0),      # faster, 90%
             ("lstm", "lstm-t50-b16-i512-h512", "forward", 2): eng(100.0, 60.0),     # B = 16: no share target
-            ("gru", "gru-t50-b128-i512-h512", "training", 2): eng(100.0, 70.0)}     # training: none either
+            ("gru", "gru-t50-b128-i512-h512", "training", 2): eng(100.0, 70.0),     # training: none either
+            ("simple_rnn", "simple_rnn-t50-b64-i512-h512", "forward", 1): eng(100.0, 90.0)}  # 1 thread: none
     text = report.targets_table(rows, {2: {"numpy": 200.0}})
     lines = {tuple(line.split(" | ")[:2]): line for line in text.splitlines()[2:]}
     assert lines[("| lstm", "t50-b64-i512-h512")].endswith("| no (50% of peak < 85%) |")
     assert lines[("| gru", "t50-b64-i512-h512")].endswith("| yes |")
     assert lines[("| lstm", "t50-b16-i512-h512")].endswith("| yes |")
     assert lines[("| gru", "t50-b128-i512-h512")].endswith("| yes |")
+    one = lines[("| simple_rnn", "t50-b64-i512-h512")]
+    assert "| 1 | 1.0x |" in one and one.endswith("| yes |")                          # on par, no peak share
     assert report.peak_share_target("simple_rnn-t28-b64-i28-h64", "forward") == 0.85
     assert report.peak_share_target("simple_rnn-t28-b64-i28-h64", "training") is None
 
