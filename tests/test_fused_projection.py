@@ -101,9 +101,8 @@ def test_functional_fused_training(cell, extra, T, threads, transposed):
 
 
 def test_plan_rule():
-    """Fused only where it measured faster: B == 1, float32, past one chunk, a step of FUSED_MIN_MACS,
-    on the vector panels,
-    R_k and W_k within FUSED_MAX_SLICE_BYTES; the switch turns it off."""
+    """Fused only where it measured faster: B == 1, float32, on the vector panels, past one chunk, a
+    step of FUSED_MIN_MACS, R_k and W_k within FUSED_MAX_SLICE_BYTES; the switch turns it off."""
     def plan(cell, T, B, I, H, dtype=np.float32, threads=1, packs_kept=True):
         rng = np.random.default_rng(0)
         g = G[cell]

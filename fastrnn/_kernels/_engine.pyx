@@ -1313,6 +1313,8 @@ def backward(ws, spec, plan=None):
     cdef _HSplitBuffers bufs
     cdef cnp.ndarray db = getattr(ws, "db", None), partials = None
     cdef Py_ssize_t k = 0
+    cdef void *acc
+    cdef void *rows
     _pin_blas()
     _fill(&L, ws, spec)
     _job_init(&J, &L, f32, True)
@@ -1342,16 +1344,19 @@ def backward(ws, spec, plan=None):
         finally:
             bufs.release()
         if db is not None:   # all T rows at once, after the loop ("Bias gradient")
-            _sum_rows(cnp.PyArray_DATA(db), L.dxp, L.B * L.T, L.G * L.H, L.G * L.H, f32)
-            if L.drec != NULL:
-                _sum_rows(_at(cnp.PyArray_DATA(db), L.G * L.H, J.item), L.drec, L.B * L.T, L.G * L.H, L.G * L.H,
-                          f32)
+            acc = cnp.PyArray_DATA(db)
+            with nogil:
+                _sum_rows(acc, L.dxp, L.B * L.T, L.G * L.H, L.G * L.H, f32)
+                if L.drec != NULL:
+                    _sum_rows(_at(acc, L.G * L.H, J.item), L.drec, L.B * L.T, L.G * L.H, L.G * L.H, f32)
         return
     if plan is not None and plan.backward_packed and f32 and fr_simd_level():
         keep = _pack_recurrent(&L, &J, n, True)   # R^T for dG @ R^T, in Loop.Rp (forward's Rp is not used here)
     _run_batch(&J, n)
     if partials is not None:   # db := the parts' sums, added in part order
-        _sum_rows(cnp.PyArray_DATA(db), cnp.PyArray_DATA(partials), n, k, L.dbias_ld, f32)
+        acc, rows = cnp.PyArray_DATA(db), cnp.PyArray_DATA(partials)
+        with nogil:
+            _sum_rows(acc, rows, n, k, L.dbias_ld, f32)
 
 
 cdef inline void _sum_rows(void *acc, const void *rows, int n, int k, Py_ssize_t ld, bint f32) noexcept nogil:
