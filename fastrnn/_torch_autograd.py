@@ -25,6 +25,9 @@ rnn_forward's ``register_autograd`` formula calls rnn_backward.  What works:
 - ``torch.func.vmap``: correct but not batched into one kernel call (the ops run once per vmapped index);
 - not supported: second derivatives (a clear RuntimeError), tensors off the CPU (a ValueError).
 
+fastrnn.torch's modules, in plain eager autograd, run `rnn_torch_layout` instead: torch.nn's parameters
+in, one autograd node per layer and direction (`_TorchLayoutFunction`, the same computations).
+
 A call of which no gradient can be asked (`inference_ok`: grad mode off or nothing requiring grad, no
 torch.func transform or torch.compile trace active, plain tensors) skips the ops: `rnn` runs
 fastrnn.functional's inference forward (no residuals written), and `rnn_prepared` the same on a
@@ -341,8 +344,25 @@ class _RNNBackwardFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError("fastrnn: second derivatives (double backward) are not supported: the compiled "
-                           "backward has no derivative of its own")
+        raise RuntimeError(_NO_SECOND_DERIVATIVE)
+
+
+_NO_SECOND_DERIVATIVE = ("fastrnn: second derivatives (double backward) are not supported: the compiled "
+                         "backward has no derivative of its own")
+
+
+class _FirstDerivativeOnly(torch.autograd.Function):
+    """Views of `tensors` whose derivative is a clear error: a backward run with create_graph=True hands
+    out its gradients through this, tied to inputs that require grad, so a second derivative through
+    them raises instead of silently taking them for constants."""
+
+    @staticmethod
+    def forward(ctx, *tensors):
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_NO_SECOND_DERIVATIVE)
 
 
 def _setup_context(ctx, inputs, output):
@@ -426,6 +446,160 @@ class _EagerRNNFunction(torch.autograd.Function):
         return output
 
     backward = staticmethod(_backward)
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch.nn's parameter layout in one autograd node (fastrnn.torch's modules, plain eager autograd)
+
+def _gate_order(a):
+    """GRU's gate blocks along axis 0, torch's [r, z, n] <-> Keras's [z, r, h] (its own inverse), in
+    place: `a` is an array this module owns (a copy or an engine result)."""
+    H = a.shape[0] // 3
+    first = a[:H].copy()
+    a[:H] = a[H:2 * H]
+    a[H:2 * H] = first
+    return a
+
+
+def _keras_arrays(cell, w_ih, w_hh, b_ih, b_hh):
+    """(kernel, recurrent_kernel, bias) in the Keras layout (fastrnn/_weights.py) from torch.nn's
+    parameters as NumPy arrays: w_ih (G*H, I), w_hh (G*H, H), b_ih and b_hh (G*H,) or None.
+
+    kernel: the transposed view of (G*H, I) memory, which the kernels read in place
+    (fastrnn._compiled.Workspace); w_ih itself, except for GRU, whose blocks are reordered to Keras's
+    [z, r, h] in a copy.  recurrent_kernel: a (H, G*H) copy by the tiled transpose (its packed layouts
+    read R), GRU's blocks each transposed to their Keras place.  bias: b_ih + b_hh, or for GRU the
+    (2, 3H) rows [input, recurrent] in Keras's order (reset_after: b_hh stays inside r * (...))."""
+    GH, H = w_hh.shape
+    recurrent = _copy_buffer((H, GH), w_hh.dtype)
+    if cell != "gru":
+        engine.transpose_into(w_hh, recurrent)
+        bias = None if b_ih is None else b_ih + b_hh
+        return w_ih.T, recurrent, bias
+    kernel_t = _copy_buffer(w_ih.shape, w_ih.dtype)
+    H = GH // 3
+    for keras, torch_ in ((0, H), (H, 0), (2 * H, 2 * H)):   # (z, r, h) <- torch's (z, r, n) rows
+        kernel_t[keras:keras + H] = w_ih[torch_:torch_ + H]
+        engine.transpose_into(w_hh[torch_:torch_ + H], recurrent[:, keras:keras + H])
+    bias = None if b_ih is None else np.stack([_gate_order(b_ih.copy()), _gate_order(b_hh.copy())])
+    return kernel_t.T, recurrent, bias
+
+
+def _torch_layout_call(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, go_backwards, time_major, activation,
+                       zero_output_for_mask):
+    """(Spec, Arrays) of one call in torch.nn's layout (`_keras_arrays`), validated by build_spec."""
+    kernel, recurrent, bias = _keras_arrays(cell, *(None if t is None else t.detach().numpy()
+                                                    for t in (w_ih, w_hh, b_ih, b_hh)))
+    states, mask_np = _states_and_mask(cell, h0, c0, mask)
+    return build_spec(cell, _to_numpy(x, "x"), kernel, recurrent, bias, initial_state=states, mask=mask_np,
+                      go_backwards=go_backwards, time_major=time_major, activation=activation,
+                      zero_output_for_mask=zero_output_for_mask, reset_after=True)
+
+
+class _TorchLayoutFunction(torch.autograd.Function):
+    """fastrnn.torch's one-layer, one-direction call as ONE autograd node: torch.nn's parameters (w_ih,
+    w_hh, b_ih, b_hh) go in as they are and their gradients come out in their layout, so the graph has
+    no transposes, bias sum or GRU gate reordering of its own (`_keras_arrays` does them in NumPy).
+
+    Why: each of those torch ops and its backward node costs 5-60 us a call, far more once the kernels
+    have evicted the interpreter, and with the ten outputs of the custom-op formula (the residuals, for
+    torch.compile) fastrnn.torch's fixed cost per training call was ~0.6 ms, above torch.nn's own
+    (bench/NOTES.md 46).  The residuals stay inside: saved tensors (freed by the backward, as torch
+    frees any) plus the forward's validated call on ctx, which the first backward reads and drops (a
+    retain_graph second backward rebuilds it from the saved tensors).  Saved too, for torch's version
+    check: x and the two weights (the bias and the initial states are not read again).  Old-style (ctx
+    in forward), as `_EagerRNNFunction`: torch.func never sees it (`torch_layout_ok`)."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, cell, go_backwards, time_major, activation,
+                zero_output_for_mask):
+        spec, arrays = _torch_layout_call(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, go_backwards,
+                                          time_major, activation, zero_output_for_mask)
+        with _on_torch_threads():
+            out, final, residuals = _compiled.forward_residuals(spec, arrays)
+        dt = x.dtype
+        kept = [None if residuals[k] is None else torch.from_numpy(residuals[k]) for k in _RESIDUALS]
+        ctx.save_for_backward(x, w_ih, w_hh, mask, *kept)
+        ctx.call = spec, arrays._replace(bias=None, initial_state=None), residuals
+        ctx.has_bias, ctx.has_state = b_ih is not None, h0 is not None
+        ctx.options = cell, go_backwards, time_major, activation, zero_output_for_mask
+        ctx.set_materialize_grads(False)
+        c = _to_torch(final[1], dt) if cell == "lstm" else x.new_empty((0,))
+        return _to_torch(out, dt), _to_torch(final[0], dt), c
+
+    @staticmethod
+    def backward(ctx, d_out, d_h, d_c):
+        x, w_ih, w_hh, mask, *kept = ctx.saved_tensors   # (checks the versions)
+        spec, arrays, residuals = ctx.call or (None, None, None)
+        ctx.call = None   # (so the graph holds no view of the residuals past this backward)
+        if spec is None:   # a retain_graph second backward
+            spec, arrays = _torch_layout_call(ctx.options[0], x, w_ih, w_hh, None, None, None, None, mask,
+                                              *ctx.options[1:])
+            residuals = {k: None if t is None else t.numpy() for k, t in zip(_RESIDUALS, kept)}
+        cell = spec.cell
+        if d_out is None:
+            d_out = np.zeros((spec.T, spec.B, spec.H) if spec.time_major else (spec.B, spec.T, spec.H), spec.dtype)
+        else:
+            d_out = _to_numpy(d_out, "d_outputs")
+        d_states = [_to_numpy(d_h, "d_h")] + ([_to_numpy(d_c, "d_c")] if cell == "lstm" else [])
+        if ctx.has_bias != spec.has_bias:
+            spec = replace(spec, has_bias=ctx.has_bias)
+        with _on_torch_threads():
+            grads = _compiled.backward_from_residuals(spec, arrays, residuals, d_out, d_states,
+                                                      transposed=(True, True))
+        dw_ih, dw_hh = grads["kernel"], grads["recurrent_kernel"]   # (G*H, I), (G*H, H): torch's layout
+        db_ih = db_hh = None
+        if cell == "gru":
+            _gate_order(dw_ih)
+            _gate_order(dw_hh)
+            if ctx.has_bias:   # (2, 3H): the input and the recurrent bias's rows
+                db_ih, db_hh = (_gate_order(row.copy()) for row in grads["bias"])
+        elif ctx.has_bias:
+            db_ih, db_hh = grads["bias"], grads["bias"].copy()   # (b_ih + b_hh: one gradient each)
+        dt = x.dtype
+        d_init = grads["initial_state"]
+        dh0 = dc0 = None
+        if ctx.has_state:
+            dh0 = _to_torch(d_init[0], dt)
+            dc0 = _to_torch(d_init[1], dt) if cell == "lstm" else None
+        out = [_to_torch(grads["x"], dt), _to_torch(dw_ih, dt), _to_torch(dw_hh, dt),
+               None if db_ih is None else _to_torch(db_ih, dt), None if db_hh is None else _to_torch(db_hh, dt),
+               dh0, dc0]
+        if torch.is_grad_enabled():   # create_graph=True: a second derivative must raise, not read zeros
+            present = [k for k, g in enumerate(out) if g is not None]
+            tied = _FirstDerivativeOnly.apply(x, w_ih, w_hh, *(out[k] for k in present))[3:]
+            for k, g in zip(present, tied):
+                out[k] = g
+        return tuple(out) + (None,) * 6
+
+
+def torch_layout_ok(x, *tensors):
+    """True when `rnn_torch_layout` can take a call on x and these tensors (None skipped): plain eager
+    autograd (no torch.compile trace or torch.func transform: those need the custom ops, see `rnn`),
+    every tensor a plain torch.Tensor or nn.Parameter on the CPU in x's dtype (float32 or float64)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    dt = x.dtype
+    if dt not in _FLOAT_DTYPES:
+        return False
+    for t in (x,) + tensors:
+        if t is not None and (type(t) not in _PLAIN_TENSORS or t.dtype != dt or not t.is_cpu):
+            return False
+    return True
+
+
+def rnn_torch_layout(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mask=None,
+                     go_backwards=False, time_major=False, activation="tanh", zero_output_for_mask=False):
+    """`rnn` on torch.nn's parameters, as one autograd node (`_TorchLayoutFunction`), for callers that
+    checked `torch_layout_ok` (fastrnn.torch's modules; GRU is reset_after=True, torch.nn's).
+
+    w_ih (G*H, I), w_hh (G*H, H), b_ih and b_hh (G*H,) (both or neither) in torch.nn's gate order; x,
+    h0, c0, mask as `rnn`'s.  Returns ``(outputs, final_states)`` as `rnn` does; gradients reach x,
+    the four parameters, h0 and c0."""
+    out, h, c = _TorchLayoutFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, cell, bool(go_backwards),
+                                           bool(time_major), _check_activation("activation", activation),
+                                           bool(zero_output_for_mask))
+    return out, ([h, c] if cell == "lstm" else [h])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -9,10 +9,12 @@
 The modules take torch.nn's constructor arguments, hold the same nn.Parameters (weight_ih_l0,
 bias_hh_l1_reverse, ... in torch's layout and with torch's initialisation) and return what torch.nn
 returns, so they load each other's state_dict, train under DistributedDataParallel and swap in with
-`from_torch` / `to_torch`.  A call that can be differentiated converts the torch-layout parameters to
-fastrnn's Keras layout (fastrnn/_weights.py) with differentiable torch ops and runs
-fastrnn._torch_autograd.rnn, so gradients reach the parameters, the input and hx through autograd;
-nothing here re-implements RNN math.
+`from_torch` / `to_torch`.  A call that can be differentiated runs each layer and direction as one
+autograd node on the torch-layout parameters as they are (fastrnn._torch_autograd.rnn_torch_layout,
+which converts them to fastrnn's Keras layout, fastrnn/_weights.py, in NumPy and hands the gradients
+back in torch's); under torch.compile or a torch.func transform the parameters are converted with
+differentiable torch ops and fastrnn._torch_autograd.rnn runs the custom ops instead.  Either way the
+gradients reach the parameters, the input and hx through autograd; nothing here re-implements RNN math.
 
 Inference (``torch.no_grad()``, ``torch.inference_mode()``, or nothing requiring grad; not traced):
 the call runs fastrnn's inference forward on frozen Keras-layout copies of the parameters
@@ -50,7 +52,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fastrnn import _scratch, functional
-from fastrnn._torch_autograd import inference_ok, rnn_prepared
+from fastrnn._torch_autograd import inference_ok, rnn_prepared, rnn_torch_layout, torch_layout_ok
 from fastrnn._torch_autograd import rnn as _rnn
 
 __all__ = ["LSTM", "GRU", "RNN", "from_torch", "to_torch"]
@@ -70,45 +72,6 @@ def _gru_blocks(t, dim):
     """torch GRU gates [r, z, n] <-> Keras [z, r, h] (the same swap both ways) along `dim`."""
     r, z, n = t.chunk(3, dim)
     return torch.cat([z, r, n], dim)
-
-
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def _swapped_rows(t):
-    """A new tensor: t (3H, n) with its first two blocks of H rows swapped (`_gru_blocks` along dim 0),
-    in memory from fastrnn's pool (fastrnn._scratch.take_result: back in the pool once the tensor dies)."""
-    H = t.shape[0] // 3
-    out = torch.from_numpy(_scratch.take_result(tuple(t.shape), _NUMPY_DTYPES[t.dtype]))
-    out[:H].copy_(t[H:2 * H])
-    out[H:2 * H].copy_(t[:H])
-    out[2 * H:].copy_(t[2 * H:])
-    return out
-
-
-class _GateSwap(torch.autograd.Function):
-    """`_gru_blocks(w, 0)` of a GRU weight as one copy each way, for plain eager autograd.  Why: torch.cat's
-    backward hands each chunk a view and chunk's backward concatenates them again into fresh memory, and
-    torch's allocator maps (and the kernel zeroes) these weight-sized tensors afresh in every forward and
-    backward (~225 page faults a call at GRU T50 B1 H512, ~3 us each here; bench/NOTES.md 42).
-    The swap is its own inverse, so the backward is the same copy of the gradient."""
-
-    @staticmethod
-    def forward(ctx, w):
-        return _swapped_rows(w)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _swapped_rows(grad)
-
-
-def _gate_swap(w):
-    """`_gru_blocks(w, 0)`: through `_GateSwap` where plain eager autograd runs (torch.compile and the
-    torch.func transforms see torch.cat, which they know)."""
-    if (w.dtype in _NUMPY_DTYPES and w.device.type == "cpu" and not torch.compiler.is_compiling()
-            and not torch._C._are_functorch_transforms_active()):
-        return _GateSwap.apply(w)
-    return _gru_blocks(w, 0)
 
 
 class _RNNBase(nn.Module):
@@ -235,12 +198,18 @@ class _RNNBase(nn.Module):
 
     # -- weights: torch layout -> Keras layout, differentiably ------------------------------------------
 
+    def _direction_parameters(self, suffix):
+        """(weight_ih, weight_hh, bias_ih, bias_hh) of one layer and direction (biases None without)."""
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else ("weight_ih", "weight_hh")
+        params = [getattr(self, n + suffix) for n in names]
+        return tuple(params) + (None, None) * (not self.bias)
+
     def _keras_weights(self, suffix):
         w_ih, w_hh = getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix)
         b_ih, b_hh = (getattr(self, "bias_ih" + suffix), getattr(self, "bias_hh" + suffix)) if self.bias \
             else (None, None)
         if self._cell == "gru":
-            kernel, recurrent = _gate_swap(w_ih).t(), _gate_swap(w_hh).t()
+            kernel, recurrent = _gru_blocks(w_ih, 0).t(), _gru_blocks(w_hh, 0).t()
             bias = None if b_ih is None else torch.stack([_gru_blocks(b_ih, 0), _gru_blocks(b_hh, 0)])
         else:
             kernel, recurrent = w_ih.t(), w_hh.t()
@@ -290,6 +259,10 @@ class _RNNBase(nn.Module):
                                zero_output_for_mask=mask is not None)
                 if inference:   # frozen weights, packed once (fastrnn.functional.prepare)
                     out, states = rnn_prepared(self._frozen_weights(suffix), layer_input, h0_k, c0_k, **options)
+                elif torch_layout_ok(layer_input, h0_k, c0_k, *self._direction_parameters(suffix)):
+                    # plain eager autograd: torch's parameters in one node (no graph ops of our own)
+                    out, states = rnn_torch_layout(self._cell, layer_input, *self._direction_parameters(suffix),
+                                                   h0_k, c0_k, activation=self._activation, **options)
                 else:
                     kernel, recurrent, bias = self._keras_weights(suffix)
                     out, states = _rnn(self._cell, layer_input, kernel, recurrent, bias, h0_k, c0_k,

@@ -243,16 +243,18 @@ def test_eager_path_refuses_an_inplace_change_before_backward(weight):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
 def test_eager_backward_reuses_the_forward_call_once(cell):
-    """The eager path's backward reads the forward's validated call (spec and NumPy views) instead of
-    rebuilding it, and drops it: after the backward the graph holds no view of the residuals.  A
-    retain_graph second backward rebuilds the call from the saved tensors and gives the same gradients,
-    which match torch.nn's."""
+    """`rnn`'s eager path (Keras-layout weights: fastrnn.keras under torch) reads the forward's validated
+    call (spec and NumPy views) in its backward instead of rebuilding it, and drops it: after the
+    backward the graph holds no view of the residuals.  A retain_graph second backward rebuilds the call
+    from the saved tensors and gives the same gradients, which match torch.nn's.  (fastrnn.torch's
+    modules take the torch-layout node instead: tests/test_torch_layout.py.)"""
     torch.manual_seed(5)
     stock = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "simple_rnn": torch.nn.RNN}[cell](17, 34, batch_first=True)
     twin = ft.from_torch(stock)
     x = torch.randn(3, 7, 17)
     d_out = torch.randn(3, 7, 34)
-    out, _ = twin(x)
+    kernel, recurrent, bias = twin._keras_weights("_l0")   # torch's layout seen as Keras's (views, swaps)
+    out, _ = _torch_autograd.rnn(cell, x, kernel, recurrent, bias)
     node = out.grad_fn
     assert type(node).__name__ == "_EagerRNNFunctionBackward" and node.call is not None
     first = torch.autograd.grad(out, list(twin.parameters()), d_out, retain_graph=True)
@@ -334,20 +336,3 @@ def test_weight_copy_buffers_are_reused_only_when_nothing_refers_to_them():
     assert small.shape == (4, 4)
     for arr in (d, small):   # (transpose_into's whole-line stores)
         assert arr.flags.c_contiguous and arr.__array_interface__["data"][0] % 64 == 0
-
-
-def test_gate_swap_is_torch_cat_with_its_own_inverse_as_backward():
-    """fastrnn.torch's GRU weights reach the Keras gate order through `_GateSwap` in eager autograd (one
-    pooled copy each way): the same values and gradients as the torch.cat path, and gradcheck passes."""
-    from fastrnn.torch import _gate_swap, _GateSwap, _gru_blocks
-
-    w = torch.randn(3 * 34, 17, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(3 * 34, 17, dtype=torch.float64)
-    got = _gate_swap(w)
-    assert type(got.grad_fn).__name__ == "_GateSwapBackward"
-    want = _gru_blocks(w, 0)
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
-    (dg,) = torch.autograd.grad(got, w, g)
-    (dw,) = torch.autograd.grad(want, w, g)
-    torch.testing.assert_close(dg, dw, rtol=0, atol=0)
-    assert torch.autograd.gradcheck(_GateSwap.apply, (w[:, :5].detach().clone().requires_grad_(),))
