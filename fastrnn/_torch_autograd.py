@@ -513,9 +513,9 @@ class _TorchLayoutFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, cell, go_backwards, time_major, activation,
                 zero_output_for_mask):
-        spec, arrays = _torch_layout_call(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, go_backwards,
-                                          time_major, activation, zero_output_for_mask)
-        with _on_torch_threads():
+        with _on_torch_threads():   # (the transposes too: a large one splits over the pool)
+            spec, arrays = _torch_layout_call(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, go_backwards,
+                                              time_major, activation, zero_output_for_mask)
             out, final, residuals = _compiled.forward_residuals(spec, arrays)
         dt = x.dtype
         kept = [None if residuals[k] is None else torch.from_numpy(residuals[k]) for k in _RESIDUALS]
@@ -533,8 +533,9 @@ class _TorchLayoutFunction(torch.autograd.Function):
         spec, arrays, residuals = ctx.call or (None, None, None)
         ctx.call = None   # (so the graph holds no view of the residuals past this backward)
         if spec is None:   # a retain_graph second backward
-            spec, arrays = _torch_layout_call(ctx.options[0], x, w_ih, w_hh, None, None, None, None, mask,
-                                              *ctx.options[1:])
+            with _on_torch_threads():
+                spec, arrays = _torch_layout_call(ctx.options[0], x, w_ih, w_hh, None, None, None, None, mask,
+                                                  *ctx.options[1:])
             residuals = {k: None if t is None else t.numpy() for k, t in zip(_RESIDUALS, kept)}
         cell = spec.cell
         if d_out is None:

@@ -259,10 +259,10 @@ class _RNNBase(nn.Module):
                                zero_output_for_mask=mask is not None)
                 if inference:   # frozen weights, packed once (fastrnn.functional.prepare)
                     out, states = rnn_prepared(self._frozen_weights(suffix), layer_input, h0_k, c0_k, **options)
-                elif torch_layout_ok(layer_input, h0_k, c0_k, *self._direction_parameters(suffix)):
+                elif torch_layout_ok(layer_input, h0_k, c0_k, *(params := self._direction_parameters(suffix))):
                     # plain eager autograd: torch's parameters in one node (no graph ops of our own)
-                    out, states = rnn_torch_layout(self._cell, layer_input, *self._direction_parameters(suffix),
-                                                   h0_k, c0_k, activation=self._activation, **options)
+                    out, states = rnn_torch_layout(self._cell, layer_input, *params, h0_k, c0_k,
+                                                   activation=self._activation, **options)
                 else:
                     kernel, recurrent, bias = self._keras_weights(suffix)
                     out, states = _rnn(self._cell, layer_input, kernel, recurrent, bias, h0_k, c0_k,
@@ -276,8 +276,9 @@ class _RNNBase(nn.Module):
                 layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
 
         output = layer_input
-        h_n = torch.stack(h_n)
-        c_n = torch.stack(c_n) if c_n else None
+        # (one layer and direction: a view, not stack's copy and its backward node)
+        h_n = h_n[0].unsqueeze(0) if len(h_n) == 1 else torch.stack(h_n)
+        c_n = None if not c_n else c_n[0].unsqueeze(0) if len(c_n) == 1 else torch.stack(c_n)
         if not batched:
             output = output.squeeze(batch_axis)
             h_n = h_n.squeeze(1)
