@@ -20,6 +20,8 @@ SWITCH (the "on" side first; the ratio is on / off):
               (fastrnn._dispatch.PACK_ONE_ROW_MIN_T)
   narrowpanels with packs kept (prepare, cells), one-row products on vector panels at any width vs
               from G*H >= 512 only (fastrnn._dispatch.cpu_plan's packs_kept)
+  adaptive    the hidden split choosing team or one thread by their measured times vs always the team
+              engine.adaptive_team (pool.h, fr_pool_run_adaptive)
 
 Each round times both sides for ~0.4 s each (median per call); prints the medians over rounds and
 their ratio.  The data and the checked call are the bench's (bench/cases.py, tests/problems.py).
@@ -70,6 +72,7 @@ SWITCHES = {
     "fused": lambda on: _dispatch.fused_projection(on),
     "longpanels": lambda on: setattr(_dispatch, "PACK_ONE_ROW_MIN_T", 32 if on else 1 << 30),
     "narrowpanels": lambda on: setattr(_dispatch, "cpu_plan", _REAL_PLAN if on else _plan_wide_kept_only),
+    "adaptive": lambda on: engine.adaptive_team(on),
 }
 
 

@@ -477,8 +477,7 @@ def _keras_arrays(cell, w_ih, w_hh, b_ih, b_hh):
         bias = None if b_ih is None else b_ih + b_hh
         return w_ih.T, recurrent, bias
     kernel_t = _copy_buffer(w_ih.shape, w_ih.dtype)
-    H = GH // 3
-    for keras, torch_ in ((0, H), (H, 0), (2 * H, 2 * H)):   # (z, r, h) <- torch's (z, r, n) rows
+    for keras, torch_ in ((0, H), (H, 0), (2 * H, 2 * H)):   # Keras's z, r, h <- torch's rows of z, r, n
         kernel_t[keras:keras + H] = w_ih[torch_:torch_ + H]
         engine.transpose_into(w_hh[torch_:torch_ + H], recurrent[:, keras:keras + H])
     bias = None if b_ih is None else np.stack([_gate_order(b_ih.copy()), _gate_order(b_hh.copy())])

@@ -46,12 +46,11 @@ import numbers
 import warnings
 import weakref
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from fastrnn import _scratch, functional
+from fastrnn import functional
 from fastrnn._torch_autograd import inference_ok, rnn_prepared, rnn_torch_layout, torch_layout_ok
 from fastrnn._torch_autograd import rnn as _rnn
 

@@ -406,6 +406,40 @@ def test_stall_guard_runs_alone_after_a_stalled_team_then_tries_again():
         assert engine.pool_stats()["backoff_calls"] < stats["backoff_calls"]
 
 
+def _adaptive_calls(calls, work_ns, busy_ns, team_ns=0):
+    """(team runs, runs alone by the adaptive choice) of `calls` adaptive probes of one kind (work_ns),
+    each 10 rounds of busy_ns work shared by the threads, plus team_ns more per thread in a team."""
+    before = engine.pool_stats()["adaptive_solo_calls"]
+    teams = sum(engine._pool_probe(2, 10, 0, work_ns, busy_ns, team_ns, adaptive=True) == 2 for _ in range(calls))
+    return teams, engine.pool_stats()["adaptive_solo_calls"] - before
+
+
+def test_adaptive_team_runs_alone_while_one_thread_is_faster_and_returns_when_the_team_wins():
+    """pool.h, fr_pool_run_adaptive (the hidden split's calls): a kind of task whose team is slower than
+    one thread runs mostly alone; once its team is faster again it runs as a team, alone only for the
+    periodic solo call; kinds are kept apart (work_ns); switched off, it always asks for the team."""
+    kind = 7_654_321   # ns: this test's own kinds of task (work_ns keys the pool's statistics)
+    with fastrnn.threads(2):
+        assert engine.adaptive_team()
+        assert _team_probe(2, 4), "no team of 2 ran"
+        # a team 30 us a round against 20 alone: at most a few team calls in 200
+        teams, alone = _adaptive_calls(200, kind, busy_ns=20_000, team_ns=20_000)
+        assert alone >= 120, (teams, alone)
+        # another kind meanwhile: its own statistics, a team that wins (10 us a round against 40)
+        teams, alone = _adaptive_calls(200, kind + 1, busy_ns=40_000)
+        assert teams >= 120 and alone <= 40, (teams, alone)
+        # the first kind, its team now faster: back to the team after at most one solo period
+        teams, alone = _adaptive_calls(200, kind, busy_ns=40_000)
+        assert teams >= 100, (teams, alone)
+        before = engine.adaptive_team(False)
+        try:
+            assert before and not engine.adaptive_team()
+            teams, alone = _adaptive_calls(50, kind + 2, busy_ns=20_000, team_ns=20_000)
+            assert alone == 0, alone
+        finally:
+            engine.adaptive_team(True)
+
+
 def test_small_task_runs_alone_while_workers_sleep_then_wakes_them_for_back_to_back_calls():
     """pool.h: a small team task (a streaming step) that finds every worker asleep runs on the caller at
     once, without a wake-up when the calls are far apart; back-to-back calls wake them, and a team runs

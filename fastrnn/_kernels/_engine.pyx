@@ -85,6 +85,7 @@ from fastrnn import _scratch
 cimport numpy as cnp
 from cython cimport floating
 from libc.string cimport memcpy, memset
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport usleep
 
 from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads, scipy_openblas_get_num_threads
@@ -94,7 +95,8 @@ from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_
                                      fr_pack_a_f32_avx512, fr_gemm_prepacked_f32_avx512, FR_PROJ_ROWS,
                                      fr_proj_pack_a_f32, fr_vecmat_proj_panels_f32_avx512,
                                      fr_proj_panels_f32_avx512)
-from fastrnn._kernels._pool cimport (fr_pool_run, fr_pool_parts, fr_pool_barrier, fr_pool_stats,
+from fastrnn._kernels._pool cimport (fr_pool_run, fr_pool_run_adaptive, fr_pool_adaptive_solo_calls, fr_pool_adaptive,
+                                    fr_pool_parts, fr_pool_barrier, fr_pool_stats,
                                     fr_pool_set_host, fr_pool_use_host)
 from fastrnn._kernels._gates cimport (colsum_add, dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row, transpose,
@@ -1159,7 +1161,7 @@ def forward(ws, spec, plan=None, dict packs=None):
         J.pack = PACK_BIASES if cached is not None else PACK_ALL
         try:
             with nogil:
-                fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, J.n_in))
+                fr_pool_run_adaptive(n, _hsplit_task, &J, _hsplit_work_ns(&L, J.n_in), L.training)
         finally:
             bufs.release()
         if packs is not None and cached is None:
@@ -1340,7 +1342,7 @@ def backward(ws, spec, plan=None):
         J.pk = NULL   # the product reads each slice's own rows of R in place
         try:
             with nogil:
-                fr_pool_run(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0))
+                fr_pool_run_adaptive(n, _hsplit_task, &J, _hsplit_work_ns(&L, 0), 2)   # (label: backward)
         finally:
             bufs.release()
         if db is not None:   # all T rows at once, after the loop ("Bias gradient")
@@ -1750,6 +1752,8 @@ cdef class StepKernel:
         with nogil:
             if self.hidden:
                 self.J.xin = xin
+                # (not fr_pool_run_adaptive: its bookkeeping and its every 33rd step alone cost ~0.3 us a
+                # step, 7% of LSTM H=128 B=1 on 2 threads, 4.5 us; bench/NOTES.md 46)
                 fr_pool_run(self.threads, _hsplit_task, &self.J, self.work_ns)
                 self.J.pack = 0
             elif self.f32:
@@ -1825,10 +1829,13 @@ def get_num_threads():
 def pool_stats():
     """{"solo_calls": team calls the pool's stall guard ran on the caller alone, "backoff_calls": its
     current solo period in calls (0: none; a clean team task halves it), "asleep_calls": small team calls
-    run on the caller alone because every worker was asleep} (pool.h)."""
+    run on the caller alone because every worker was asleep, "adaptive_solo_calls": hidden-split calls
+    run alone because one thread had been faster than the team for that kind of call} (pool.h).
+    """
     cdef long solo = 0, backoff = 0, asleep = 0
     fr_pool_stats(&solo, &backoff, &asleep)
-    return {"solo_calls": solo, "backoff_calls": backoff, "asleep_calls": asleep}
+    return {"solo_calls": solo, "backoff_calls": backoff, "asleep_calls": asleep,
+            "adaptive_solo_calls": fr_pool_adaptive_solo_calls()}
 
 
 def pool_set_host(size_t gomp_parallel=0, size_t omp_get_thread_num=0, size_t omp_get_num_threads=0):
@@ -1849,26 +1856,45 @@ def pool_use_host(bint on):
 ctypedef struct _ProbeJob:
     int rounds
     int sleep_us   # > 0: tid 1 sleeps this long before each barrier (a team member off its core)
+    long busy_ns   # each round's work: busy_ns / nth of spinning per thread ...
+    long team_ns   # ... plus this much more per thread when nth > 1 (a team slower than one thread)
+
+
+cdef inline void _spin_ns(long ns) noexcept nogil:
+    cdef timespec t0, t
+    clock_gettime(CLOCK_MONOTONIC, &t0)
+    while True:
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        if (t.tv_sec - t0.tv_sec) * 1000000000 + (t.tv_nsec - t0.tv_nsec) >= ns:
+            return
 
 
 cdef void _probe_task(void *arg, int tid, int nth) noexcept nogil:
     cdef _ProbeJob *P = <_ProbeJob *>arg
     cdef int sense = 0, r
     for r in range(P.rounds):
+        if P.busy_ns > 0 or P.team_ns > 0:
+            _spin_ns(P.busy_ns // nth + (P.team_ns if nth > 1 else 0))
         if tid == 1 and P.sleep_us > 0:
             usleep(P.sleep_us)
         fr_pool_barrier(nth, &sense)
 
 
-def _pool_probe(int threads, int rounds, int sleep_us=0, long work_ns=1000000):
+def _pool_probe(int threads, int rounds, int sleep_us=0, long work_ns=1000000, long busy_ns=0,
+                long team_ns=0, bint adaptive=False):
     """Test hook: a team task of `rounds` barriers on up to `threads` threads; sleep_us > 0 makes tid 1
     late at every barrier, as if the OS had taken its core; work_ns is the task's estimated time (small:
-    a streaming step).  Returns the number of threads that ran."""
+    a streaming step).  Each round's work: busy_ns spinning shared by the threads, plus team_ns more per
+    thread in a team.  adaptive: through fr_pool_run_adaptive (team or solo, as the hidden split runs).
+    Returns the number of threads that ran."""
     cdef _ProbeJob P
     cdef int n
-    P.rounds, P.sleep_us = rounds, sleep_us
+    P.rounds, P.sleep_us, P.busy_ns, P.team_ns = rounds, sleep_us, busy_ns, team_ns
     with nogil:
-        n = fr_pool_run(threads, _probe_task, &P, work_ns)
+        if adaptive:
+            n = fr_pool_run_adaptive(threads, _probe_task, &P, work_ns, 0)
+        else:
+            n = fr_pool_run(threads, _probe_task, &P, work_ns)
     return n
 
 
@@ -1935,6 +1961,12 @@ def serpentine(on=None):
     if on is not None:
         _serpentine = 1 if on else 0
     return bool(_serpentine)
+
+def adaptive_team(on=None):
+    """Whether the hidden split chooses between its team and one thread by their measured times (pool.h,
+    fr_pool_run_adaptive); `on` changes it (benchmarks compare).  Returns the setting in force."""
+    return bool(fr_pool_adaptive(-1 if on is None else (1 if on else 0)))
+
 
 def limit_simd(int max_level):
     """Cap the SIMD level at max_level (0, 1 or 2: tests compare the builds); 2 lifts the cap.

@@ -1,6 +1,7 @@
 /* pool.c - the worker threads behind fr_pool_run and the spinning barrier (design: pool.h). */
 #include <pthread.h>
 #include <sched.h>
+#include <string.h>
 #include <time.h>
 #include "pool.h"
 
@@ -40,6 +41,34 @@ static long n_solo_calls;          /* calls the guard ran alone (fr_pool_stats) 
 static long n_asleep_calls;        /* small calls run alone because every worker slept (fr_pool_stats) */
 
 static long now_ns(void);
+
+/* Team or solo (fr_pool_run_adaptive, pool.h).  Per kind of task (its function and the caller's
+ * estimate work_ns, which a shape fixes), the time of its team calls (a running average) and of its
+ * solo calls; a team that took longer than one thread makes the next calls of that kind run alone
+ * (2, doubling while it recurs, up to 128; a team call that wins halves the period), and after every
+ * FR_ADAPT_PROBE_EVERY team calls one call runs alone to keep the solo time current.  Why: on a shared
+ * VM there are long phases where two threads run the hidden split 1.5-2x slower than one (the other
+ * vCPU's core shared or throttled, not a descheduled member, which the stall guard catches):
+ * gru T300 B1 H64, batches of 300 calls, 2 threads 297-307 then 528-529 us, 1 thread 235-326
+ * (bench/NOTES.md 46).  Cost where the team wins: one call in FR_ADAPT_PROBE_EVERY + 1 at the solo speed. */
+#define FR_ADAPT_SLOTS 8
+#define FR_ADAPT_PROBE_EVERY 32
+#define FR_ADAPT_BACKOFF_MIN 2
+#define FR_ADAPT_BACKOFF_MAX 32
+struct adapt_slot {
+    fr_task_fn fn;           /* the kind: the task's function, its estimate and the caller's label */
+    long work_ns;            /* (0 fn: a free slot) */
+    int label;
+    long team_ns, solo_ns;   /* its team calls' running average, its solo calls' (0: none yet) */
+    int team_calls;          /* team calls since its last solo one */
+    int solo_left, backoff;  /* calls still to run alone; the current solo period */
+    int fresh;               /* the next team call starts the average afresh (after a solo period) */
+    unsigned long used;      /* when last used (the least recently used slot is reused) */
+};
+static struct adapt_slot adapt[FR_ADAPT_SLOTS];
+static unsigned long adapt_clock;
+static long n_adapt_solo_calls;    /* calls fr_pool_run_adaptive ran alone by choice (fr_pool_stats) */
+static pthread_mutex_t adapt_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* relax(), timing the part of the wait past the pause phase: *since is 0 until the wait gets there */
 static inline void relax_timed(int *spins, long *since)
@@ -168,6 +197,7 @@ static __thread int host_on;   /* this thread's calls use the host runtime (fr_p
 static void after_fork_child(void)
 {
     pthread_mutex_init(&run_lock, NULL);
+    pthread_mutex_init(&adapt_lock, NULL);
     pthread_mutex_init(&wake_lock, NULL);
     pthread_cond_init(&wake_cond, NULL);
     n_workers = 0;
@@ -368,6 +398,94 @@ int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns)
     guard_after_team(n, t_start);   /* every worker has returned: stall_ns is final */
     last_end_ns = now_ns();
     pthread_mutex_unlock(&run_lock);
+    return n;
+}
+
+/* Under adapt_lock: the slot of (fn, work_ns, label), a fresh one (the least recently used) if it has
+ * none. */
+static struct adapt_slot *adapt_find(fr_task_fn fn, long work_ns, int label)
+{
+    struct adapt_slot *a, *oldest = &adapt[0];
+    int i;
+    for (i = 0; i < FR_ADAPT_SLOTS; i++) {
+        a = &adapt[i];
+        if (a->fn == fn && a->work_ns == work_ns && a->label == label) {
+            a->used = ++adapt_clock;
+            return a;
+        }
+        if (a->used < oldest->used) oldest = a;
+    }
+    memset(oldest, 0, sizeof *oldest);
+    oldest->fn = fn;
+    oldest->work_ns = work_ns;
+    oldest->label = label;
+    oldest->used = ++adapt_clock;
+    return oldest;
+}
+
+static int adapt_on = 1;   /* fr_pool_adaptive(0): fr_pool_run_adaptive is fr_pool_run (A/B runs) */
+
+int fr_pool_adaptive(int on)
+{
+    int before = adapt_on;
+    if (on >= 0) adapt_on = on != 0;
+    return before;
+}
+
+int fr_pool_run_adaptive(int n, fr_task_fn fn, void *arg, long work_ns, int label)
+{
+    struct adapt_slot *a;
+    int solo, ran;
+    long t0, el;
+    if (!adapt_on) return fr_pool_run(n, fn, arg, work_ns);
+    if (n <= 1) {
+        fn(arg, 0, 1);
+        return 1;
+    }
+    pthread_mutex_lock(&adapt_lock);
+    a = adapt_find(fn, work_ns, label);
+    solo = a->solo_left > 0 || a->team_calls >= FR_ADAPT_PROBE_EVERY;
+    if (solo) {
+        if (a->solo_left > 0) a->solo_left--;
+        a->team_calls = 0;
+        n_adapt_solo_calls++;
+    }
+    pthread_mutex_unlock(&adapt_lock);
+    t0 = now_ns();
+    if (solo) {
+        fn(arg, 0, 1);
+        ran = 1;
+    } else {
+        ran = fr_pool_run(n, fn, arg, work_ns);
+    }
+    el = now_ns() - t0;
+    pthread_mutex_lock(&adapt_lock);
+    a = adapt_find(fn, work_ns, label);   /* (a concurrent caller may have reused the slot meanwhile) */
+    if (ran <= 1) {   /* alone: by choice, or fr_pool_run's (busy pool, stall guard, no worker came) */
+        a->solo_ns = a->solo_ns > 0 ? (a->solo_ns + el) / 2 : el;
+    } else {
+        a->team_ns = a->team_ns > 0 && !a->fresh ? (3 * a->team_ns + el) / 4 : el;
+        a->fresh = 0;
+        a->team_calls++;
+        if (a->solo_ns > 0 && a->team_ns > a->solo_ns) {   /* the team lost to one thread */
+            a->backoff = a->backoff ? 2 * a->backoff : FR_ADAPT_BACKOFF_MIN;
+            if (a->backoff > FR_ADAPT_BACKOFF_MAX) a->backoff = FR_ADAPT_BACKOFF_MAX;
+            a->solo_left = a->backoff;
+            a->fresh = 1;
+        } else {
+            a->backoff /= 2;
+        }
+    }
+    pthread_mutex_unlock(&adapt_lock);
+    return ran;
+}
+
+long fr_pool_adaptive_solo_calls(void)
+{
+    long n;
+    pthread_mutex_lock(&adapt_lock);
+    n = n_adapt_solo_calls;
+    pthread_mutex_unlock(&adapt_lock);
     return n;
 }
 

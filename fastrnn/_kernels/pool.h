@@ -29,6 +29,10 @@
  * Stall guard: when waits past the pause phase (a team member off its core) took a quarter or more of
  * a team task's time, the next calls run on the caller alone (2 calls, doubling while it recurs, up to
  * 128), then the team is tried again (pool.c).
+ *
+ * Team or solo: the hidden split's calls go through fr_pool_run_adaptive, which also compares each kind
+ * of call's team time with its solo time and runs it alone while one thread is faster: on a shared VM a
+ * team can be slower than one thread for long phases without any member being off its core.
  */
 #ifndef FASTRNN_POOL_H
 #define FASTRNN_POOL_H
@@ -43,6 +47,23 @@ typedef void (*fr_part_fn)(void *arg, int part);
  * for workers to check in at most a quarter of it (a streaming step does not wait 100 us for a worker
  * that has gone to sleep).  Returns the number that ran. */
 int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns);
+
+/* fr_pool_run, or fn(arg, 0, 1) on the caller alone, whichever has been faster for this kind of task
+ * (fn with this work_ns and label: a label tells apart calls of one function and estimate that differ,
+ * e.g. a training forward, which also stores its gates, from an inference one): for tasks whose team pays a barrier every step (the hidden split), which on a
+ * shared VM can run slower than one thread for long phases.  Per kind: the team's running average time
+ * against the solo calls'; a team slower than one thread sends the next calls of its kind to the caller
+ * alone (2, doubling while it recurs, up to 32; a winning team call halves the period), and every 32nd
+ * call of a winning team runs alone to keep the solo time current (pool.c, "Team or solo").  Results do
+ * not depend on the choice (tasks work for any nth).  Returns the number of threads that ran. */
+int fr_pool_run_adaptive(int n, fr_task_fn fn, void *arg, long work_ns, int label);
+
+/* Calls fr_pool_run_adaptive has run alone by choice so far. */
+long fr_pool_adaptive_solo_calls(void);
+
+/* on 0: fr_pool_run_adaptive runs as fr_pool_run (benchmarks compare), 1: chooses (the default), -1:
+ * unchanged; returns the previous setting. */
+int fr_pool_adaptive(int on);
 
 /* A parts task: fn(arg, part) for part = 0..nparts-1, each exactly once, on up to n threads, for
  * independent parts (no barrier).  Parts are claimed one at a time: the caller starts at once and takes
