@@ -1,7 +1,7 @@
 """fastrnn against itself with one engine switch on and off, alternating in one process: the same-run
 ratios behind bench/NOTES.md 31-34.
 
-    python bench/ab_switch.py SWITCH CELL T B I H [--threads N] [--train] [--rounds R]
+    python bench/ab_switch.py SWITCH CELL T B I H [--threads N] [--train] [--rounds R] [--engine E]
 
 SWITCH (the "on" side first; the ratio is on / off):
   simd        AVX-512 builds (simd level 2) vs AVX2 (level 1)        engine.limit_simd
@@ -22,6 +22,8 @@ SWITCH (the "on" side first; the ratio is on / off):
               from G*H >= 512 only (fastrnn._dispatch.cpu_plan's packs_kept)
   adaptive    the hidden split choosing team or one thread by their measured times vs always the team
               engine.adaptive_team (pool.h, fr_pool_run_adaptive)
+  torchnode   fastrnn.torch's modules as one node on torch.nn's parameters vs the custom-op route
+              (fastrnn.torch.torch_layout_ok); with --engine fastrnn.torch
 
 Each round times both sides for ~0.4 s each (median per call); prints the medians over rounds and
 their ratio.  The data and the checked call are the bench's (bench/cases.py, tests/problems.py).
@@ -73,7 +75,15 @@ SWITCHES = {
     "longpanels": lambda on: setattr(_dispatch, "PACK_ONE_ROW_MIN_T", 32 if on else 1 << 30),
     "narrowpanels": lambda on: setattr(_dispatch, "cpu_plan", _REAL_PLAN if on else _plan_wide_kept_only),
     "adaptive": lambda on: engine.adaptive_team(on),
+    "torchnode": lambda on: _torch_node_switch(on),
 }
+
+
+def _torch_node_switch(on):
+    import fastrnn._torch_autograd as bridge
+    import fastrnn.torch as ft
+
+    ft.torch_layout_ok = bridge.torch_layout_ok if on else (lambda *tensors: False)
 
 
 def main():
@@ -84,13 +94,15 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train", action="store_true")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--engine", default="fastrnn", choices=sorted(ENGINES),
+                    help="whose calls are timed (bench/engines.py); fastrnn.torch for torchnode")
     args = ap.parse_args()
     if args.switch == "simd" and engine.simd_level() < 2:
         sys.exit("ab_switch: simd needs a CPU with AVX-512F (simd_level() is %d)" % engine.simd_level())
     mode = "training" if args.train else "forward"
     cases.apply_threads(args.threads)
     problem = Problem(args.cell, *args.shape)
-    run, _ = ENGINES["fastrnn"].prepare(problem, cases.problem_data(problem), mode)
+    run, _ = ENGINES[args.engine].prepare(problem, cases.problem_data(problem), mode)
     switch = SWITCHES[args.switch]
     for on in (True, False):   # warm both sides
         switch(on)

@@ -42,13 +42,13 @@ static long n_asleep_calls;        /* small calls run alone because every worker
 
 static long now_ns(void);
 
-/* Team or solo (fr_pool_run_adaptive, pool.h).  Per kind of task (its function and the caller's
- * estimate work_ns, which a shape fixes), the time of its team calls (a running average) and of its
- * solo calls; a team that took longer than one thread makes the next calls of that kind run alone
- * (2, doubling while it recurs, up to 128; a team call that wins halves the period), and after every
+/* Team or solo (fr_pool_run_adaptive, pool.h).  Per kind of task (its function, the caller's estimate
+ * work_ns, which a shape fixes, and the caller's label), the time of its team calls (a running average)
+ * and of its solo calls; a team that took longer than one thread makes the next calls of that kind run
+ * alone (2, doubling while it recurs, up to 32; a team call that wins halves the period), and after every
  * FR_ADAPT_PROBE_EVERY team calls one call runs alone to keep the solo time current.  Why: on a shared
- * VM there are long phases where two threads run the hidden split 1.5-2x slower than one (the other
- * vCPU's core shared or throttled, not a descheduled member, which the stall guard catches):
+ * VM there are long phases where two threads run the hidden split 1.5-2x slower than one, with no
+ * member off its core for long (that is the stall guard's case; this is the host's doing):
  * gru T300 B1 H64, batches of 300 calls, 2 threads 297-307 then 528-529 us, 1 thread 235-326
  * (bench/NOTES.md 46).  Cost where the team wins: one call in FR_ADAPT_PROBE_EVERY + 1 at the solo speed. */
 #define FR_ADAPT_SLOTS 8
@@ -67,7 +67,7 @@ struct adapt_slot {
 };
 static struct adapt_slot adapt[FR_ADAPT_SLOTS];
 static unsigned long adapt_clock;
-static long n_adapt_solo_calls;    /* calls fr_pool_run_adaptive ran alone by choice (fr_pool_stats) */
+static long n_adapt_solo_calls;    /* calls fr_pool_run_adaptive ran alone by choice */
 static pthread_mutex_t adapt_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* relax(), timing the part of the wait past the pause phase: *since is 0 until the wait gets there */
