@@ -50,8 +50,9 @@ int fr_pool_run(int n, fr_task_fn fn, void *arg, long work_ns);
 
 /* fr_pool_run, or fn(arg, 0, 1) on the caller alone, whichever has been faster for this kind of task
  * (fn with this work_ns and label: a label tells apart calls of one function and estimate that differ,
- * e.g. a training forward, which also stores its gates, from an inference one): for tasks whose team pays a barrier every step (the hidden split), which on a
- * shared VM can run slower than one thread for long phases.  Per kind: the team's running average time
+ * e.g. a training forward, which also stores its gates, from an inference one).  For tasks whose team
+ * pays a barrier every step (the hidden split), which on a shared VM can run slower than one thread
+ * for long phases.  Per kind: the team's running average time
  * against the solo calls'; a team slower than one thread sends the next calls of its kind to the caller
  * alone (2, doubling while it recurs, up to 32; a winning team call halves the period), and every 32nd
  * call of a winning team runs alone to keep the solo time current (pool.c, "Team or solo").  Results do
