@@ -39,7 +39,7 @@ def _train_step(module, kind, x, hx, lengths=None, seed=3):
     arg = None if hx is None else (tuple(hx) if kind == "lstm" else hx[0])
     if lengths is None:
         out, states = module(x, arg)
-    elif isinstance(module, ft.LSTM.__mro__[1]):   # fastrnn.torch: padded input and lengths=
+    elif isinstance(module, ft._RNNBase):   # fastrnn.torch: padded input and lengths=
         out, states = module(x, arg, lengths=lengths)
     else:   # torch.nn: through a PackedSequence
         packed = pack_padded_sequence(x, lengths, batch_first=module.batch_first, enforce_sorted=False)
@@ -104,8 +104,8 @@ def test_float32_two_layers_match_the_keras_layout_route(kind, batch_first, monk
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_one_node_per_layer_and_direction(kind):
-    """The module's graph: the node, then only the stacking of h_n (no transposes, bias sums or gate
-    reordering of its own)."""
+    """The module's graph: the output comes straight from the node, whose inputs are the parameters
+    themselves (no transposes, bias sums or gate reordering in between)."""
     _, twin = _pair(kind, 5, 6)
     out, _ = twin(torch.randn(3, 2, 5, dtype=torch.float64))
     node = out.grad_fn
