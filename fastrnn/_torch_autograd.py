@@ -295,11 +295,7 @@ def _backward_impl(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dr
         arrays = arrays._replace(bias=None, initial_state=None)
     if spec.has_bias != has_bias:   # the bias itself is not needed: only whether to return d_bias
         spec = replace(spec, has_bias=has_bias)   # (dataclasses.replace: ~10 us warm, ~40 cold in a step)
-    if d_outputs is None:
-        d_out = np.zeros((spec.T, spec.B, spec.H) if time_major else (spec.B, spec.T, spec.H), spec.dtype)
-    else:
-        d_out = _to_numpy(d_outputs, "d_outputs")
-    d_states = [_to_numpy(d_h, "d_h")] + ([_to_numpy(d_c, "d_c")] if cell == "lstm" else [])
+    d_out, d_states = _cotangents(spec, d_outputs, d_h, d_c)
     with _on_torch_threads():
         grads = _compiled.backward_from_residuals(spec, arrays, residuals, d_out, d_states, transposed=transposed)
     dt = x.dtype
@@ -309,6 +305,16 @@ def _backward_impl(x, kernel, recurrent_kernel, mask, dropout_mask, recurrent_dr
     dk, dr = (_to_torch(grads[k], dt) for k in ("kernel", "recurrent_kernel"))
     dk, dr = dk.t() if transposed[0] else dk, dr.t() if transposed[1] else dr
     return _to_torch(grads["x"], dt), dk, dr, db, _to_torch(d_init[0], dt), dc0
+
+
+def _cotangents(spec, d_outputs, d_h, d_c):
+    """The backward's cotangents as arrays: (d_outputs, [d_h] or [d_h, d_c] for LSTM); a None d_outputs
+    (the outputs got no gradient) is zeros, a None state cotangent stays None (zeros to the engine)."""
+    if d_outputs is None:
+        d_out = np.zeros((spec.T, spec.B, spec.H) if spec.time_major else (spec.B, spec.T, spec.H), spec.dtype)
+    else:
+        d_out = _to_numpy(d_outputs, "d_outputs")
+    return d_out, [_to_numpy(d_h, "d_h")] + ([_to_numpy(d_c, "d_c")] if spec.cell == "lstm" else [])
 
 
 @rnn_backward.register_fake
@@ -537,11 +543,7 @@ class _TorchLayoutFunction(torch.autograd.Function):
                                                   *ctx.options[1:])
             residuals = {k: None if t is None else t.numpy() for k, t in zip(_RESIDUALS, kept)}
         cell = spec.cell
-        if d_out is None:
-            d_out = np.zeros((spec.T, spec.B, spec.H) if spec.time_major else (spec.B, spec.T, spec.H), spec.dtype)
-        else:
-            d_out = _to_numpy(d_out, "d_outputs")
-        d_states = [_to_numpy(d_h, "d_h")] + ([_to_numpy(d_c, "d_c")] if cell == "lstm" else [])
+        d_out, d_states = _cotangents(spec, d_out, d_h, d_c)
         if ctx.has_bias != spec.has_bias:
             spec = replace(spec, has_bias=ctx.has_bias)
         with _on_torch_threads():
