@@ -10,7 +10,7 @@
  * 512-bit op in two), the GRU row 2.14 -> 1.2 ns a unit (bench/NOTES.md 36).
  *
  * Include after defining:
- *   FR_V, FR_OP         the float vector type and the intrinsic of that width, as for exp_simd.inc.h
+ *   FR_V, FR_OP         the float vector type and the intrinsic of that width, as for act_simd.inc.h
  *   FR_LANES            its lanes;  FR_MASK  the tail-mask type;  FR_TAIL_MASK(n)  the mask of n < FR_LANES lanes
  *   FR_LD(p), FR_ST(p, v)  a load and a store that use the locals `tail` (0 or 1) and `m` (the mask)
  *   FR_SIG, FR_TANH_V   the sigmoid and tanh of that width

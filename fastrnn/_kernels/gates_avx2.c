@@ -3,15 +3,8 @@
  * Compiled with -mavx2 -mfma (setup.py) and called only after fr_init_simd() has seen both features,
  * so the rest of the library stays portable.
  *
- * exp: Cephes-style range reduction x = n*ln2 + r (ln2 split in two constants so r is exact), a
- * degree-5 polynomial for e^r on |r| <= ln2/2, and 2^n built in the exponent bits.  The input is
- * clamped to [-87.3, 88.3] so 2^n never leaves the normal range.  n is rounded by adding 1.5*2^23
- * (the sum's low mantissa bits are n, so one FMA gives both n and 2^n's bits) and the polynomial is
- * evaluated by Estrin's scheme: the same coefficients as Horner's, a shorter dependency chain and two
- * fewer instructions (round, convert) than the first version; 8% more activations a second.
- * sigmoid(x) = 1 / (1 + e^-x)            (true division: the rcp estimate costs ~1e-4 of accuracy, and
- *                                         rcp + one Newton step measured slower on AMD Zen 4)
- * tanh(x)    = sign(x) * (1 - e) / (1 + e), e = e^(-2|x|)   (never overflows, max abs error ~2e-7)
+ * tanh and sigmoid: act_simd.inc.h (a rational tanh, sigmoid from tanh(x/2); shared with the 512-bit
+ * build).  Other activations (hard_sigmoid, relu, softsign, linear) are a few operations each, below.
  * A tail of n % 8 elements goes through the same vector code on a zero-padded copy, so every element
  * sees the same arithmetic whatever its position.
  *
@@ -27,20 +20,9 @@
 
 #define FR_V __m256
 #define FR_OP(op) _mm256_##op
-#define FR_CAST_PS_SI _mm256_castps_si256
-#define FR_CAST_SI_PS _mm256_castsi256_ps
-#define FR_EXP exp256
-#define FR_SIGMOID sigmoid256
-#include "exp_simd.inc.h" /* exp256, sigmoid256 */
-
-static inline __m256 tanh256(__m256 x)
-{
-    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
-    __m256 ax = _mm256_andnot_ps(sign, x);
-    __m256 e = exp256(_mm256_mul_ps(ax, _mm256_set1_ps(-2.0f)));
-    __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
-    return _mm256_or_ps(t, _mm256_and_ps(sign, x));
-}
+#define FR_TANH_FN tanh256
+#define FR_SIGMOID_FN sigmoid256
+#include "act_simd.inc.h" /* tanh256, sigmoid256 */
 
 static inline __m256 act256(int kind, __m256 x)
 {

@@ -9,31 +9,17 @@
  * and sixteen lanes an instruction do the same work in half the instructions: on a CPU with two
  * 512-bit FMA pipes, and even on Zen 4, which splits each 512-bit op in two (bench/NOTES.md 34, 36).
  *
- * The arithmetic is gates_avx2.c's, operation for operation (exp and sigmoid come from the same
- * exp_simd.inc.h, the rows from the same fused_rows.inc.h; tanh from e^(-2|x|) as tanh256), so both
- * builds give the same bits for the same inputs; a tail of H % 16 units runs on masked loads and stores.
+ * The arithmetic is gates_avx2.c's, operation for operation (tanh and sigmoid come from the same
+ * act_simd.inc.h, the rows from the same fused_rows.inc.h), so both builds give the same bits for the same inputs; a tail of H % 16 units runs on masked loads and stores.
  */
 #include <immintrin.h>
 #include "gates.h"
 
 #define FR_V __m512
 #define FR_OP(op) _mm512_##op
-#define FR_CAST_PS_SI _mm512_castps_si512
-#define FR_CAST_SI_PS _mm512_castsi512_ps
-#define FR_EXP exp512
-#define FR_SIGMOID sigmoid512
-#include "exp_simd.inc.h" /* exp512, sigmoid512: gates_avx2.c's, on 16 lanes */
-
-static inline __m512 tanh512(__m512 x)
-{
-    const __m512 one = _mm512_set1_ps(1.0f);
-    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
-    __m512 ax = _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(x)));
-    __m512 e = exp512(_mm512_mul_ps(ax, _mm512_set1_ps(-2.0f)));
-    __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t),
-                                               _mm512_and_si512(sign, _mm512_castps_si512(x))));
-}
+#define FR_TANH_FN tanh512
+#define FR_SIGMOID_FN sigmoid512
+#include "act_simd.inc.h" /* tanh512, sigmoid512: gates_avx2.c's, on 16 lanes */
 
 /* The rows fused for the default activations (fused_rows.inc.h) on 16 lanes */
 #define FR_V __m512
