@@ -13,8 +13,9 @@
  * softsign' = (1-|y|)^2.  hard_sigmoid is Keras 3's: clip(x/6 + 1/2, 0, 1).
  *
  * float32 runs on AVX2/FMA code when the CPU has it, chosen at run time: gates_avx2.c compiles the
- * whole row template (cell_rows.inc.h) with -mavx2 -mfma and its own exp (max abs error ~2e-7 for
- * sigmoid/tanh); otherwise gates.c's build of the same template on libm.  float64 always uses libm:
+ * whole row template (cell_rows.inc.h) with -mavx2 -mfma and its own tanh and sigmoid (act_simd.inc.h:
+ * a rational tanh, max abs error ~3.3e-7, relative below |x| = 1); otherwise gates.c's build of the same
+ * template on libm.  float64 always uses libm:
  * it is the accuracy dtype.  On a CPU with AVX-512F the packed and one-row recurrent products run on
  * gemm_avx512.c instead, and of the gate math the rows fused for the default activations (LSTM
  * forward and backward, GRU reset_after forward, SimpleRNN tanh: fused_rows.inc.h) on gates_avx512.c.
