@@ -22,6 +22,8 @@ SWITCH (the "on" side first; the ratio is on / off):
               from G*H >= 512 only (fastrnn._dispatch.cpu_plan's packs_kept)
   adaptive    the hidden split choosing team or one thread by their measured times vs always the team
               engine.adaptive_team (pool.h, fr_pool_run_adaptive)
+  concat      B >= 2, narrow input: the projection folded into each step's product vs hoisted
+              fastrnn._dispatch.concat_product (the rule bounds the AVX2 build only)
   torchnode   fastrnn.torch's modules as one node on torch.nn's parameters vs the custom-op route
               (fastrnn.torch.torch_layout_ok); with --engine fastrnn.torch
 
@@ -75,6 +77,7 @@ SWITCHES = {
     "longpanels": lambda on: setattr(_dispatch, "PACK_ONE_ROW_MIN_T", 32 if on else 1 << 30),
     "narrowpanels": lambda on: setattr(_dispatch, "cpu_plan", _REAL_PLAN if on else _plan_wide_kept_only),
     "adaptive": lambda on: engine.adaptive_team(on),
+    "concat": lambda on: _dispatch.concat_product(on),
     "torchnode": lambda on: _torch_node_switch(on),
 }
 

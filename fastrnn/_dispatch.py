@@ -34,6 +34,8 @@ class CpuPlan(NamedTuple):
     backward_packed: bool   # backward's dG @ R^T likewise (on R^T)
     forward_fused: bool = False   # B == 1: the input projection inside the step's product (Fused
                                   # projection in _engine.pyx) where the call's W allows it
+    forward_concat: bool = False  # B >= 2, small I: each step's product is [x_t | h_d] @ [W; R] on the
+                                  # microkernel, no hoisted projection (Concatenated product, _engine.pyx)
 
 
 # The packed-R microkernel against sgemm (which repacks R on every call), loop time, same process
@@ -82,6 +84,20 @@ HIDDEN_SPLIT_SMALL_MACS = 12 * 1024
 HIDDEN_SPLIT_MIN_CALL_MACS = 3 * 1024 * 1024
 _packed_enabled = True
 _fused_enabled = True
+_concat_enabled = True
+# Concatenated product (B >= 2, LSTM): with a narrow input the hoisted projection x @ W is a GEMM of
+# K = I, which runs well below the peak (OpenBLAS, 896 x 28 x 256 on one Zen 3 core: 72 GFLOP/s),
+# writes xp out to memory and has each step read it back; folding it into the step's product as
+# K = I + H rows of panels ([W; R], packed once a call) costs one longer microkernel pass a step (C
+# harness, M = 32, N = 256: K = 92 17.9 us against K = 64 15.8 plus the projection's 6.4 a step).
+# Same process, on/off (bench/ab_switch.py concat, medians of 7-9), 1 and 2 threads: lstm t28-b64-i28-h64
+# inference 0.93 / 0.83, training 0.99 / 0.90; lstm t50-b32-i32-h96 0.90 / 0.97; t50-b8-i32-h64 0.94 /
+# 0.79; t100-b128-i16-h32 0.95 / 0.92; but simple_rnn t28-b64 1.07-1.08 / 0.92 (its step, N = H, is
+# short next to its own projection), so LSTM only; GRU's candidate keeps x's part apart from r * (h @
+# R_h) (bench/NOTES.md 47).  Up to CONCAT_MAX_I inputs, and while [W; R]'s panels stay in L2.
+# Measured on AVX2 (simd level 1) only: level 2 keeps the hoisted projection on its own microkernel.
+CONCAT_MAX_I = 64
+CONCAT_MAX_BYTES = 256 << 10
 # The fused projection computes a chunk of this many steps ahead inside the chunk before (vecmat_proj_
 # avx512.c): a call of at most one chunk has nothing to overlap.  It pays where the product streams R
 # from L2 and the step is big enough to carry the chunk's bookkeeping.  Prepared calls, fused / hoisted,
@@ -116,6 +132,15 @@ def packed_gemm(on=None):
     if on is not None:
         _packed_enabled = bool(on)
     return _packed_enabled
+
+
+def concat_product(on=None):
+    """Whether plans may fold a narrow input's projection into each step's product (forward_concat; A/B
+    switch, like `packed_gemm`); returns the setting in force."""
+    global _concat_enabled
+    if on is not None:
+        _concat_enabled = bool(on)
+    return _concat_enabled
 
 
 def fused_projection(on=None):
@@ -176,8 +201,12 @@ def cpu_plan(spec, training, threads=None, packs_kept=False):
     fused = (_fused_enabled and spec.B == 1 and forward_packed and engine.simd_level() >= 2
              and spec.T > FUSED_CHUNK and macs >= FUSED_MIN_MACS
              and (spec.H + spec.I) * spec.G * per * spec.dtype.itemsize <= FUSED_MAX_SLICE_BYTES)
-    return CpuPlan(n, forward, backward if training else "serial", forward_packed,
-                   training and packable and 2 <= backward_rows, fused)
+    concat = (_concat_enabled and packable and engine.simd_level() == 1 and spec.B >= 2
+              and forward in ("batch", "serial") and spec.cell == "lstm"
+              and spec.I <= CONCAT_MAX_I and (spec.I + spec.H) * spec.G * spec.H * spec.dtype.itemsize
+              <= CONCAT_MAX_BYTES)
+    return CpuPlan(n, forward, backward if training else "serial", forward_packed or concat,
+                   training and packable and 2 <= backward_rows, fused, concat)
 
 
 def _kernel_name(spec, plan):
@@ -187,7 +216,8 @@ def _kernel_name(spec, plan):
     parts.append(str(spec.dtype))
     if plan.forward_packed:  # the per-step product (see _blas.pxd and _engine.pyx)
         parts.append(("packed-vecmat+fused-projection" if plan.forward_fused else "packed-vecmat")
-                     if spec.B == 1 else "packed-microkernel")
+                     if spec.B == 1 else
+                     "packed-microkernel+concatenated-projection" if plan.forward_concat else "packed-microkernel")
     else:
         parts.append("simd-vecmat" if spec.B == 1 or plan.forward_split == "hidden" else "blas-gemm")
     split = {"serial": "1 thread", "batch": f"batch split over {plan.threads} threads",

@@ -186,8 +186,12 @@ def test_packed_recurrent_product(cell, extra, shape, packed_build):
         G = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
         wide = G * H >= 512
         any_rows = packed_build == "avx512"   # the AVX-512 build packs at any row count
+        # the concatenated product (a narrow input folded into the step's product) runs on the
+        # microkernel too, at any rows (AVX2; _dispatch.CONCAT_MAX_I, CONCAT_MAX_BYTES)
+        concat = (packed_build == "avx2" and cell == "lstm" and B >= 2 and I <= _dispatch.CONCAT_MAX_I
+                  and (I + H) * G * H * 4 <= _dispatch.CONCAT_MAX_BYTES)
         packs = (cell != "gru" or extra.get("reset_after", True)) and (
-            wide if B == 1 else (B <= 16 or wide or any_rows))
+            wide if B == 1 else (B <= 16 or wide or any_rows or concat))
         kernel = "packed-vecmat" if B == 1 else "packed-microkernel"
         assert (kernel in F.explain(cell, *args, **kw)) == packs
         check_against_reference(cell, args, kw, np.dtype(np.float32), rng)

@@ -46,6 +46,15 @@ def threads(request):
         yield request.param
 
 
+@pytest.fixture
+def no_concat():
+    """The plan without the concatenated product (an LSTM with a narrow input folds its projection into
+    each step's product on AVX2: test_concatenated_product), for the tests of the other rules."""
+    _dispatch.concat_product(False)
+    yield
+    _dispatch.concat_product(True)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"t{t}-b{b}-h{h}" for t, b, _, h in SHAPES])
@@ -65,7 +74,7 @@ def test_split_matches_reference(threads, shape, cell, extra, mask, go_backwards
     check_against_reference(cell, args, kw, np.dtype(dtype), rng)
 
 
-def test_plans_follow_the_thread_count():
+def test_plans_follow_the_thread_count(no_concat):
     x1 = np.zeros((1, 4, 8), np.float32)
     x8 = np.zeros((4, 4, 8), np.float32)
     x40 = np.zeros((40, 4, 8), np.float32)
@@ -102,7 +111,7 @@ def test_plans_follow_the_thread_count():
         assert "(1 thread)" in F.explain("gru", x1, W3, R3, **gru_rb)
 
 
-def test_packed_plan_rules():
+def test_packed_plan_rules(no_concat):
     """Where the plan puts the per-step product on the packed microkernel (fastrnn._dispatch, PACK_*):
     forward at <= 16 rows a thread, or at any row count once G*H >= 512 columns or on AVX-512 (B == 1:
     on vector panels, from G*H >= 512); backward at 2 or more rows a thread; float32 with H <= 1024 only.
@@ -199,7 +208,7 @@ def test_split_gemm(threads, trans_a, trans_b, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
-def test_batch_parts_project_their_own_rows(threads, cell, dtype):
+def test_batch_parts_project_their_own_rows(threads, cell, dtype, no_concat):
     """The batch split of a batch-major forward computes each part's rows of xp = x @ W in the part's
     task (engine.forward, Job.proj): where fastrnn's microkernel projects (float32 at simd level 2) bit
     for bit the hoisted gemm_into's xp (each element sums its K in the same order), so outputs, states
@@ -525,3 +534,47 @@ def test_bias_gradient_on_every_path_and_build(build, nthreads, cell, extra, B, 
         d.astype(np.float64))["bias"]
     assert got.shape == ref.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("threads_n", [1, 2])
+def test_concatenated_product(threads_n):
+    """An LSTM with a narrow input (I <= CONCAT_MAX_I, [W; R] within CONCAT_MAX_BYTES), B >= 2, on AVX2:
+    each step's product is [x_t | h_d] @ [W; R] on the microkernel, no hoisted projection
+    (plan.forward_concat; _engine.pyx "Concatenated product").  Not for GRU or SimpleRNN, wide inputs
+    or one row.  Its outputs and states match the hoisted path's to float32 rounding and the float64
+    reference, with masks, go_backwards and time_major; its training forward gives the inference
+    forward's bits, and the gradients match the reference."""
+    if engine.simd_level() != 1:
+        pytest.skip("the concatenated product is planned on AVX2 (simd level 1) only")
+    rng = np.random.default_rng(threads_n)
+    with fastrnn.threads(threads_n):
+        def plan(cell, B, I, H, G=4):
+            x, W, R = (np.zeros((B, 5, I), np.float32), np.zeros((I, G * H), np.float32),
+                       np.zeros((H, G * H), np.float32))
+            return _dispatch.cpu_plan(build_spec(cell, x, W, R)[0], training=False)
+
+        assert plan("lstm", 7, 17, 34).forward_concat
+        assert "concatenated-projection" in F.explain("lstm", np.zeros((7, 5, 17), np.float32),
+                                                      np.zeros((17, 136), np.float32), np.zeros((34, 136), np.float32))
+        assert not plan("lstm", 1, 17, 34).forward_concat               # one row: vecmat
+        assert not plan("lstm", 7, _dispatch.CONCAT_MAX_I + 1, 34).forward_concat
+        assert not plan("lstm", 7, 64, 256).forward_concat              # [W; R] beyond CONCAT_MAX_BYTES
+        assert not plan("gru", 7, 17, 34, G=3).forward_concat
+        assert not plan("simple_rnn", 7, 17, 34, G=1).forward_concat
+        for B, T, I, H, mask, tm in [(7, 9, 17, 34, "holes", False), (40, 6, 9, 20, "none", True),
+                                     (3, 1, 5, 16, "fully_masked_row", False)]:
+            args, kw = make_case(rng, "lstm", {}, T, B, I, H, mask=mask, init=True, time_major=tm,
+                                 dtype=np.float32)
+            kw["go_backwards"] = bool(B % 2)
+            got, got_states = F.lstm(*args, **kw)
+            out, states, backward = F.lstm_vjp(*args, **kw)
+            for a, c in zip([got, *got_states], [out, *states]):
+                np.testing.assert_array_equal(a, c)   # training forward: the same numbers
+            _dispatch.concat_product(False)
+            try:
+                hoisted, hoisted_states = F.lstm(*args, **kw)
+            finally:
+                _dispatch.concat_product(True)
+            for a, c in zip([got, *got_states], [hoisted, *hoisted_states]):
+                np.testing.assert_allclose(a, c, rtol=0, atol=2e-6)
+            check_against_reference("lstm", args, kw, np.dtype(np.float32), rng)

@@ -79,6 +79,13 @@ call per part.  OpenBLAS's kernels are whatever its build or OPENBLAS_CORETYPE c
 One exception to hoisting (DESIGN.md 4 hoists every projection): at B == 1 on AVX-512F the plan may move
 the projection into the loop, 8 steps ahead, where its FMAs fill the bandwidth-bound product's idle
 slots ("Fused projection" below; plan.forward_fused).
+
+Concatenated product (plan.forward_concat: B >= 2, LSTM, a narrow input, AVX2).  A hoisted
+x @ W of K = I <= 64 runs well below the peak and sends xp through memory; instead each step's product
+is [x_t | h_d] @ [W; R] in one microkernel pass of K = I + H (beta 0) on [W; R] packed once per call
+(_pack_concat), the step's input rows and h_d copied side by side into Loop.Acat first.  Training
+forwards take it too (the plan does not depend on training), so the saved gates are the same numbers;
+backward's dW = x^T @ dG and dx are as before.
 """
 import numpy as np
 from fastrnn import _scratch
@@ -131,6 +138,9 @@ ctypedef struct Loop:
     void *Rp           # float32 R packed in 16-column panels, or NULL (module docstring: Packed R)
     void *Rv           # B == 1: float32 R packed in 64-column vector panels, or NULL (likewise)
     void *Ap           # with Rp: scratch for the step's h_d in row blocks (FR_PACKED_A_SIZE)
+    const void *xcat   # float32, Concatenated product: the input rows (Bs*T, I) in xp's layout, with Rp
+    void *Acat         # [W; R]'s panels; Acat: scratch for the step's [x_t | h_d] rows (B, I + H); or NULL
+    int xcat_k         # ... I (not `I`: complex.h defines it as a macro)
     int parity         # added to the step index for the serpentine order (StepKernel: its call count)
     void *bx
     void *br
@@ -175,7 +185,9 @@ cdef void _fill(Loop *L, object ws, object spec) except *:
     L.go_backwards, L.zero_output = spec.go_backwards, spec.zero_output_for_mask
     L.time_major, L.training = spec.time_major, ws.training
     L.xp, L.R, L.bx, L.br = _ptr(ws.xp), _ptr(ws.R), _ptr(ws.bx), _ptr(ws.br)
-    L.Rp = L.Ap = L.Rv = NULL
+    L.Rp = L.Ap = L.Rv = L.Acat = NULL
+    L.xcat = NULL
+    L.xcat_k = 0
     L.parity = 0
     L.h0, L.c0 = _ptr(ws.h0), _ptr(ws.c0)
     L.mask = <const unsigned char *>_ptr(ws.mask)
@@ -285,6 +297,22 @@ cdef inline void _rmatmul_t(const Loop *L, int M, int N, int K,
     matmul(True, M, N, K, A, lda, R, ldr, beta, C, ldc)
 
 
+cdef inline void _concat_product(const Loop *L, int t,
+                                 const floating *hdp, int ldd,   # IN  the step's h_d (B, H) rows ldd apart
+                                 floating *g, int ldg            # OUT (B, G*H) := [x_t | h_d] @ [W; R]
+                                 ) noexcept nogil:
+    """Concatenated product (float32 only; Loop.xcat set): the step's pre-activations from its input rows
+    and h_d in ONE microkernel pass of K = I + H over [W; R]'s panels (Loop.Rp), instead of a hoisted
+    x @ W that the step adds to (see `forward`).  [x_t | h_d] is copied row by row into Loop.Acat."""
+    cdef int b, ni = L.xcat_k, K = L.xcat_k + L.H
+    cdef float *A = <float *>L.Acat
+    if floating is float:
+        for b in range(L.B):
+            memcpy(A + b * K, <const float *>L.xcat + _row(L, b, t) * ni, ni * sizeof(float))
+            memcpy(A + b * K + ni, hdp + b * ldd, L.H * sizeof(float))
+        fr_gemm_packed_f32(L.B, L.G * L.H, K, A, K, <const float *>L.Rp, 0, g, ldg, <float *>L.Ap)
+
+
 cdef inline void _masked_step(const Loop *L, int s, int b, int u0, int n,
                               floating *out,                                     # OUT the step's output
                               const floating *hp, floating *hn,                  # IN h_prev row; OUT h row
@@ -358,6 +386,8 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
         # recurrent GEMM(s) and the fused gate math, row by row
         if is_gru and L.reset_after:
             _rmatmul(L, B, GH, H, hdp, ldd, R, GH, 0, rec, GH, (s + L.parity) & 1)
+        elif L.xcat != NULL:
+            _concat_product(L, t, hdp, ldd, g, ldg)
         elif is_gru:
             matmul(False, B, 2 * H, H, hdp, ldd, R, GH, 1, g, ldg)
             for b in range(B):
@@ -431,6 +461,7 @@ ctypedef struct Job:
     size_t item                # sizeof the element
     int nparts                 # batch split: the plan's number of row ranges
     void *Ap                   # packed path: per-part A scratch ...
+    void *Acat                 # Concatenated product: per-part [x_t | h_d] rows, per * (I + H) apart
     Py_ssize_t ap_stride       # ... this many elements apart
     # hidden split
     int nslices, per           # planned slices of `per` units (the last may be shorter)
@@ -476,6 +507,7 @@ cdef void _sub_loop(const Loop *P, Loop *S, int b0, int nb, size_t item) noexcep
     S.hd, S.aux = _at(P.hd, seq * H, item), _at(P.aux, one * H, item)
     S.h0, S.c0, S.hT, S.cT = _at(P.h0, b0 * H, item), _at(P.c0, b0 * H, item), _at(P.hT, b0 * H, item), _at(P.cT, b0 * H, item)
     S.rdmask = _at(P.rdmask, b0 * H, item)
+    S.xcat = _at(<void *>P.xcat, r0 * P.xcat_k, item)
     S.rec, S.tmp = _at(P.rec, b0 * GH, item), _at(P.tmp, b0 * 2 * H, item)
     S.dh, S.dc, S.dht = _at(P.dh, b0 * H, item), _at(P.dc, b0 * H, item), _at(P.dht, b0 * H, item)
     S.dhd, S.dacc = _at(P.dhd, b0 * H, item), _at(P.dacc, b0 * H, item)
@@ -500,6 +532,8 @@ cdef void _batch_part(void *arg, int part) noexcept nogil:
         S.dbias = _at(S.dbias, part * S.dbias_ld, J.item)
     if S.Rp != NULL:
         S.Ap = _at(J.Ap, part * J.ap_stride, J.item)
+    if S.xcat != NULL:
+        S.Acat = _at(J.Acat, <Py_ssize_t>part * per * (S.xcat_k + S.H), J.item)
     if J.f32:
         if J.backward:
             _backward[float](&S, <float *>S.xp)
@@ -1064,6 +1098,33 @@ cdef object _pack_recurrent(Loop *L, Job *J, int n, bint transposed, dict packs=
     return packed, scratch
 
 
+cdef object _pack_concat(Loop *L, Job *J, int n, object ws, dict packs=None):
+    """Concatenated product: [W; R] ((I + H) x G*H) packed once per call (or found in packs) into
+    16-column panels in Loop.Rp, the input rows in Loop.xcat, and per batch part the step's [x_t | h_d]
+    rows (Job.Acat) and the microkernel's row blocks of them (Job.Ap).  Returns the arrays, which the
+    caller keeps alive for the loop."""
+    cdef int GH = L.G * L.H, ni = ws.xd.shape[1], K = ni + L.H
+    cdef int per = (L.B + n - 1) // n
+    key = ("panels_cat",)
+    cdef cnp.ndarray packed = packs.get(key) if packs is not None else None
+    cdef cnp.ndarray stacked
+    if packed is None:
+        stacked = np.ascontiguousarray(np.concatenate([ws.W.T if ws.W_t else ws.W, ws.R]), np.float32)
+        packed = np.empty(((GH + 15) // 16 * 16) * K, np.float32)
+        with nogil:
+            fr_pack_panels_f32_avx2(<const float *>cnp.PyArray_DATA(stacked), K, GH, GH,
+                                    <float *>cnp.PyArray_DATA(packed))
+        if packs is not None:
+            packs[key] = packed
+    L.Rp = cnp.PyArray_DATA(packed)
+    J.ap_stride = FR_PACKED_A_SIZE(per, K)
+    cdef cnp.ndarray scratch = np.empty(n * J.ap_stride + <Py_ssize_t>n * per * K, np.float32)
+    J.Ap = cnp.PyArray_DATA(scratch)
+    J.Acat = <float *>J.Ap + n * J.ap_stride
+    L.xcat, L.xcat_k = cnp.PyArray_DATA(<cnp.ndarray>ws.xd), ni
+    return packed, scratch
+
+
 cdef object _pack_recurrent_vec(Loop *L, dict packs=None):
     """B == 1: pack R (H, G*H) once per call into 64-column vector panels, Loop.Rv (or take them from
     `packs`, like _pack_recurrent); returns the array, which the caller keeps alive for the loop."""
@@ -1130,10 +1191,15 @@ def forward(ws, spec, plan=None, dict packs=None):
     cdef bint fused = (plan is not None and plan.forward_fused and plan.forward_packed and f32
                        and fr_simd_level() >= 2 and L.B == 1 and not ws.projected and L.T > FR_PROJ_ROWS
                        and ws.W.dtype == np.float32 and ws.xd.dtype == np.float32 and ws.W.flags.c_contiguous)
+    cdef bint concat = (plan is not None and plan.forward_concat and f32 and fr_simd_level() >= 1
+                        and split != "hidden" and not fused and not ws.projected and L.B >= 2
+                        and ws.xd.dtype == np.float32 and ws.W.dtype == np.float32)
     if fused:
         split = "hidden"   # n: 1 for a serial plan
         J.fused, J.W, J.w_t, J.n_in = True, cnp.PyArray_DATA(<cnp.ndarray>ws.W), w_t, ws.xd.shape[1]
         J.xseq = <const float *>cnp.PyArray_DATA(<cnp.ndarray>ws.xd)
+    elif concat:
+        pass   # each step projects its own inputs (Concatenated product, _pack_concat)
     elif not ws.projected:
         if (packs is not None and f32 and fr_simd_level() >= 2 and _packed_gemm_enabled and _keep_w_panels
                 and L.B * L.T >= 2 and not w_t):
@@ -1167,7 +1233,9 @@ def forward(ws, spec, plan=None, dict packs=None):
         if packs is not None and cached is None:
             packs[key] = bufs.pk
         return
-    if plan is not None and plan.forward_packed and f32 and fr_simd_level():
+    if concat:
+        keep = _pack_concat(&L, &J, n, ws, packs)
+    elif plan is not None and plan.forward_packed and f32 and fr_simd_level():
         keep = _pack_recurrent_vec(&L, packs) if L.B == 1 else _pack_recurrent(&L, &J, n, False, packs)
     try:
         _run_batch(&J, n)
