@@ -138,8 +138,9 @@ ctypedef struct Loop:
     void *Rp           # float32 R packed in 16-column panels, or NULL (module docstring: Packed R)
     void *Rv           # B == 1: float32 R packed in 64-column vector panels, or NULL (likewise)
     void *Ap           # with Rp: scratch for the step's h_d in row blocks (FR_PACKED_A_SIZE)
-    const void *xcat   # float32, Concatenated product: the input rows (Bs*T, I) in xp's layout, with Rp
-    void *Acat         # [W; R]'s panels; Acat: scratch for the step's [x_t | h_d] rows (B, I + H); or NULL
+    const void *xcat   # float32, Concatenated product (Rp then holds [W; R]'s panels): the input rows
+                       # (Bs*T, I) in xp's layout; NULL: the projection is hoisted
+    void *Acat         # ... scratch for the step's [x_t | h_d] rows (B, I + H)
     int xcat_k         # ... I (not `I`: complex.h defines it as a macro)
     int parity         # added to the step index for the serpentine order (StepKernel: its call count)
     void *bx
@@ -461,8 +462,8 @@ ctypedef struct Job:
     size_t item                # sizeof the element
     int nparts                 # batch split: the plan's number of row ranges
     void *Ap                   # packed path: per-part A scratch ...
-    void *Acat                 # Concatenated product: per-part [x_t | h_d] rows, per * (I + H) apart
     Py_ssize_t ap_stride       # ... this many elements apart
+    void *Acat                 # Concatenated product: per-part [x_t | h_d] rows, per * (I + H) apart
     # hidden split
     int nslices, per           # planned slices of `per` units (the last may be shorter)
     void *pk                   # per slice: R_k (row-major or panels; _hsplit_pack), pk_stride elements apart

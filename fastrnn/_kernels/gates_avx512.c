@@ -10,7 +10,8 @@
  * 512-bit FMA pipes, and even on Zen 4, which splits each 512-bit op in two (bench/NOTES.md 34, 36).
  *
  * The arithmetic is gates_avx2.c's, operation for operation (tanh and sigmoid come from the same
- * act_simd.inc.h, the rows from the same fused_rows.inc.h), so both builds give the same bits for the same inputs; a tail of H % 16 units runs on masked loads and stores.
+ * act_simd.inc.h, the rows from the same fused_rows.inc.h), so both builds give the same bits for the
+ * same inputs; a tail of H % 16 units runs on masked loads and stores.
  */
 #include <immintrin.h>
 #include "gates.h"
