@@ -71,12 +71,12 @@ def test_prepared_equals_functional(threads, shape, cell, extra, dtype):
                 _check_reference(cell, (out, states), x, weights, atol=2e-5 if dtype == np.float32 else 1e-12,
                                  **cell_kw, **opts)
     # what the plan packs (R's panels, or the hidden split's slices) is what the cache holds, and W's
-    # panels where the projection runs on the AVX-512 microkernel, or (fused: B == 1) W_k's panels in
-    # each slice's block
+    # panels where the projection runs on the packed microkernel (AVX-512; AVX2 at one row), or (fused:
+    # B == 1) W_k's panels in each slice's block
     r_layouts = [k for k in prepared.packed_layouts if k != ("w_panels",)]
     assert bool(r_layouts) == (plan.forward_packed or plan.forward_split == "hidden")
-    w_panels = (dtype == np.float32 and engine.simd_level() >= 2 and shape[0] * shape[1] >= 2
-                and not plan.forward_fused)
+    w_panels = (dtype == np.float32 and shape[0] * shape[1] >= 2 and not plan.forward_fused
+                and (engine.simd_level() >= 2 or (engine.simd_level() == 1 and shape[1] == 1)))
     assert (("w_panels",) in prepared.packed_layouts) == w_panels
     if plan.forward_fused:
         assert [k[-1] for k in r_layouts] == [True]   # the slices' key says W_k is packed with R_k

@@ -99,7 +99,8 @@ from fastrnn._kernels._blas cimport gemm, matmul, scipy_openblas_set_num_threads
 from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_f32_avx2,
                                      fr_gemm_packed_f32, fr_pack_vec_panels_f32_avx2,
                                      fr_vecmat_panels_f32, FR_VEC_PACKED_SIZE, FR_PACKED_A_SIZE,
-                                     fr_pack_a_f32_avx512, fr_gemm_prepacked_f32_avx512, FR_PROJ_ROWS,
+                                     fr_pack_a_f32_avx512, fr_gemm_prepacked_f32_avx512, fr_pack_a_f32_avx2,
+                                     fr_gemm_prepacked_f32_avx2, FR_PROJ_ROWS,
                                      fr_proj_pack_a_f32, fr_vecmat_proj_panels_f32_avx512,
                                      fr_proj_panels_f32_avx512)
 from fastrnn._kernels._pool cimport (fr_pool_run, fr_pool_run_adaptive, fr_pool_adaptive_solo_calls, fr_pool_adaptive,
@@ -447,7 +448,8 @@ ctypedef struct GemmJob:
     double beta
     # the packed path (_packed_gemm_block): each part's scratch, `scratch` floats apart from J.work on:
     # `panel_floats` of op(B)'s panels (none when B is read in place), then op(A)'s row blocks
-    bint packed
+    bint packable      # the packed path can run this product (float32, beta 0 or 1, SIMD)
+    bint packed        # ... and does: always at level 2, with B's panels kept at level 1
     bint unpacked      # ... reading op(B) = B in place (few rows of A: see _gemm_unpacked_max_m)
     const float *Bp    # ... or on B's panels packed before the call (pack_b_panels; NULL: pack here)
     Py_ssize_t bp_ld   # with Bp: B's column count rounded up to whole 16-column panels
@@ -1202,8 +1204,9 @@ def forward(ws, spec, plan=None, dict packs=None):
     elif concat:
         pass   # each step projects its own inputs (Concatenated product, _pack_concat)
     elif not ws.projected:
-        if (packs is not None and f32 and fr_simd_level() >= 2 and _packed_gemm_enabled and _keep_w_panels
-                and L.B * L.T >= 2 and not w_t):
+        one_row = fr_simd_level() == 1 and L.B == 1 and L.T <= ONE_ROW_MICROKERNEL_MAX_T
+        if (packs is not None and f32 and _packed_gemm_enabled and _keep_w_panels and L.B * L.T >= 2 and not w_t
+                and (fr_simd_level() >= 2 or one_row)):
             # W's panels for the projection on the packed microkernel (gemm_into's packed path), kept
             w_panels = packs.get(("w_panels",))
             if w_panels is None:
@@ -1215,8 +1218,9 @@ def forward(ws, spec, plan=None, dict packs=None):
             _use_b_panels(&P, w_panels)
             proj_buf, proj_token = _gemm_scratch(&P, (L.B + n - 1) // n * L.T)
             J.proj = &P
-        else:
-            gemm_into(ws.xd, ws.W, ws.xp, trans_b=w_t, b_panels=w_panels)
+        else:   # (one_row: the microkernel whether W's panels are kept or not, so that a prepared call
+                # and a one-off one give the same bits)
+            gemm_into(ws.xd, ws.W, ws.xp, trans_b=w_t, b_panels=w_panels, microkernel=one_row)
         ws.projected = True
     if split == "hidden":
         panels = plan.forward_packed and f32 and fr_simd_level()
@@ -1455,6 +1459,9 @@ cdef int _ld(cnp.ndarray arr) except -1:
 # The hoisted GEMMs on fastrnn's own microkernel (float32, AVX-512F): OpenBLAS has no pack-once API, and
 # its kernels are whatever its build or OPENBLAS_CORETYPE picked (on this project's machines the
 # environment sets OPENBLAS_CORETYPE=Haswell: AVX2, half of an AVX-512 core's FMA width; bench/NOTES.md 35).
+# On an AVX2 CPU OpenBLAS's Haswell kernel is the native one, and runs these products as fast as
+# gates_avx2.c's or faster (kept panels included, at B >= 16), so there the microkernel takes only the
+# one-row forward's projection (bench/NOTES.md 48).
 # K runs in blocks of GEMM_KC; each part packs its op(B) columns of one K block (GEMM_KC x its width:
 # <= 2 MiB at 512 columns) and op(A) GEMM_MC_FLOATS at a time (512 KiB), both L2-sized, before the
 # microkernel passes over them; C gains each K block's share in turn (the first with beta), in the same
@@ -1469,6 +1476,12 @@ cdef enum:
 # (three runs), 64 130-152 vs 125-141 (won 2 of 3), 96 120-151 vs 137-162, 128 149-157 vs 168-184
 # (bench/NOTES.md 35).
 cdef int _gemm_unpacked_max_m = 64
+# On AVX2 (level 1) the microkernel projects only a one-row forward of up to this many steps, where
+# OpenBLAS packs all of W for few rows of x (prepared calls keep W's panels, one-off calls pack them
+# too, for the same bits).  Zen 3, same process, 2 threads, microkernel vs OpenBLAS, prepared calls:
+# lstm t50-b1-h512 0.93, gru 0.94, simple_rnn 0.97, lstm t100-b1-h128 0.92-0.98, gru t100-b1-h128
+# 1.00-1.01; but t1000-b1-h64 1.01-1.16 and B >= 16 0.98-1.13 (bench/NOTES.md 48).
+ONE_ROW_MICROKERNEL_MAX_T = 128
 
 
 def gemm_unpacked_max_m(n=None):
@@ -1483,17 +1496,20 @@ def gemm_unpacked_max_m(n=None):
 cdef void _packed_gemm_block(const GemmJob *J, int slot, int m0, int mw, int n0, int nw) noexcept nogil:
     """C[m0:m0+mw, n0:n0+nw] := (op(A) @ op(B))[that block] + beta*C (float32) on the packed microkernel,
     K in blocks of GEMM_KC, each packed here (op(B)'s columns n0.. into panels, op(A) mc rows at a time
-    into 8-row blocks, either taken transposed) before fr_gemm_prepacked_f32_avx512 runs it; n0 a
-    multiple of 16.  Scratch: J.work + slot*J.scratch."""
+    into row blocks, either taken transposed) before the prepacked GEMM runs it: AVX-512's 8-row blocks
+    at level 2, AVX2's 6-row blocks at level 1 (which reads panels only: J.unpacked is never set there);
+    n0 a multiple of 16.  Scratch: J.work + slot*J.scratch."""
     cdef int k0, kc, i0, mc
     cdef float b
     cdef const float *bp
+    cdef const float *a
     cdef Py_ssize_t ps, ks
     cdef const float *A = <const float *>J.A
     cdef const float *B = <const float *>J.B
     cdef float *C = <float *>J.C
     cdef float *P = J.work + slot * J.scratch
     cdef float *work = P + J.panel_floats
+    cdef bint wide = fr_simd_level() >= 2
     if mw <= 0 or nw <= 0:
         return
     k0 = 0
@@ -1513,11 +1529,15 @@ cdef void _packed_gemm_block(const GemmJob *J, int slot, int m0, int mw, int n0,
         i0 = m0
         while i0 < m0 + mw:
             mc = m0 + mw - i0 if m0 + mw - i0 < J.mc else J.mc
-            if J.ta:   # op(A) = A^T: A is (K, M)
-                fr_pack_a_f32_avx512(A + <Py_ssize_t>k0 * J.lda + i0, J.lda, 1, mc, kc, work)
+            # op(A) = A^T: A is (K, M)
+            a = A + <Py_ssize_t>k0 * J.lda + i0 if J.ta else A + <Py_ssize_t>i0 * J.lda + k0
+            if wide:
+                fr_pack_a_f32_avx512(a, J.lda, J.ta, mc, kc, work)
+                fr_gemm_prepacked_f32_avx512(mc, nw, kc, work, bp, ps, ks, b, C + <Py_ssize_t>i0 * J.ldc + n0,
+                                             J.ldc)
             else:
-                fr_pack_a_f32_avx512(A + <Py_ssize_t>i0 * J.lda + k0, J.lda, 0, mc, kc, work)
-            fr_gemm_prepacked_f32_avx512(mc, nw, kc, work, bp, ps, ks, b, C + <Py_ssize_t>i0 * J.ldc + n0, J.ldc)
+                fr_pack_a_f32_avx2(a, J.lda, J.ta, mc, kc, work)
+                fr_gemm_prepacked_f32_avx2(mc, nw, kc, work, bp, ps, b, C + <Py_ssize_t>i0 * J.ldc + n0, J.ldc)
             i0 += mc
         k0 += kc
 
@@ -1600,8 +1620,11 @@ cdef bint _gemm_prepare(GemmJob *J, cnp.ndarray A, cnp.ndarray B, cnp.ndarray C,
     J.beta = beta
     J.by_rows = M >= N
     J.parts = 1
-    J.packed = (J.f32 and M >= 2 and K >= 1 and (beta == 0.0 or beta == 1.0) and fr_simd_level() >= 2
-                and _packed_gemm_enabled)   # the microkernel's C update is C := P or C += P
+    # the microkernel's C update is C := P or C += P; on AVX2 (level 1) only with B's panels kept
+    # (_use_b_panels), as it packs op(B) no faster than OpenBLAS does
+    J.packable = (J.f32 and M >= 2 and K >= 1 and (beta == 0.0 or beta == 1.0) and fr_simd_level() >= 1
+                  and _packed_gemm_enabled)
+    J.packed = J.packable and fr_simd_level() >= 2
     J.unpacked = False
     J.Bp = NULL
     J.work = NULL
@@ -1691,14 +1714,16 @@ def transpose_into(cnp.ndarray src, cnp.ndarray dst):
 
 
 cdef void _use_b_panels(GemmJob *J, object b_panels) except *:
-    """Point J's packed path at B's panels from pack_b_panels (None, another path or B^T: no-op)."""
-    if b_panels is None or not J.packed or J.tb:
+    """Point J's packed path at B's panels from pack_b_panels (None, another path or B^T: no-op); at
+    level 1 this is what takes the packed path."""
+    if b_panels is None or not J.packable or J.tb:
         return
     cdef Py_ssize_t npad = (J.N + 15) // 16 * 16
     if (<cnp.ndarray>b_panels).dtype != np.float32 or (<cnp.ndarray>b_panels).size != max(1, J.K * npad):
         raise ValueError(f"gemm_into: b_panels of {b_panels.size} {b_panels.dtype}, expected "
                          f"{J.K * npad} float32 (pack_b_panels of a ({J.K}, {J.N}) B)")
     J.Bp, J.bp_ld = <const float *>cnp.PyArray_DATA(<cnp.ndarray>b_panels), npad
+    J.packed = True
 
 
 cdef object _gemm_scratch(GemmJob *J, int rows):
@@ -1708,9 +1733,13 @@ cdef object _gemm_scratch(GemmJob *J, int rows):
     buffer alive while J runs (a small one is a plain array, with no token) and gives the token back."""
     if not J.packed:
         return None, None
-    J.unpacked = J.Bp == NULL and not J.tb and J.N % 16 == 0 and rows <= _gemm_unpacked_max_m
+    cdef bint wide = fr_simd_level() >= 2
+    J.unpacked = wide and J.Bp == NULL and not J.tb and J.N % 16 == 0 and rows <= _gemm_unpacked_max_m
     kc = min(J.K, GEMM_KC)
-    J.mc = max(8, min(rows, GEMM_MC_FLOATS // kc // 8 * 8))
+    if wide:
+        J.mc = max(8, min(rows, GEMM_MC_FLOATS // kc // 8 * 8))
+    else:   # 6-row blocks, and half the A block (Zen 3's L2 is 512 KiB, Zen 4's 1 MiB)
+        J.mc = max(6, min(rows, GEMM_MC_FLOATS // 2 // kc // 6 * 6))
     # per part: one K block of op(B) in panels of its columns (a row part: all of them), then op(A)'s
     # mc-row blocks; parts whole cache lines apart
     width = J.N if J.by_rows else (J.N + 15) // 16 // J.parts * 16 + 16
@@ -1723,17 +1752,20 @@ cdef object _gemm_scratch(GemmJob *J, int rows):
 
 
 def gemm_into(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C, bint trans_a=False, bint trans_b=False,
-              double beta=0.0, b_panels=None):
+              double beta=0.0, b_panels=None, bint microkernel=False):
     """C := op(A) @ op(B) + beta*C for 2-D arrays of one float dtype whose rows are contiguous
     (row strides may be larger: column blocks of a wider array are fine).  Large products are split
     over fastrnn's pool along the longer of C's dimensions (the packed path: by whole panels of columns
     while there are two a part), one 1-thread BLAS call per part, or for float32 with at least 2 rows and
-    1 column of K, beta 0 or 1, on an AVX-512 CPU (simd_level() == 2) fastrnn's packed microkernel
-    (_packed_gemm_block).  b_panels: pack_b_panels(B), which that path then reads instead of packing B
-    (the caller promises B has not changed since)."""
+    1 column of K, beta 0 or 1, fastrnn's packed microkernel (_packed_gemm_block): always on an AVX-512
+    CPU (simd_level() == 2), on AVX2 (level 1) with b_panels or `microkernel`.  b_panels:
+    pack_b_panels(B), which that path then reads instead of packing B (the caller promises B has not
+    changed since); the bits are the same with and without them."""
     cdef GemmJob J
     if not _gemm_prepare(&J, A, B, C, trans_a, trans_b, beta):
         return
+    if microkernel:
+        J.packed = J.packable
     _use_b_panels(&J, b_panels)
     _pin_blas()
     if _n_threads > 1 and 2.0 * J.M * J.N * J.K >= GEMM_SPLIT_MIN_FLOPS:

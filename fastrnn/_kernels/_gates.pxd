@@ -43,6 +43,9 @@ cdef extern from "gates.h" nogil:
     void fr_pack_a_f32_avx512(const float *A, int lda, int trans, int M, int K, float *work)
     void fr_gemm_prepacked_f32_avx512(int M, int N, int K, const float *work, const float *P, long ps, long ks,
                                       float beta, float *C, int ldc)
+    void fr_pack_a_f32_avx2(const float *A, int lda, int trans, int M, int K, float *work)
+    void fr_gemm_prepacked_f32_avx2(int M, int N, int K, const float *work, const float *P, long ps, float beta,
+                                    float *C, int ldc)
     long FR_VEC_PACKED_SIZE(int K, int N)
     void fr_pack_vec_panels_f32_avx2(const float *R, int K, int ldr, int nblk, int blk_stride, int blk_w, float *P)
     void fr_vecmat_panels_f32(const float *x, const float *P, int K, int N, float beta, float *y, int reverse)

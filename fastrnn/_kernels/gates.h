@@ -134,6 +134,13 @@ void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const float *P, float beta,
                              float *C, int ldc, float *work);
+/* fr_gemm_packed_f32_avx2 in its two halves (level 1), for the hoisted GEMMs as the AVX-512 pair above:
+ * pack: op(A) (M, K) into FR_PACKED_A_SIZE(M, K) floats of 6-row blocks.  IN A; OUT work
+ * prepacked: C := op(A) @ B + beta*C, K <= 1024, B's 16-column panel j at P + j*ps (packed panels only:
+ *       rows 16 floats apart).  IN work, P; IN/OUT C */
+void fr_pack_a_f32_avx2(const float *A, int lda, int trans, int M, int K, float *work);
+void fr_gemm_prepacked_f32_avx2(int M, int N, int K, const float *work, const float *P, long ps, float beta,
+                                float *C, int ldc);
 
 /* fr_vecmat_f32 on AVX-512F (gemm_avx512.c; level 2 only): 64-column blocks of y in registers.
  * IN x, R; IN/OUT y */

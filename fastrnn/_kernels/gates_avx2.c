@@ -404,74 +404,116 @@ void fr_pack_row_block_f32(const float *restrict A, int lda, int mr, int K, int 
     }
 }
 
-void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
-                             float beta, float *restrict C, int ldc, float *restrict work)
+/* Row blocks: 6 rows each, then the rest.  M = 6q + 2 (8, 14, ...) ends in two 4-row blocks instead of
+ * 6 + 2: a 4-row pass keeps 8 FMA chains busy, the 2-row pass over 3 panels measured slower (M = 8:
+ * 67 -> 84 GFLOP/s, bench/NOTES.md 19).  Block b (rows 6b..) sits at work + b*FR_MR*K, k-major
+ * (block[k*FR_MR + i]), so each k's broadcasts come from one cache line whatever lda is (ld = T*H in
+ * training). */
+#define FR_FOUR(M) ((M) % FR_MR == 2 && (M) >= 8)
+#define FR_M6(M) (FR_FOUR(M) ? (M) - 8 : (M) - (M) % FR_MR)   /* rows in 6-row blocks */
+
+/* op(A) (M, K)'s rows i0..i0+mr into one row block: A's rows (trans 0) or A's columns (trans 1: A is
+ * (K, M), a contiguous run of mr floats per k) */
+static void fr_pack_block_f32(const float *restrict A, int lda, int trans, int i0, int mr, int K, float *restrict dst)
 {
-    int p, m, k0, np = (N + FR_NR - 1) / FR_NR;
-    /* Row blocks: 6 rows each, then the rest.  M = 6q + 2 (8, 14, ...) ends in two 4-row blocks instead
-     * of 6 + 2: a 4-row pass keeps 8 FMA chains busy, the 2-row pass over 3 panels measured slower
-     * (M = 8: 67 -> 84 GFLOP/s, bench/NOTES.md 19).  Every block sits at work + (its index)*FR_MR*K. */
-    const int four = M % FR_MR == 2 && M >= 8;
-    const int m6 = four ? M - 8 : M - M % FR_MR;   /* rows in 6-row blocks */
-    /* A -> row blocks, k-major (block[k*FR_MR + i]), so each k's broadcasts come from one cache line,
-     * whatever lda is (ld = T*H in training) */
-    for (m = 0; m < m6; m += FR_MR) fr_pack_row_block_f32(A + (long)m * lda, lda, FR_MR, K, FR_MR, work + (long)m * K);
-    if (four) {
-        fr_pack_row_block_f32(A + (long)m6 * lda, lda, 4, K, FR_MR, work + (long)m6 * K);
-        fr_pack_row_block_f32(A + (long)(m6 + 4) * lda, lda, 4, K, FR_MR, work + (long)(m6 + FR_MR) * K);
-    } else if (M > m6) {
-        fr_pack_row_block_f32(A + (long)m6 * lda, lda, M - m6, K, FR_MR, work + (long)m6 * K);
+    int i, k;
+    if (!trans) {
+        fr_pack_row_block_f32(A + (long)i0 * lda, lda, mr, K, FR_MR, dst);
+        return;
     }
-    /* K in blocks of FR_KC (see the top: one block up to K = 1024) */
-    for (k0 = 0; k0 < K || k0 == 0; k0 += FR_KC) {
-        int kc = K - k0 < FR_KC ? K - k0 : FR_KC;
-        float b = k0 == 0 ? beta : 1.0f;
-        for (p = 0; p < np; p++) {
-            int n0 = p * FR_NR, w = N - n0 < FR_NR ? N - n0 : FR_NR;
-            const float *Pp = P + (long)p * K * FR_NR + (long)k0 * FR_NR;
-            const float *Ap;
-            for (m = 0; m < m6; m += FR_MR) {
-                Ap = work + (long)m * K + (long)k0 * FR_MR;
-                fr_micro_f32(FR_MR, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w);
-            }
-            Ap = work + (long)m6 * K + (long)k0 * FR_MR;
-            if (four) {
-                fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w);
-                fr_micro_f32(4, kc, Ap + (long)FR_MR * K, Pp, b, C + (long)(m6 + 4) * ldc + n0, ldc, w);
-                continue;
-            }
-            switch (M - m6) {
-            case 4: fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w); break;
-            case 5: fr_micro_f32(5, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w); break;
-            default: break; /* 1-3 rows: below, several panels at a time */
-            }
+    for (k = 0; k < K; k++) {
+        const float *src = A + (long)k * lda + i0;
+        for (i = 0; i < mr; i++) dst[(long)k * FR_MR + i] = src[i];
+    }
+}
+
+void fr_pack_a_f32_avx2(const float *restrict A, int lda, int trans, int M, int K, float *restrict work)
+{
+    const int m6 = FR_M6(M);
+    int m;
+    for (m = 0; m < m6; m += FR_MR) fr_pack_block_f32(A, lda, trans, m, FR_MR, K, work + (long)m * K);
+    if (FR_FOUR(M)) {
+        fr_pack_block_f32(A, lda, trans, m6, 4, K, work + (long)m6 * K);
+        fr_pack_block_f32(A, lda, trans, m6 + 4, 4, K, work + (long)(m6 + FR_MR) * K);
+    } else if (M > m6) {
+        fr_pack_block_f32(A, lda, trans, m6, M - m6, K, work + (long)m6 * K);
+    }
+}
+
+/* One K block (kc <= FR_KC rows of the panels): C := A @ panels + b*C.  Row block r of A at
+ * Aw + r*FR_MR*kst (kst: the packed K, of which this block is kc rows; Aw already offset to them), panel
+ * p at P0 + p*ps (rows 16 floats apart; P0 already offset to the block's first row). */
+static inline __attribute__((always_inline)) void
+fr_gemm_kblock_f32(int M, int N, int kc, const float *restrict Aw, long kst, const float *restrict P0, long ps,
+                   float b, float *restrict C, int ldc)
+{
+    const int four = FR_FOUR(M), m6 = FR_M6(M), np = (N + FR_NR - 1) / FR_NR;
+    int p, m;
+    for (p = 0; p < np; p++) {
+        int n0 = p * FR_NR, w = N - n0 < FR_NR ? N - n0 : FR_NR;
+        const float *Pp = P0 + (long)p * ps;
+        const float *Ap;
+        for (m = 0; m < m6; m += FR_MR) {
+            Ap = Aw + (long)m * kst;
+            fr_micro_f32(FR_MR, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w);
         }
-        m = m6;
-        if (!four && M - m >= 1 && M - m <= 3) {
-            const int r = M - m, group = r == 3 ? 2 : 3;
-            const float *Ap = work + (long)m * K + (long)k0 * FR_MR;
-            const long ps = (long)K * FR_NR;
-            for (p = 0; p < np; p += group) {
-                int n0 = p * FR_NR, left = np - p;
-                const float *Pp = P + (long)p * K * FR_NR + (long)k0 * FR_NR;
-                float *Cm = C + (long)m * ldc + n0;
-                if (left >= group) {
-                    if (r == 1) fr_micro_wide_f32(1, 3, kc, Ap, Pp, ps, b, Cm, ldc, N - n0);
-                    else if (r == 2) fr_micro_wide_f32(2, 3, kc, Ap, Pp, ps, b, Cm, ldc, N - n0);
-                    else fr_micro_wide_f32(3, 2, kc, Ap, Pp, ps, b, Cm, ldc, N - n0);
-                } else {
-                    for (; p < np; p++) {  /* the last one or two panels */
-                        int n1 = p * FR_NR, w = N - n1 < FR_NR ? N - n1 : FR_NR;
-                        const float *Pq = P + (long)p * K * FR_NR + (long)k0 * FR_NR;
-                        if (r == 1) fr_micro_f32(1, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w);
-                        else if (r == 2) fr_micro_f32(2, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w);
-                        else fr_micro_f32(3, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w);
-                    }
+        Ap = Aw + (long)m6 * kst;
+        if (four) {
+            fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w);
+            fr_micro_f32(4, kc, Ap + (long)FR_MR * kst, Pp, b, C + (long)(m6 + 4) * ldc + n0, ldc, w);
+            continue;
+        }
+        switch (M - m6) {
+        case 4: fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w); break;
+        case 5: fr_micro_f32(5, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w); break;
+        default: break; /* 1-3 rows: below, several panels at a time */
+        }
+    }
+    m = m6;
+    if (!four && M - m >= 1 && M - m <= 3) {
+        const int r = M - m, group = r == 3 ? 2 : 3;
+        const float *Ap = Aw + (long)m * kst;
+        for (p = 0; p < np; p += group) {
+            int n0 = p * FR_NR, left = np - p;
+            const float *Pp = P0 + (long)p * ps;
+            float *Cm = C + (long)m * ldc + n0;
+            if (left >= group) {
+                if (r == 1) fr_micro_wide_f32(1, 3, kc, Ap, Pp, ps, b, Cm, ldc, N - n0);
+                else if (r == 2) fr_micro_wide_f32(2, 3, kc, Ap, Pp, ps, b, Cm, ldc, N - n0);
+                else fr_micro_wide_f32(3, 2, kc, Ap, Pp, ps, b, Cm, ldc, N - n0);
+            } else {
+                for (; p < np; p++) {  /* the last one or two panels */
+                    int n1 = p * FR_NR, w = N - n1 < FR_NR ? N - n1 : FR_NR;
+                    const float *Pq = P0 + (long)p * ps;
+                    if (r == 1) fr_micro_f32(1, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w);
+                    else if (r == 2) fr_micro_f32(2, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w);
+                    else fr_micro_f32(3, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w);
                 }
             }
         }
     }
 }
+
+void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
+                             float beta, float *restrict C, int ldc, float *restrict work)
+{
+    int k0;
+    fr_pack_a_f32_avx2(A, lda, 0, M, K, work);
+    /* K in blocks of FR_KC (see the top: one block up to K = 1024) */
+    for (k0 = 0; k0 < K || k0 == 0; k0 += FR_KC) {
+        const int kc = K - k0 < FR_KC ? K - k0 : FR_KC;
+        fr_gemm_kblock_f32(M, N, kc, work + (long)k0 * FR_MR, K, P + (long)k0 * FR_NR, (long)K * FR_NR,
+                           k0 == 0 ? beta : 1.0f, C, ldc);
+    }
+}
+
+void fr_gemm_prepacked_f32_avx2(int M, int N, int K, const float *restrict work, const float *restrict P, long ps,
+                                float beta, float *restrict C, int ldc)
+{
+    fr_gemm_kblock_f32(M, N, K, work, K, P, ps, beta, C, ldc);
+}
+#undef FR_M6
+#undef FR_FOUR
 
 /* ---------------------------------------------------------------------------------------------------
  * B == 1: y := x @ R + beta*y with R packed once per call in 64-column K-major panels.
