@@ -43,6 +43,10 @@ class Workspace:
     and handed back when the workspace is collected (forward_vjp: with its backward closure), so a
     training loop does not fault in fresh zeroed pages for them at every call (bench/NOTES.md 36)."""
 
+    # the backward's buffers (fastrnn/_kernels/_engine.pyx `backward`), set by _backward: none before
+    # (class attributes, so a forward's workspace does not pay nine stores for them)
+    dout = dxp = drec = dh = dc = dht = dhd = dacc = db = None
+
     def __init__(self, spec, arrays, training, saved=None, zeroed=False, scratch=False, pooled=False,
                  project=True):
         B, T, I, H, G = spec.B, spec.T, spec.I, spec.H, spec.G
@@ -79,8 +83,6 @@ class Workspace:
         if arrays.recurrent_dropout_mask is not None:
             self.rdmask = np.ascontiguousarray(arrays.recurrent_dropout_mask)
 
-        for name in ("dout", "dxp", "drec", "dh", "dc", "dht", "dhd", "dacc", "db"):
-            setattr(self, name, None)
         self.tmp = np.empty((B, 2 * H), dt) if spec.cell == "lstm" else None
         self._xp_token = None
         self.projected = saved is not None or project
