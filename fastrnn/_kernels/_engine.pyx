@@ -449,7 +449,7 @@ ctypedef struct GemmJob:
     # the packed path (_packed_gemm_block): each part's scratch, `scratch` floats apart from J.work on:
     # `panel_floats` of op(B)'s panels (none when B is read in place), then op(A)'s row blocks
     bint packable      # the packed path can run this product (float32, beta 0 or 1, SIMD)
-    bint packed        # ... and does: always at level 2, with B's panels kept at level 1
+    bint packed        # ... and does: always at level 2, when asked for at level 1 (gemm_into)
     bint unpacked      # ... reading op(B) = B in place (few rows of A: see _gemm_unpacked_max_m)
     const float *Bp    # ... or on B's panels packed before the call (pack_b_panels; NULL: pack here)
     Py_ssize_t bp_ld   # with Bp: B's column count rounded up to whole 16-column panels
@@ -1620,8 +1620,8 @@ cdef bint _gemm_prepare(GemmJob *J, cnp.ndarray A, cnp.ndarray B, cnp.ndarray C,
     J.beta = beta
     J.by_rows = M >= N
     J.parts = 1
-    # the microkernel's C update is C := P or C += P; on AVX2 (level 1) only with B's panels kept
-    # (_use_b_panels), as it packs op(B) no faster than OpenBLAS does
+    # the microkernel's C update is C := P or C += P; on AVX2 (level 1) only when asked for (gemm_into's
+    # `microkernel`, or B's panels kept: _use_b_panels), as OpenBLAS's kernel is as fast there
     J.packable = (J.f32 and M >= 2 and K >= 1 and (beta == 0.0 or beta == 1.0) and fr_simd_level() >= 1
                   and _packed_gemm_enabled)
     J.packed = J.packable and fr_simd_level() >= 2
@@ -1714,8 +1714,8 @@ def transpose_into(cnp.ndarray src, cnp.ndarray dst):
 
 
 cdef void _use_b_panels(GemmJob *J, object b_panels) except *:
-    """Point J's packed path at B's panels from pack_b_panels (None, another path or B^T: no-op); at
-    level 1 this is what takes the packed path."""
+    """Point J's packed path at B's panels from pack_b_panels (None, another path or B^T: no-op); that
+    takes the packed path at level 1 too."""
     if b_panels is None or not J.packable or J.tb:
         return
     cdef Py_ssize_t npad = (J.N + 15) // 16 * 16

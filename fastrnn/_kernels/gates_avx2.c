@@ -186,6 +186,9 @@ void fr_simple_fwd_row_f32_avx2(float *g, const float *bias, float *h, int H, in
  * Remainder rows (M % 6) go through the same code with fewer live accumulators (MR is a compile-time
  * constant per instantiation); remainder columns are computed on the zero padding and stored through
  * a stack tile.  beta is 0 (C is not read) or 1; A and C may be strided (lda, ldc).
+ * The same kernel in two halves (fr_pack_a_f32_avx2 + fr_gemm_prepacked_f32_avx2) is gemm_into's packed
+ * path at level 1, which the plan takes for the one-row forward's projection only (_engine.pyx,
+ * ONE_ROW_MICROKERNEL_MAX_T; bench/NOTES.md 48).
  * ------------------------------------------------------------------------------------------------ */
 #define FR_NR 16
 #define FR_MR 6
