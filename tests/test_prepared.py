@@ -296,3 +296,26 @@ def test_signatures_seen_before_skip_validation_but_not_its_errors():
     cell.activation = "relu"   # another cell option is another signature
     np.testing.assert_array_equal(layer(x2)[0], F.lstm(x2, cell.kernel, cell.recurrent_kernel, cell.bias,
                                                         activation="relu")[0][:, -1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
+def test_one_row_projection_on_the_avx2_microkernel(packed_build, threads, cell):
+    """On the AVX2 build a one-row forward of up to ONE_ROW_MICROKERNEL_MAX_T steps projects on fastrnn's
+    microkernel: a prepared call keeps W's panels, a one-off call packs them itself, with the same bits;
+    a longer call stays on OpenBLAS and keeps none.  Both against the float64 reference."""
+    if packed_build != "avx2":
+        pytest.skip("the rule is the AVX2 build's (AVX-512 projects on its microkernel at any shape)")
+    rng = np.random.default_rng(23)
+    max_t = engine.ONE_ROW_MICROKERNEL_MAX_T
+    for T, kept in ((max_t, True), (max_t + 1, False)):
+        args, _ = make_case(rng, cell, {}, T, 1, 33, 40, dtype=np.float32)
+        x, weights, _, _ = _split(args, {})
+        with fastrnn.threads(threads):
+            prepared = F.prepare(cell, *weights)
+            got = prepared(x)
+            want = getattr(F, cell)(x, *weights)
+        assert (("w_panels",) in prepared.packed_layouts) == kept
+        for a, b in zip([got[0], *got[1]], [want[0], *want[1]]):
+            np.testing.assert_array_equal(a, b)
+        _check_reference(cell, got, x, weights)
