@@ -23,13 +23,22 @@ SEED = 1234
 
 @dataclass(frozen=True)
 class Case:
+    """One engine's timing of one problem and mode: round `round` of `rounds` interleaved rounds."""
     problem: Problem
     mode: str
     engine: str
+    round: int = 0
+    rounds: int = 1
 
     @property
     def id(self):
-        return f"{self.problem.id}-{self.mode}-{self.engine}"
+        base = f"{self.problem.id}-{self.mode}-{self.engine}"
+        return base if self.rounds == 1 else f"{base}-r{self.round}"
+
+    @property
+    def last_round(self):
+        """This engine's last round of its group (the reference runs round 0 only)."""
+        return self.engine == "reference" or self.round == self.rounds - 1
 
 
 @dataclass(frozen=True)
@@ -37,19 +46,27 @@ class BenchOptions:
     threads: int = 2
     quick: bool = False
     ref_budget: float = 2.0
+    max_time: float = 1.0    # pytest-benchmark's --benchmark-max-time: one engine's timing, all rounds
+    min_rounds: int = 5      # ... and --benchmark-min-rounds: calls timed per round at least
 
 
-def build_cases(quick=False):
-    """cell x shape x mode x engine, grouped so the engines of one problem run back to back."""
+def build_cases(quick=False, rounds=1):
+    """cell x shape x mode x round x engine: the engines of one problem and mode run back to back, in
+    `rounds` interleaved rounds (each round rotates the engines' order by one), so every engine's time
+    comes from the same stretch of the machine's phases (bench/NOTES.md 49).  The numpy reference, a
+    baseline that takes seconds a call, is timed in round 0 only."""
     shapes = QUICK_SHAPES if quick else BENCH_SHAPES
     out = []
     for cell in CELLS:
         for shape in shapes:
             p = Problem(cell, *shape)
             for mode in MODES:
-                for engine in ENGINES:
-                    if mode in ENGINES[engine].modes:
-                        out.append(Case(p, mode, engine))
+                names = [e for e in ENGINES if mode in ENGINES[e].modes]
+                for r in range(rounds):
+                    k = r % len(names)
+                    for engine in names[k:] + names[:k]:
+                        if engine != "reference" or r == 0:
+                            out.append(Case(p, mode, engine, r, rounds))
     return out
 
 

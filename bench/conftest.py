@@ -5,6 +5,9 @@ Options
                    (env FASTRNN_BENCH_THREADS)
   --quick          a few small shapes and short timing, for a smoke test (env FASTRNN_BENCH_QUICK=1)
   --ref-budget S   skip timing the numpy reference where one call takes longer than S seconds (default 2)
+  --interleave R   time each problem's engines in R interleaved rounds of --benchmark-max-time / R
+                   seconds each (default 3; 1 with --quick; env FASTRNN_BENCH_INTERLEAVE): same-phase
+                   ratios on a machine whose speed drifts over seconds (bench/NOTES.md 49)
 """
 from __future__ import annotations
 
@@ -34,12 +37,25 @@ def pytest_addoption(parser):
                     help="smoke test: a few small shapes, 3 timed rounds each")
     group.addoption("--ref-budget", type=float, default=2.0,
                     help="seconds per call above which the numpy reference is not timed (default 2)")
+    group.addoption("--interleave", type=int, default=None,
+                    help="interleaved timing rounds per problem and mode (default 3, or 1 with --quick; "
+                         "env FASTRNN_BENCH_INTERLEAVE)")
+
+
+def _interleave(config):
+    r = config.getoption("interleave")
+    if r is None:
+        env = os.environ.get("FASTRNN_BENCH_INTERLEAVE", "").strip()
+        r = int(env) if env else (1 if config.getoption("quick") else 3)
+    if r < 1:
+        raise pytest.UsageError(f"--interleave must be >= 1, got {r}")
+    return r
 
 
 def pytest_generate_tests(metafunc):
     quick = metafunc.config.getoption("quick")
     if "case" in metafunc.fixturenames:
-        cs = _cases.build_cases(quick=quick)
+        cs = _cases.build_cases(quick=quick, rounds=_interleave(metafunc.config))
         metafunc.parametrize("case", cs, ids=[c.id for c in cs])
     if "sgemm_impl" in metafunc.fixturenames:
         # fastrnn: its own gemm_into (the packed AVX-512 microkernel where the CPU has it), because numpy's
@@ -55,7 +71,9 @@ def bench_options(pytestconfig):
     if threads < 1:
         raise pytest.UsageError(f"--threads must be >= 1, got {threads}")
     opts = _cases.BenchOptions(threads=threads, quick=pytestconfig.getoption("quick"),
-                               ref_budget=pytestconfig.getoption("ref_budget"))
+                               ref_budget=pytestconfig.getoption("ref_budget"),
+                               max_time=float(getattr(pytestconfig.option, "benchmark_max_time", 1.0) or 1.0),
+                               min_rounds=int(getattr(pytestconfig.option, "benchmark_min_rounds", 5) or 5))
     limiter = _cases.apply_threads(threads)
     yield opts
     del limiter
@@ -64,7 +82,7 @@ def bench_options(pytestconfig):
 def pytest_report_header(config):
     threads = config.getoption("threads")
     lines = [f"fastrnn bench: threads={threads} quick={config.getoption('quick')} "
-             f"ref-budget={config.getoption('ref_budget')}s"]
+             f"ref-budget={config.getoption('ref_budget')}s interleave={_interleave(config)}"]
     lines.append("engines: " + ", ".join(
         f"{name}={'ok' if not reason else 'missing'}" for name, reason in _cases.engine_status()))
     return lines

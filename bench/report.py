@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 from collections import OrderedDict
 
@@ -29,31 +30,38 @@ MODE_ORDER = ["forward", "training"]
 
 def load(paths, best=False):
     """-> (rows, peaks): rows[(cell, problem, mode, threads)] = {engine: info}; peaks[threads] = {impl: GFLOP/s}.
+    An engine timed in interleaved rounds (extra_info "round") gets the median of its rounds' medians.
     An engine timed in several files keeps the last file's entry, or with `best` its lowest median (the
     same rule for every engine: on a shared machine, the run least disturbed by other work)."""
     rows, peaks = OrderedDict(), {}
     for path in paths:
         with open(path) as f:
             doc = json.load(f)
+        timed = OrderedDict()   # (row key, engine) -> [(median, rounds timed, extra_info)] over its rounds
         for bm in doc.get("benchmarks", []):
             ex = bm.get("extra_info") or {}
             if "engine" not in ex or "flops" not in ex:
                 continue
             median = bm["stats"]["median"]
             threads = ex.get("threads")
-            gflops = ex["flops"] / median / 1e9
             if ex["engine"] == "sgemm-peak":
                 impl = ex.get("impl", "?")
                 cur = peaks.setdefault(threads, {})
-                cur[impl] = max(cur.get(impl, 0.0), gflops)
+                cur[impl] = max(cur.get(impl, 0.0), ex["flops"] / median / 1e9)
                 continue
             key = (ex["cell"], ex["problem"], ex["mode"], threads)
-            seen = rows.get(key, {}).get(ex["engine"])
+            timed.setdefault((key, ex["engine"]), []).append((median, bm["stats"].get("rounds"), ex))
+        for (key, engine), runs in timed.items():
+            median = statistics.median(m for m, _, _ in runs)
+            ex = runs[0][2]
+            seen = rows.get(key, {}).get(engine)
             if best and seen is not None and seen["median"] <= median:
                 continue
-            rows.setdefault(key, {})[ex["engine"]] = {
-                "median": median, "gflops": gflops, "rounds": bm["stats"].get("rounds"),
-                "flops": ex["flops"], "load": ex.get("loadavg1"),
+            loads = [r[2].get("loadavg1") for r in runs if r[2].get("loadavg1") is not None]
+            rows.setdefault(key, {})[engine] = {
+                "median": median, "gflops": ex["flops"] / median / 1e9,
+                "rounds": sum(r[1] or 0 for r in runs), "round_medians": [m for m, _, _ in runs],
+                "flops": ex["flops"], "load": max(loads) if loads else None,
             }
     return rows, peaks
 

@@ -98,32 +98,79 @@ def _release_engines():
     gc.collect()
 
 
+class _Prepared:
+    """One engine prepared and checked on one problem and mode, kept over its interleaved rounds."""
+
+    def __init__(self, case, bench_options):
+        p, mode, engine = case.problem, case.mode, ENGINES[case.engine]
+        data = cases.problem_data(p)
+        try:
+            self.run, to_result = engine.prepare(p, data, mode)
+        except Exception as exc:  # e.g. an onnxruntime build without this op
+            pytest.skip(f"{case.engine} cannot prepare {p.id}: {type(exc).__name__}: {exc}")
+
+        # one call, checked against the float64 oracle, before any timing
+        t0 = time.perf_counter()
+        got = to_result(self.run())
+        self.first_call_s = time.perf_counter() - t0
+        ref, _ = cases.oracle(p, "forward")
+        self.fwd_err = cases.compare(got, ref, cases.FWD_RTOL,
+                                     f"{case.engine} {mode} on {p.id} vs {cases.oracle_name()}")
+        self.grad_err = None
+        if mode == "training":
+            cases.check_grads_sane(got, p)
+            self.grad_err = cases.grad_check(case.engine, p.cell)
+
+
+# The engines of the (problem, mode) group being timed, prepared once for all its rounds; a case of
+# another group drops them (so a -k that skips a last round does not keep engines alive).
+_group: dict = {}
+
+
+def _prepared(case, bench_options):
+    key = (case.problem, case.mode)
+    if _group.get("key") != key:
+        _group.clear()
+        _group["key"] = key
+    if case.engine not in _group:
+        try:
+            _group[case.engine] = _Prepared(case, bench_options)
+        except BaseException as exc:   # a skip or a failed check: the same outcome in every round
+            _group[case.engine] = exc
+            raise
+    got = _group[case.engine]
+    if isinstance(got, BaseException):
+        raise got
+    return got
+
+
+def _time_round(benchmark, opts, fn, rounds):
+    """One of `rounds` interleaved rounds: warm up, then time single calls for max_time / rounds seconds
+    (at least min_rounds calls)."""
+    _warm_up(fn, 0.1 if opts.quick else 0.25)
+    est = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        est.append(time.perf_counter() - t0)
+    n = max(opts.min_rounds, int(opts.max_time / rounds / max(sorted(est)[1], 1e-6)))
+    return benchmark.pedantic(fn, rounds=n, iterations=1)
+
+
 def test_rnn(benchmark, case, bench_options):
     p, mode, engine = case.problem, case.mode, ENGINES[case.engine]
     reason = engine.unavailable(mode)
     if reason:
         pytest.skip(f"{case.engine}: {reason}")
-
-    data = cases.problem_data(p)
     try:
-        run, to_result = engine.prepare(p, data, mode)
-    except Exception as exc:  # e.g. an onnxruntime build without this op
-        pytest.skip(f"{case.engine} cannot prepare {p.id}: {type(exc).__name__}: {exc}")
+        prep = _prepared(case, bench_options)
+    finally:
+        if case.last_round:
+            _group.pop(case.engine, None)
 
-    # 1. one call, checked against the float64 oracle, before any timing
-    t0 = time.perf_counter()
-    got = to_result(run())
-    first_call_s = time.perf_counter() - t0
-    ref, oracle_s = cases.oracle(p, "forward")
-    fwd_err = cases.compare(got, ref, cases.FWD_RTOL, f"{case.engine} {mode} on {p.id} vs {cases.oracle_name()}")
-    grad_err = None
-    if mode == "training":
-        cases.check_grads_sane(got, p)
-        grad_err = cases.grad_check(case.engine, p.cell)
-
-    # 2. the numpy reference is a baseline, not a goal: time it only where it is affordable
-    if case.engine == "reference" and first_call_s > bench_options.ref_budget:
-        pytest.skip(f"reference {mode} on {p.id}: one call took {first_call_s:.1f} s "
+    # the numpy reference is a baseline, not a goal: time it only where it is affordable
+    if case.engine == "reference" and prep.first_call_s > bench_options.ref_budget:
+        pytest.skip(f"reference {mode} on {p.id}: one call took {prep.first_call_s:.1f} s "
                     f"> --ref-budget {bench_options.ref_budget:g} s (checked, not timed)")
 
     benchmark.group = f"{p.id}-{mode}"
@@ -132,10 +179,14 @@ def test_rnn(benchmark, case, bench_options):
         "T": p.T, "B": p.B, "I": p.I, "H": p.H,
         "flops": p.flops(mode), "threads": bench_options.threads, "quick": bench_options.quick,
         "threads_reported": cases.get_threads_reported(),
-        "oracle": cases.oracle_name(), "max_rel_err": fwd_err, "grad_max_rel_err": grad_err,
-        "first_call_s": first_call_s, "loadavg1": _load1(),
+        "oracle": cases.oracle_name(), "max_rel_err": prep.fwd_err, "grad_max_rel_err": prep.grad_err,
+        "first_call_s": prep.first_call_s, "loadavg1": _load1(),
+        "round": case.round, "rounds": 1 if case.engine == "reference" else case.rounds,
     })
-    _time_it(benchmark, bench_options, run)
+    if case.rounds == 1:
+        _time_it(benchmark, bench_options, prep.run)
+    else:
+        _time_round(benchmark, bench_options, prep.run, case.rounds)
 
 
 def test_sgemm_peak_end(benchmark, sgemm_impl, bench_options):

@@ -1,6 +1,7 @@
 """bench/report.py's target table: the issue's target per row, and whether it needs more than the peak."""
 import importlib.util
 import pathlib
+import sys
 
 import pytest
 
@@ -91,3 +92,52 @@ def test_fastrnn_under_a_framework_is_never_the_best_peer(report):
     assert report.speedup_of(eng) == ("onnxruntime", 2.0)
     text = report.summary({("lstm", "lstm-t1-b1-i1-h1", "training", 2): eng})
     assert "fastrnn.torch's modules faster than torch.nn's in 1/1 problems; geometric mean 2.50x" in text
+
+
+def test_interleaved_rounds_give_the_median_of_their_medians(report, tmp_path):
+    """An engine timed in interleaved rounds is one row entry: the median of its rounds' medians, its
+    calls summed, each round's median kept."""
+    import json
+
+    ex = {"flops": 1e9, "threads": 2, "cell": "gru", "problem": "gru-t2-b1-i3-h4", "mode": "forward"}
+    bms = [{"stats": {"median": m, "rounds": 5}, "extra_info": dict(ex, engine=e, round=r, rounds=3)}
+           for r, (fr, peer) in enumerate([(1.0, 2.0), (4.0, 2.5), (2.0, 9.0)])
+           for e, m in (("fastrnn", fr), ("torch", peer))]
+    path = tmp_path / "rounds.json"
+    path.write_text(json.dumps({"benchmarks": bms}))
+    rows, _ = report.load([str(path)])
+    eng = rows[("gru", "gru-t2-b1-i3-h4", "forward", 2)]
+    assert (eng["fastrnn"]["median"], eng["torch"]["median"]) == (2.0, 2.5)
+    assert eng["fastrnn"]["round_medians"] == [1.0, 4.0, 2.0] and eng["fastrnn"]["rounds"] == 15
+    assert eng["fastrnn"]["gflops"] == pytest.approx(0.5)
+    assert report.speedup_of(eng) == ("torch", 1.25)
+
+
+def test_bench_cases_interleave_the_engines_of_a_problem(monkeypatch):
+    """bench/cases.build_cases: per problem and mode, `rounds` back-to-back rounds of every engine, each
+    round's order rotated by one, the numpy reference in round 0 only, every id unique."""
+    for sub in ("bench", "tests"):
+        monkeypatch.syspath_prepend(str(ROOT / sub))
+    spec = importlib.util.spec_from_file_location("bench_cases", ROOT / "bench" / "cases.py")
+    cases = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_cases", cases)   # (dataclasses look their module up)
+    spec.loader.exec_module(cases)
+
+    one = cases.build_cases(quick=True)
+    three = cases.build_cases(quick=True, rounds=3)
+    assert len({c.id for c in three}) == len(three)
+    assert [c.id for c in one] == [f"{c.problem.id}-{c.mode}-{c.engine}" for c in one]
+    groups = {}
+    for c in three:
+        groups.setdefault((c.problem, c.mode), []).append(c)
+    assert len(groups) == len({(c.problem, c.mode) for c in one})
+    for (problem, mode), cs in groups.items():
+        engines = [c.engine for c in one if (c.problem, c.mode) == (problem, mode)]
+        # each group's cases are contiguous in the run order
+        first = three.index(cs[0])
+        assert three[first:first + len(cs)] == cs
+        for r in range(3):
+            names = [c.engine for c in cs if c.round == r]
+            k = r % len(engines)
+            assert names == [e for e in engines[k:] + engines[:k] if e != "reference" or r == 0]
+        assert [c.last_round for c in cs].count(True) == len(engines)
