@@ -30,12 +30,16 @@ def _load1():
 
 
 def _warm_up(fn, seconds=0.25, max_calls=50):
-    """Untimed calls first: lets the previous engine's idle thread pool go to sleep, fills caches."""
+    """Untimed calls first: lets the previous engine's idle thread pool go to sleep, fills caches.
+    Returns the last call's seconds."""
     t_end = time.perf_counter() + seconds
     for _ in range(max_calls):
+        t0 = time.perf_counter()
         fn()
-        if time.perf_counter() > t_end:
+        t1 = time.perf_counter()
+        if t1 > t_end:
             break
+    return t1 - t0
 
 
 def _time_it(benchmark, opts, fn):
@@ -101,7 +105,7 @@ def _release_engines():
 class _Prepared:
     """One engine prepared and checked on one problem and mode, kept over its interleaved rounds."""
 
-    def __init__(self, case, bench_options):
+    def __init__(self, case):
         p, mode, engine = case.problem, case.mode, ENGINES[case.engine]
         data = cases.problem_data(p)
         try:
@@ -127,14 +131,14 @@ class _Prepared:
 _group: dict = {}
 
 
-def _prepared(case, bench_options):
+def _prepared(case):
     key = (case.problem, case.mode)
     if _group.get("key") != key:
         _group.clear()
         _group["key"] = key
     if case.engine not in _group:
         try:
-            _group[case.engine] = _Prepared(case, bench_options)
+            _group[case.engine] = _Prepared(case)
         except BaseException as exc:   # a skip or a failed check: the same outcome in every round
             _group[case.engine] = exc
             raise
@@ -145,15 +149,10 @@ def _prepared(case, bench_options):
 
 
 def _time_round(benchmark, opts, fn, rounds):
-    """One of `rounds` interleaved rounds: warm up, then time single calls for max_time / rounds seconds
-    (at least min_rounds calls)."""
-    _warm_up(fn, 0.1 if opts.quick else 0.25)
-    est = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        est.append(time.perf_counter() - t0)
-    n = max(opts.min_rounds, int(opts.max_time / rounds / max(sorted(est)[1], 1e-6)))
+    """One of `rounds` interleaved rounds: warm up, then time single calls for max_time / rounds seconds,
+    at least 3 calls and a share of --benchmark-min-rounds (so the rounds together time at least that)."""
+    per_call = _warm_up(fn, 0.1 if opts.quick else 0.25)
+    n = max(3, -(-opts.min_rounds // rounds), int(opts.max_time / rounds / max(per_call, 1e-6)))
     return benchmark.pedantic(fn, rounds=n, iterations=1)
 
 
@@ -163,7 +162,7 @@ def test_rnn(benchmark, case, bench_options):
     if reason:
         pytest.skip(f"{case.engine}: {reason}")
     try:
-        prep = _prepared(case, bench_options)
+        prep = _prepared(case)
     finally:
         if case.last_round:
             _group.pop(case.engine, None)
