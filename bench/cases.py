@@ -47,7 +47,7 @@ class BenchOptions:
     quick: bool = False
     ref_budget: float = 2.0
     max_time: float = 1.0    # pytest-benchmark's --benchmark-max-time: one engine's timing, all rounds
-    min_rounds: int = 5      # ... and --benchmark-min-rounds: calls timed per round at least
+    min_rounds: int = 5      # ... and --benchmark-min-rounds: calls timed at least, all rounds
 
 
 def build_cases(quick=False, rounds=1):
