@@ -43,10 +43,16 @@ def pytest_addoption(parser):
 
 
 def _interleave(config):
+    """The interleaved rounds: --interleave, else FASTRNN_BENCH_INTERLEAVE, else 3 (1 with --quick)."""
     r = config.getoption("interleave")
     if r is None:
         env = os.environ.get("FASTRNN_BENCH_INTERLEAVE", "").strip()
-        r = int(env) if env else (1 if config.getoption("quick") else 3)
+        if not env:
+            return 1 if config.getoption("quick") else 3
+        try:
+            r = int(env)
+        except ValueError:
+            raise pytest.UsageError(f"FASTRNN_BENCH_INTERLEAVE must be an integer >= 1, got {env!r}") from None
     if r < 1:
         raise pytest.UsageError(f"--interleave must be >= 1, got {r}")
     return r

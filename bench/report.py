@@ -30,7 +30,8 @@ MODE_ORDER = ["forward", "training"]
 
 def load(paths, best=False):
     """-> (rows, peaks): rows[(cell, problem, mode, threads)] = {engine: info}; peaks[threads] = {impl: GFLOP/s}.
-    An engine timed in interleaved rounds (extra_info "round") gets the median of its rounds' medians.
+    An engine timed several times in one file (the bench's interleaved rounds) gets the median of those
+    medians.
     An engine timed in several files keeps the last file's entry, or with `best` its lowest median (the
     same rule for every engine: on a shared machine, the run least disturbed by other work)."""
     rows, peaks = OrderedDict(), {}

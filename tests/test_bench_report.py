@@ -141,3 +141,34 @@ def test_bench_cases_interleave_the_engines_of_a_problem(monkeypatch):
             k = r % len(engines)
             assert names == [e for e in engines[k:] + engines[:k] if e != "reference" or r == 0]
         assert [c.last_round for c in cs].count(True) == len(engines)
+
+
+def test_bench_interleave_option(monkeypatch):
+    """bench/conftest's round count: --interleave, else FASTRNN_BENCH_INTERLEAVE, else 3 (1 with --quick);
+    a count below 1 or a non-integer is a UsageError naming what came."""
+    for sub in ("bench", "tests"):
+        monkeypatch.syspath_prepend(str(ROOT / sub))
+    spec = importlib.util.spec_from_file_location("bench_conftest", ROOT / "bench" / "conftest.py")
+    conf = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_conftest", conf)
+    spec.loader.exec_module(conf)
+
+    class Config:
+        def __init__(self, interleave=None, quick=False):
+            self.opts = {"interleave": interleave, "quick": quick}
+
+        def getoption(self, name):
+            return self.opts[name]
+
+    monkeypatch.delenv("FASTRNN_BENCH_INTERLEAVE", raising=False)
+    assert conf._interleave(Config()) == 3
+    assert conf._interleave(Config(quick=True)) == 1
+    assert conf._interleave(Config(interleave=5, quick=True)) == 5
+    monkeypatch.setenv("FASTRNN_BENCH_INTERLEAVE", "2")
+    assert conf._interleave(Config()) == 2
+    assert conf._interleave(Config(interleave=4)) == 4
+    for bad_env, bad_opt, match in (("x", None, "FASTRNN_BENCH_INTERLEAVE.*'x'"), ("0", None, "got 0"),
+                                    ("", -1, "got -1")):
+        monkeypatch.setenv("FASTRNN_BENCH_INTERLEAVE", bad_env)
+        with pytest.raises(pytest.UsageError, match=match):
+            conf._interleave(Config(interleave=bad_opt))
