@@ -106,7 +106,7 @@ from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_
 from fastrnn._kernels._pool cimport (fr_pool_run, fr_pool_run_adaptive, fr_pool_adaptive_solo_calls, fr_pool_adaptive,
                                     fr_pool_parts, fr_pool_barrier, fr_pool_stats,
                                     fr_pool_set_host, fr_pool_use_host)
-from fastrnn._kernels._gates cimport (colsum_add, dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
+from fastrnn._kernels._gates cimport (bwd_dh_row, colsum_add, dact, gru_drec_row, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
                                      gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row, transpose,
                                      fr_init_simd, fr_force_scalar, fr_limit_simd, fr_simd_level)
 
@@ -1277,7 +1277,6 @@ cdef void _backward(Loop *L, floating *xp) noexcept nogil:
     cdef floating *gb
     cdef floating *dgb
     cdef floating *db_
-    cdef floating *pb
     cdef const floating *ob
     cdef bint m
     cdef bint is_lstm = L.cell == CELL_LSTM, is_gru = L.cell == CELL_GRU
@@ -1310,9 +1309,9 @@ cdef void _backward(Loop *L, floating *xp) noexcept nogil:
             ob = dout + _row(L, b, s) * H
             dgb = dg + b * ldg
             db_ = dht + b * H
-            for j in range(H):
-                db_[j] = ob[j] + dacc[b * H + j]   # dL/d(output of step s), all paths
             if not m:
+                for j in range(H):
+                    db_[j] = ob[j] + dacc[b * H + j]   # dL/d(output of step s)
                 memset(dgb, 0, GH * sizeof(floating))
                 if drec != NULL:
                     memset(drec + b * ldg, 0, GH * sizeof(floating))
@@ -1321,25 +1320,18 @@ cdef void _backward(Loop *L, floating *xp) noexcept nogil:
                 else:
                     memcpy(dacc + b * H, db_, H * sizeof(floating))
                 continue
-            memset(dacc + b * H, 0, H * sizeof(floating))
-            for j in range(H):
-                db_[j] += dh[b * H + j]
+            bwd_dh_row(db_, ob, dacc + b * H, dh + b * H, H)   # dL/d(output of step s), all paths; dh := 0
             gb = g + b * ldg
             if is_lstm:
                 lstm_bwd_row(gb, cpp + b * ldcp, cnp_ + b * ldcn, db_, dc + b * H, dgb, tmp + b * 2 * H,
                              H, L.act, L.ract)
-                memset(dh + b * H, 0, H * sizeof(floating))
             elif is_gru:
                 gru_bwd_zh_row(gb, hpp + b * ldp, db_, dgb, dh + b * H, H, L.act, L.ract)
                 if L.reset_after:
                     gru_bwd_r_row(gb, dgb + 2 * H, auxp + b * lda, dgb, H, L.ract)
-                    pb = drec + b * ldg
-                    memcpy(pb, dgb, 2 * H * sizeof(floating))
-                    for j in range(H):
-                        pb[2 * H + j] = dgb[2 * H + j] * gb[H + j]
+                    gru_drec_row(dgb, gb, drec + b * ldg, H)
             else:
                 dact(L.act, dgb, gb, db_, H)
-                memset(dh + b * H, 0, H * sizeof(floating))
         if dbias != NULL and not (is_gru and not L.reset_after):   # (reset_before: dr comes below)
             colsum_add(dbias, dg, B, GH, ldg)   # (a masked row's dG is zeros)
             if drec != NULL:

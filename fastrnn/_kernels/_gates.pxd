@@ -33,6 +33,10 @@ cdef extern from "gates.h" nogil:
     void fr_simple_fwd_row_f64(double *g, const double *bias, double *h, int H, int act)
     void fr_colsum_add_f32(float *acc, const float *x, int rows, int n, long ldx)
     void fr_colsum_add_f64(double *acc, const double *x, int rows, int n, long ldx)
+    void fr_bwd_dh_row_f32(float *dh_t, const float *dout, float *dacc, float *dh, int n)
+    void fr_bwd_dh_row_f64(double *dh_t, const double *dout, double *dacc, double *dh, int n)
+    void fr_gru_drec_row_f32(const float *dg, const float *g, float *drec, int H)
+    void fr_gru_drec_row_f64(const double *dg, const double *g, double *drec, int H)
     void fr_transpose_f32(int M, int N, const float *src, long lds, float *dst, long ldd)
     void fr_transpose_f64(int M, int N, const double *src, long lds, double *dst, long ldd)
     void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P)
@@ -109,3 +113,11 @@ cdef inline void transpose(int M, int N, const floating *src, long lds, floating
 cdef inline void colsum_add(floating *acc, const floating *x, int rows, int n, long ldx) noexcept nogil:
     if floating is float: fr_colsum_add_f32(acc, x, rows, n, ldx)
     else: fr_colsum_add_f64(acc, x, rows, n, ldx)
+
+cdef inline void bwd_dh_row(floating *dh_t, const floating *dout, floating *dacc, floating *dh, int n) noexcept nogil:
+    if floating is float: fr_bwd_dh_row_f32(dh_t, dout, dacc, dh, n)
+    else: fr_bwd_dh_row_f64(dh_t, dout, dacc, dh, n)
+
+cdef inline void gru_drec_row(const floating *dg, const floating *g, floating *drec, int H) noexcept nogil:
+    if floating is float: fr_gru_drec_row_f32(dg, g, drec, H)
+    else: fr_gru_drec_row_f64(dg, g, drec, H)

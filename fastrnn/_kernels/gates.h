@@ -87,7 +87,16 @@ int fr_simd_level(void);
     void fr_simple_fwd_row_##SFX(T *g, const T *bias, T *h, int H, int act);                           \
     /* acc[j] += x[0][j] + ... + x[rows-1][j] for j < n, rows ldx apart, summed in row order (the     \
      * backward's bias gradient, one step's rows at a time).  IN x; IN/OUT acc */                     \
-    void fr_colsum_add_##SFX(T *acc, const T *x, int rows, int n, long ldx);
+    void fr_colsum_add_##SFX(T *acc, const T *x, int rows, int n, long ldx);                           \
+    /* Backward, one unmasked row of one step: dh_t := dout + dacc + dh (dL/d(output of the step),    \
+     * from the layer's output, a masked later step's output and the later steps' recurrence), then   \
+     * dacc := 0 and dh := 0 (dh becomes the next recurrence's accumulator).                          \
+     * IN dout; IN/OUT dacc, dh; OUT dh_t */                                                          \
+    void fr_bwd_dh_row_##SFX(T *dh_t, const T *dout, T *dacc, T *dh, int n);                          \
+    /* GRU reset_after backward, one row: the recurrent side's gate gradients, drec := [dg_z, dg_r,    \
+     * dg_h * r] (d(h_d @ R + b_r), as rec_h enters the candidate times r).  IN dg (3H), g (post-act   \
+     * z, r, hh); OUT drec (3H) */                                                                    \
+    void fr_gru_drec_row_##SFX(const T *dg, const T *g, T *drec, int H);
 
 FR_DECLARE(float, f32)
 FR_DECLARE(double, f64)
