@@ -46,6 +46,8 @@ from fastrnn import _dispatch, _scratch  # noqa: E402
 from fastrnn._native import engine  # noqa: E402
 from problems import Problem  # noqa: E402
 
+_PACK_MAX_ROWS = _dispatch.PACK_MAX_ROWS   # the rule, for packrows' "off" side
+
 
 def _scratch_switch(on):
     _scratch.MIN_BYTES = 1 << 20 if on else 1 << 62
@@ -68,7 +70,7 @@ SWITCHES = {
     "scratch": _scratch_switch,
     "packed": lambda on: _dispatch.packed_gemm(on),
     "gemm": lambda on: engine.packed_gemm(on),
-    "packrows": lambda on: setattr(_dispatch, "PACK_MAX_ROWS", 1 << 20 if on else 16),
+    "packrows": lambda on: setattr(_dispatch, "PACK_MAX_ROWS", 1 << 20 if on else _PACK_MAX_ROWS),
     "hidden": lambda on: setattr(_dispatch, "HIDDEN_SPLIT_MAX_B", 1 << 20 if on else 4),
     "threads": lambda on: fastrnn.set_num_threads(2 if on else 1),
     "prepared": lambda on: setattr(ENGINES["fastrnn"], "use_prepared", on),

@@ -39,11 +39,16 @@ class CpuPlan(NamedTuple):
 
 
 # The packed-R microkernel against sgemm (which repacks R on every call), loop time, same process
-# (bench/NOTES.md 7, 19).  Forward: wins at <= 16 rows a thread (2 rows 2.2x ... 16 rows 1.1-1.2x) and,
+# (bench/NOTES.md 7, 19).  Forward: wins at <= 16 rows a thread (2 rows 2.2x ... 16 rows 1.1-1.2x; now 32, below) and,
 # since its C tiles are prefetched and K is not blocked, at any row count once a row of the product
 # has G*H >= 512 columns (LSTM H=512, 64 rows: 1.1x; GRU H=1024: 1.3x; SimpleRNN H=512: 1.1x).  With
-# fewer columns its per-step copy of A into row blocks is not paid back: SimpleRNN H=256, 64 rows,
-# sgemm 1.2-1.5x faster.  Backward (dG @ R^T, K = G*H): wins at every row count measured (1.0-1.3x).
+# fewer columns its per-step copy of A into row blocks was not paid back above 16 rows; since that
+# copy runs on register transposes (bench/NOTES.md 50) the bound is 32 rows: at 32 rows a thread,
+# packed vs sgemm (bench/ab_switch.py packrows, Zen 3, 7 rounds) gru t28-b64-h64 0.93, simple_rnn
+# t28-b64-h64 0.87, simple_rnn t100-b64-h256 0.92, gru t100-b64-h128 0.90, simple_rnn t50-b64-h128
+# 1.00, 1 thread gru t28-b32 0.93 and simple_rnn t100-b32-h256 0.91; at 24 rows simple_rnn
+# t100-b48-h256 0.95; at 64 rows a tie or a loss (gru t28-b128-h64 0.96, simple_rnn 1.02, simple_rnn
+# t100-b128-h256 1.04).  Backward (dG @ R^T, K = G*H): wins at every row count measured (1.0-1.3x).
 # H <= 1024: at H = 2048 the two tie (R^T no longer fits L3), and the packed copy costs memory.
 # On AVX-512 (simd level 2) the microkernel wins at any row count: 8 x 48 tiles on 32 registers, against
 # OpenBLAS's sgemm (which this project's environment pins to its AVX2 kernels, OPENBLAS_CORETYPE=Haswell),
@@ -54,7 +59,7 @@ class CpuPlan(NamedTuple):
 # only; B == 1 keeps PACK_MIN_COLUMNS at every level.
 # B == 1 packs R into 64-column vector panels (one sequential stream per panel) from G*H >= 512 columns,
 # where R outgrows L2 and the row-major vecmat's four row streams plus y traffic lose (bench/NOTES.md 25).
-PACK_MAX_ROWS = 16
+PACK_MAX_ROWS = 32
 PACK_MIN_COLUMNS = 512
 PACK_MAX_H = 1024
 # ... and at any width once a call has this many steps: the pack, about one step's read of R, is then

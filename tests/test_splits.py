@@ -113,7 +113,7 @@ def test_plans_follow_the_thread_count(no_concat):
 
 def test_packed_plan_rules(no_concat):
     """Where the plan puts the per-step product on the packed microkernel (fastrnn._dispatch, PACK_*):
-    forward at <= 16 rows a thread, or at any row count once G*H >= 512 columns or on AVX-512 (B == 1:
+    forward at <= 32 rows a thread, or at any row count once G*H >= 512 columns or on AVX-512 (B == 1:
     on vector panels, from G*H >= 512); backward at 2 or more rows a thread; float32 with H <= 1024 only.
     Runs at each SIMD level this CPU has."""
     from fastrnn._spec import build_spec
@@ -131,8 +131,10 @@ def test_packed_plan_rules(no_concat):
         engine.limit_simd(level)
         try:
             assert plan("lstm", 32, 64).forward_packed                          # 16 rows a thread
-            assert plan("lstm", 64, 64).forward_packed == (level >= 2)          # 32 rows, G*H = 256
-            assert plan("simple_rnn", 128, 256).forward_packed == (level >= 2)  # G*H = 256
+            assert plan("lstm", 64, 64).forward_packed                          # 32 rows
+            assert plan("lstm", 66, 64).forward_packed == (level >= 2)          # 33 rows, G*H = 256
+            assert plan("simple_rnn", 128, 256).forward_packed == (level >= 2)  # 64 rows, G*H = 256
+            assert plan("simple_rnn", 64, 256, threads=1).forward_packed == (level >= 2)
             assert plan("lstm", 64, 64).backward_packed
         finally:
             engine.limit_simd(2)

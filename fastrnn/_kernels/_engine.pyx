@@ -45,7 +45,7 @@ Sizes.  BLAS here takes 32-bit ints, so _spec refuses problems with B*T*G*H >= 2
 that every offset computed in int stays in range.
 
 Packed R.  When the plan says so (fastrnn._dispatch.cpu_plan: float32 on AVX2, H <= 1024, T >= 2, not
-GRU reset_after=False, and for the forward 2..16 batch rows per thread or G*H >= 512 columns), `forward`
+GRU reset_after=False, and for the forward 2..32 batch rows per thread or G*H >= 512 columns), `forward`
 packs R once per call into 16-column panels (gates.h, fr_pack_panels_f32_avx2) before the loop, and the
 full per-step product h @ R runs on our own FMA microkernel (fr_gemm_packed_f32: 6 x 16 tiles on AVX2,
 up to 8 x 48 on AVX-512F, picked at run time in gates.c) instead of sgemm, which repacks R on every
