@@ -30,14 +30,18 @@
     } while (0)
 #define FR_UNITS_FN(name) FR_ROW(name##_units)
 
-/* LSTM forward, per vector of units: i, f, o := sigmoid, cand := tanh of g + bias; c := f*c_prev +
- * i*cand; h := o*tanh(c); g keeps the post-activation gates for backward. */
+/* LSTM forward, in two passes over the row: (1) per vector of units, i, f, o := sigmoid, cand := tanh
+ * of g + bias and c := f*c_prev + i*cand; (2) h := o*tanh(c).  g keeps the post-activation gates for
+ * backward.  Why two passes: in one, each vector's tanh(c) waits for its four gates (two ~31-cycle
+ * chains back to back, act_simd.inc.h), and the out-of-order window holds too few vectors to hide it;
+ * each pass alone is one chain deep and its vectors independent.  C harness, one Zen 3 core, 32 rows:
+ * H = 64 1.87 -> 1.64 ns a unit, H = 256 1.83 -> 1.62 (bench/NOTES.md 50). */
 static inline __attribute__((always_inline)) void
-FR_UNITS_FN(fr_lstm_fwd)(float *restrict g, const float *restrict bias, const float *restrict c_prev,
-                         float *restrict c, float *restrict h, int H, int j, int tail, FR_MASK m)
+FR_UNITS_FN(fr_lstm_gates)(float *restrict g, const float *restrict bias, const float *restrict c_prev,
+                           float *restrict c, int H, int j, int tail, FR_MASK m)
 {
     float *gi = g + j, *gf = g + H + j, *gc = g + 2 * H + j, *go = g + 3 * H + j;
-    FR_V vi = FR_LD(gi), vf = FR_LD(gf), vc = FR_LD(gc), vo = FR_LD(go), cn;
+    FR_V vi = FR_LD(gi), vf = FR_LD(gf), vc = FR_LD(gc), vo = FR_LD(go);
     if (bias) {
         vi = FR_OP(add_ps)(vi, FR_LD(bias + j));
         vf = FR_OP(add_ps)(vf, FR_LD(bias + H + j));
@@ -48,20 +52,28 @@ FR_UNITS_FN(fr_lstm_fwd)(float *restrict g, const float *restrict bias, const fl
     vf = FR_SIG(vf);
     vc = FR_TANH_V(vc);
     vo = FR_SIG(vo);
-    cn = FR_OP(fmadd_ps)(vf, FR_LD(c_prev + j), FR_OP(mul_ps)(vi, vc));
     FR_ST(gi, vi);
     FR_ST(gf, vf);
     FR_ST(gc, vc);
     FR_ST(go, vo);
-    FR_ST(c + j, cn);
-    FR_ST(h + j, FR_OP(mul_ps)(vo, FR_TANH_V(cn)));
+    FR_ST(c + j, FR_OP(fmadd_ps)(vf, FR_LD(c_prev + j), FR_OP(mul_ps)(vi, vc)));
+}
+
+static inline __attribute__((always_inline)) void
+FR_UNITS_FN(fr_lstm_h)(const float *restrict g, const float *restrict c, float *restrict h, int H, int j, int tail,
+                       FR_MASK m)
+{
+    FR_ST(h + j, FR_OP(mul_ps)(FR_LD(g + 3 * H + j), FR_TANH_V(FR_LD(c + j))));
 }
 
 void FR_ROW(fr_lstm_fwd_row_default_f32)(float *restrict g, const float *restrict bias,
                                          const float *restrict c_prev, float *restrict c, float *restrict h,
                                          int H)
 {
-#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_lstm_fwd)(g, bias, c_prev, c, h, H, j, tail, m)
+#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_lstm_gates)(g, bias, c_prev, c, H, j, tail, m)
+    FR_FOR_UNITS(H, FR_UNITS);
+#undef FR_UNITS
+#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_lstm_h)(g, c, h, H, j, tail, m)
     FR_FOR_UNITS(H, FR_UNITS);
 #undef FR_UNITS
 }
@@ -96,9 +108,12 @@ void FR_ROW(fr_lstm_bwd_row_default_f32)(const float *restrict g, const float *r
 #undef FR_UNITS
 }
 
-/* GRU (reset_after=True) forward, per vector of units:
- *   z, r := sigmoid(g + rec + bx + br);  rh := rec_h + br_h;  hh := tanh(g_h + (r*rh + bx_h));
- *   h := z*h_prev + (1-z)*hh,  with g := z, r, hh and rh kept for backward. */
+/* GRU (reset_after=True) forward, in three passes over the row, per vector of units:
+ *   (1) z, r := sigmoid(g + rec + bx + br);  (2) rh := rec_h + br_h;  hh := tanh(g_h + (r*rh + bx_h));
+ *   (3) h := z*h_prev + (1-z)*hh,  with g := z, r, hh and rh kept for backward.
+ * As the LSTM row's two (above): in one pass hh's tanh waits for r's sigmoid, a chain of ~70 cycles a
+ * vector.  C harness, one Zen 3 core, 32 rows: H = 64 1.85 -> 1.18 ns a unit (two passes, (2) and (3)
+ * together: 1.24), H = 256 1.80 -> 1.17 (bench/NOTES.md 50). */
 static inline __attribute__((always_inline)) FR_V
 FR_UNITS_FN(fr_gru_pre)(const float *restrict g, const float *restrict rec, const float *restrict bx,
                         const float *restrict br, int o, int tail, FR_MASK m)
@@ -110,21 +125,32 @@ FR_UNITS_FN(fr_gru_pre)(const float *restrict g, const float *restrict rec, cons
 }
 
 static inline __attribute__((always_inline)) void
-FR_UNITS_FN(fr_gru_fwd)(float *restrict g, const float *restrict rec, const float *restrict bx,
-                        const float *restrict br, float *restrict rh, const float *restrict h_prev,
-                        float *restrict h, int H, int j, int tail, FR_MASK m)
+FR_UNITS_FN(fr_gru_zr)(float *restrict g, const float *restrict rec, const float *restrict bx,
+                       const float *restrict br, int H, int j, int tail, FR_MASK m)
+{
+    FR_ST(g + j, FR_SIG(FR_UNITS_FN(fr_gru_pre)(g, rec, bx, br, j, tail, m)));
+    FR_ST(g + H + j, FR_SIG(FR_UNITS_FN(fr_gru_pre)(g, rec, bx, br, H + j, tail, m)));
+}
+
+static inline __attribute__((always_inline)) void
+FR_UNITS_FN(fr_gru_cand)(float *restrict g, const float *restrict rec, const float *restrict bx,
+                         const float *restrict br, float *restrict rh, int H, int j, int tail, FR_MASK m)
 {
     const FR_V zero = FR_OP(setzero_ps)();
-    FR_V z = FR_SIG(FR_UNITS_FN(fr_gru_pre)(g, rec, bx, br, j, tail, m));
-    FR_V r = FR_SIG(FR_UNITS_FN(fr_gru_pre)(g, rec, bx, br, H + j, tail, m));
     FR_V vrh = FR_OP(add_ps)(FR_LD(rec + 2 * H + j), br ? FR_LD(br + 2 * H + j) : zero);
-    FR_V hh = FR_TANH_V(FR_OP(add_ps)(FR_LD(g + 2 * H + j),
-                                      FR_OP(fmadd_ps)(r, vrh, bx ? FR_LD(bx + 2 * H + j) : zero)));
-    FR_ST(g + j, z);
-    FR_ST(g + H + j, r);
-    FR_ST(g + 2 * H + j, hh);
+    FR_ST(g + 2 * H + j, FR_TANH_V(FR_OP(add_ps)(FR_LD(g + 2 * H + j),
+                                                 FR_OP(fmadd_ps)(FR_LD(g + H + j), vrh,
+                                                                 bx ? FR_LD(bx + 2 * H + j) : zero))));
     FR_ST(rh + j, vrh);
-    FR_ST(h + j, FR_OP(fmadd_ps)(z, FR_LD(h_prev + j), FR_OP(mul_ps)(FR_OP(sub_ps)(FR_OP(set1_ps)(1.0f), z), hh)));
+}
+
+static inline __attribute__((always_inline)) void
+FR_UNITS_FN(fr_gru_h)(const float *restrict g, const float *restrict h_prev, float *restrict h, int H, int j,
+                      int tail, FR_MASK m)
+{
+    FR_V z = FR_LD(g + j);
+    FR_ST(h + j, FR_OP(fmadd_ps)(z, FR_LD(h_prev + j),
+                                 FR_OP(mul_ps)(FR_OP(sub_ps)(FR_OP(set1_ps)(1.0f), z), FR_LD(g + 2 * H + j))));
 }
 
 void FR_ROW(fr_gru_reset_after_fwd_row_default_f32)(float *restrict g, const float *restrict rec,
@@ -132,7 +158,13 @@ void FR_ROW(fr_gru_reset_after_fwd_row_default_f32)(float *restrict g, const flo
                                                     float *restrict rh, const float *restrict h_prev,
                                                     float *restrict h, int H)
 {
-#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_fwd)(g, rec, bx, br, rh, h_prev, h, H, j, tail, m)
+#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_zr)(g, rec, bx, br, H, j, tail, m)
+    FR_FOR_UNITS(H, FR_UNITS);
+#undef FR_UNITS
+#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_cand)(g, rec, bx, br, rh, H, j, tail, m)
+    FR_FOR_UNITS(H, FR_UNITS);
+#undef FR_UNITS
+#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_h)(g, h_prev, h, H, j, tail, m)
     FR_FOR_UNITS(H, FR_UNITS);
 #undef FR_UNITS
 }
