@@ -1,8 +1,10 @@
 /* fused_rows.inc.h - the one-row cell updates fused for the default activations (sigmoid gates, tanh),
  * written once for every vector width: gates_avx2.c includes it for 8 lanes, gates_avx512.c for 16.
- * Each row is one pass: a vector of units loads its pre-activations, biases and states once and stores
- * the gates and the new state once, where the generic rows of cell_rows.inc.h make a pass (and an
- * fr_act call) per gate (perf, lstm t28-b64-i28-h64: fr_act 31% and the row 5% of the forward).
+ * Each row makes one pass per activation chain (one for SimpleRNN and LSTM backward, two for the LSTM
+ * forward, three for the GRU's): a vector of units loads its pre-activations, biases and states and
+ * stores the gates and the new state within that pass, where the generic rows of cell_rows.inc.h make
+ * a pass (and an fr_act call) per gate (perf, lstm t28-b64-i28-h64: fr_act 31% and the row 5% of the
+ * forward).  Why not one pass for all: see the LSTM forward row's comment.
  * Whole vectors first, then the H % LANES tail on masked loads and stores, so every unit gets the same
  * arithmetic wherever it sits in the row (the hidden split's slices see the same numbers as the whole
  * row), and both widths run the same operations in the same order: the same bits (tests/test_simd.py).
