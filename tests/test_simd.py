@@ -86,9 +86,9 @@ def test_compiled_and_reference_know_the_same_activations():
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
 def test_avx512_fused_rows_give_the_avx2_bits(cell, H, bias):
-    """gates_avx512.c's fused rows (fused_rows.inc.h on 16 lanes: LSTM forward and backward, GRU
-    reset_after forward, SimpleRNN tanh) repeat gates_avx2.c's (the same file on 8 lanes) operation for
-    operation, tails on masked lanes: with the products on one thread's sgemm (the same at both levels),
+    """gates_avx512.c's fused rows (fused_rows.inc.h on 16 lanes: LSTM and GRU reset_after forward and
+    backward, SimpleRNN tanh) repeat gates_avx2.c's (the same file on 8 lanes) operation for operation,
+    tails on masked lanes: with the products on one thread's sgemm (the same at both levels),
     outputs, states and the BPTT gradients are bit for bit those of the AVX2 rows, and close to the
     float64 reference."""
     import fastrnn

@@ -106,8 +106,8 @@ from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_
 from fastrnn._kernels._pool cimport (fr_pool_run, fr_pool_run_adaptive, fr_pool_adaptive_solo_calls, fr_pool_adaptive,
                                     fr_pool_parts, fr_pool_barrier, fr_pool_stats,
                                     fr_pool_set_host, fr_pool_use_host)
-from fastrnn._kernels._gates cimport (bwd_dh_row, colsum_add, dact, gru_drec_row, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
-                                     gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, simple_fwd_row, transpose,
+from fastrnn._kernels._gates cimport (bwd_dh_row, colsum_add, dact, lstm_fwd_row, lstm_bwd_row, gru_zr_row, gru_reset_after_fwd_row,
+                                     gru_h_row, gru_bwd_zh_row, gru_bwd_r_row, gru_reset_after_bwd_row, simple_fwd_row, transpose,
                                      fr_init_simd, fr_force_scalar, fr_limit_simd, fr_simd_level)
 
 cnp.import_array()
@@ -933,11 +933,7 @@ cdef void _hsplit_backward(const Job *J, int tid, int nth, floating *xp) noexcep
                 lstm_bwd_row(gl, cpp + u0, cnp_ + u0, dht + u0, dc + u0, dgl, wl, nu, L.act, L.ract)
                 memset(dh + u0, 0, nu * sizeof(floating))
             elif is_gru:   # reset_after (plan)
-                gru_bwd_zh_row(gl, hpp + u0, dht + u0, dgl, dh + u0, nu, L.act, L.ract)
-                gru_bwd_r_row(gl, dgl + 2 * nu, auxp + u0, dgl, nu, L.ract)
-                memcpy(wl, dgl, 2 * nu * sizeof(floating))
-                for j in range(nu):
-                    wl[2 * nu + j] = dgl[2 * nu + j] * gl[nu + j]
+                gru_reset_after_bwd_row(gl, hpp + u0, auxp + u0, dht + u0, dgl, dh + u0, wl, nu, L.act, L.ract)
                 _scatter(drec, wl, G, H, u0, nu)
             else:
                 dact(L.act, dgl, gl, dht + u0, nu)
@@ -1325,11 +1321,11 @@ cdef void _backward(Loop *L, floating *xp) noexcept nogil:
             if is_lstm:
                 lstm_bwd_row(gb, cpp + b * ldcp, cnp_ + b * ldcn, db_, dc + b * H, dgb, tmp + b * 2 * H,
                              H, L.act, L.ract)
-            elif is_gru:
+            elif is_gru and L.reset_after:
+                gru_reset_after_bwd_row(gb, hpp + b * ldp, auxp + b * lda, db_, dgb, dh + b * H, drec + b * ldg,
+                                        H, L.act, L.ract)
+            elif is_gru:   # reset_before: dg_r comes after the candidate's product, below
                 gru_bwd_zh_row(gb, hpp + b * ldp, db_, dgb, dh + b * H, H, L.act, L.ract)
-                if L.reset_after:
-                    gru_bwd_r_row(gb, dgb + 2 * H, auxp + b * lda, dgb, H, L.ract)
-                    gru_drec_row(dgb, gb, drec + b * ldg, H)
             else:
                 dact(L.act, dgb, gb, db_, H)
         if dbias != NULL and not (is_gru and not L.reset_after):   # (reset_before: dr comes below)

@@ -35,8 +35,8 @@ cdef extern from "gates.h" nogil:
     void fr_colsum_add_f64(double *acc, const double *x, int rows, int n, long ldx)
     void fr_bwd_dh_row_f32(float *dh_t, const float *dout, float *dacc, float *dh, int n)
     void fr_bwd_dh_row_f64(double *dh_t, const double *dout, double *dacc, double *dh, int n)
-    void fr_gru_drec_row_f32(const float *dg, const float *g, float *drec, int H)
-    void fr_gru_drec_row_f64(const double *dg, const double *g, double *drec, int H)
+    void fr_gru_reset_after_bwd_row_f32(const float *g, const float *h_prev, const float *rh, const float *dh, float *dg, float *dh_direct, float *drec, int H, int act, int ract)
+    void fr_gru_reset_after_bwd_row_f64(const double *g, const double *h_prev, const double *rh, const double *dh, double *dg, double *dh_direct, double *drec, int H, int act, int ract)
     void fr_transpose_f32(int M, int N, const float *src, long lds, float *dst, long ldd)
     void fr_transpose_f64(int M, int N, const double *src, long lds, double *dst, long ldd)
     void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P)
@@ -118,6 +118,8 @@ cdef inline void bwd_dh_row(floating *dh_t, const floating *dout, floating *dacc
     if floating is float: fr_bwd_dh_row_f32(dh_t, dout, dacc, dh, n)
     else: fr_bwd_dh_row_f64(dh_t, dout, dacc, dh, n)
 
-cdef inline void gru_drec_row(const floating *dg, const floating *g, floating *drec, int H) noexcept nogil:
-    if floating is float: fr_gru_drec_row_f32(dg, g, drec, H)
-    else: fr_gru_drec_row_f64(dg, g, drec, H)
+cdef inline void gru_reset_after_bwd_row(const floating *g, const floating *h_prev, const floating *rh,
+                                         const floating *dh, floating *dg, floating *dh_direct,
+                                         floating *drec, int H, int act, int ract) noexcept nogil:
+    if floating is float: fr_gru_reset_after_bwd_row_f32(g, h_prev, rh, dh, dg, dh_direct, drec, H, act, ract)
+    else: fr_gru_reset_after_bwd_row_f64(g, h_prev, rh, dh, dg, dh_direct, drec, H, act, ract)

@@ -269,6 +269,22 @@ void FN(fr_gru_drec_row)(const T *restrict dg, const T *restrict g, T *restrict 
     for (j = 0; j < H; j++) drec[2 * H + j] = dg[2 * H + j] * g[H + j];
 }
 
+#ifdef FR_OWN_GRU_BWD /* gates_avx2.c fuses the default activations and calls this for the others */
+static void FN(fr_gru_reset_after_bwd_row_generic)(const T *restrict g, const T *restrict h_prev,
+                                                   const T *restrict rh, const T *restrict dh, T *restrict dg,
+                                                   T *restrict dh_direct, T *restrict drec, int H, int act,
+                                                   int ract)
+#else
+void FN(fr_gru_reset_after_bwd_row)(const T *restrict g, const T *restrict h_prev, const T *restrict rh,
+                                    const T *restrict dh, T *restrict dg, T *restrict dh_direct,
+                                    T *restrict drec, int H, int act, int ract)
+#endif
+{
+    FN(fr_gru_bwd_zh_row)(g, h_prev, dh, dg, dh_direct, H, act, ract);
+    FN(fr_gru_bwd_r_row)(g, dg + 2 * H, rh, dg, H, ract);
+    FN(fr_gru_drec_row)(dg, g, drec, H);
+}
+
 #undef FN
 #undef FR_CAT
 #undef FR_CAT2

@@ -1,7 +1,7 @@
 /* fused_rows.inc.h - the one-row cell updates fused for the default activations (sigmoid gates, tanh),
  * written once for every vector width: gates_avx2.c includes it for 8 lanes, gates_avx512.c for 16.
- * Each row makes one pass per activation chain (one for SimpleRNN and LSTM backward, two for the LSTM
- * forward, three for the GRU's): a vector of units loads its pre-activations, biases and states and
+ * Each row makes one pass per activation chain (one for SimpleRNN and the backward rows, two for the
+ * LSTM forward, three for the GRU's): a vector of units loads its pre-activations, biases and states and
  * stores the gates and the new state within that pass, where the generic rows of cell_rows.inc.h make
  * a pass (and an fr_act call) per gate (perf, lstm t28-b64-i28-h64: fr_act 31% and the row 5% of the
  * forward).  Why not one pass for all: see the LSTM forward row's comment.
@@ -22,6 +22,7 @@
  *   FR_ROW(fr_lstm_fwd_row_default_f32)   IN/OUT g; IN bias (or NULL), c_prev; OUT c, h
  *   FR_ROW(fr_lstm_bwd_row_default_f32)   IN g, c_prev, c, dh; IN/OUT dc; OUT dg
  *   FR_ROW(fr_gru_reset_after_fwd_row_default_f32)  IN/OUT g; IN rec, bx, br (or NULL), h_prev; OUT rh, h
+ *   FR_ROW(fr_gru_reset_after_bwd_row_default_f32)  IN g, h_prev, rh, dh; OUT dg, dh_direct, drec
  *   FR_ROW(fr_simple_fwd_row_tanh_f32)    IN/OUT g; IN bias (or NULL); OUT h (may be g)
  */
 #define FR_FOR_UNITS(H, UNITS)                                                                         \
@@ -167,6 +168,65 @@ void FR_ROW(fr_gru_reset_after_fwd_row_default_f32)(float *restrict g, const flo
     FR_FOR_UNITS(H, FR_UNITS);
 #undef FR_UNITS
 #define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_h)(g, h_prev, h, H, j, tail, m)
+    FR_FOR_UNITS(H, FR_UNITS);
+#undef FR_UNITS
+}
+
+/* GRU (reset_after=True) backward, in two passes over the row, per vector of units:
+ *   (1) dg_z := dh*(h_prev - hh) * z(1-z);  dg_h := dh*(1-z) * (1 - hh^2);  dh_direct := dh*z;
+ *       drec_z := dg_z;
+ *   (2) dg_r := dg_h*rh * r(1-r);  drec_r := dg_r;  drec_h := dg_h*r.
+ * The generic row (cell_rows.inc.h) makes seven passes: zh's loop, two fr_dact, r's loop and its
+ * fr_dact, drec's copy and loop; the same operations in the same order (the harness below: the same
+ * bits as gates_avx2.c's build of it, where gcc contracts 1 - hh^2 into the same fnmadd).  Why not one
+ * pass: a pass touches each of its arrays at the same offset, and where H is 512 or 1024 the blocks of
+ * g, dg and drec (H floats apart; large arrays' bases alike modulo 4 KiB) fall in one or two sets of
+ * the 8-way L1, which one pass's 13 streams thrash and these passes' 8 and 6 do not.  C harness,
+ * one Zen 3 core, min of 31 alternating rounds, two runs, ns a unit, generic -> these two passes (one
+ * pass: H = 1024 1.48 -> 4.00, H = 512 1.07 -> 2.05, bases alike):
+ *   bases alike modulo 4 KiB: 64 rows of H = 16 1.39-1.42 -> 1.18-1.26, 32 of H = 64 0.96-1.02 ->
+ *   0.84-0.88, 8 of H = 256 0.84-1.07 -> 0.82-0.84, 4 of H = 512 0.97-1.25 -> 1.08-1.12, 2 of H = 1024
+ *   1.05-1.12 -> 1.10-1.25;  bases 320 bytes apart: H = 16 1.28-1.30 -> 0.98-1.07, H = 64 0.86-0.87
+ *   -> 0.74-0.76, H = 256 0.74-0.75 -> 0.73-0.74, H = 512 1.09 -> 0.77-0.86, H = 1024 0.85-1.14 ->
+ *   0.76-0.81 (bench/NOTES.md 50).  The row is a few % of a training call's backward at H <= 64, less
+ *   above. */
+static inline __attribute__((always_inline)) void
+FR_UNITS_FN(fr_gru_bwd_zh)(const float *restrict g, const float *restrict h_prev, const float *restrict dh,
+                           float *restrict dg, float *restrict dh_direct, float *restrict drec, int H, int j,
+                           int tail, FR_MASK m)
+{
+    const FR_V one = FR_OP(set1_ps)(1.0f);
+    FR_V z = FR_LD(g + j), hh = FR_LD(g + 2 * H + j), vdh = FR_LD(dh + j);
+    FR_V dgz = FR_OP(mul_ps)(FR_OP(mul_ps)(vdh, FR_OP(sub_ps)(FR_LD(h_prev + j), hh)),
+                             FR_OP(mul_ps)(z, FR_OP(sub_ps)(one, z)));
+    FR_ST(dg + j, dgz);
+    FR_ST(drec + j, dgz);
+    FR_ST(dg + 2 * H + j,
+          FR_OP(mul_ps)(FR_OP(mul_ps)(vdh, FR_OP(sub_ps)(one, z)), FR_OP(fnmadd_ps)(hh, hh, one)));
+    FR_ST(dh_direct + j, FR_OP(mul_ps)(vdh, z));
+}
+
+static inline __attribute__((always_inline)) void
+FR_UNITS_FN(fr_gru_bwd_r)(const float *restrict g, const float *restrict rh, float *restrict dg,
+                          float *restrict drec, int H, int j, int tail, FR_MASK m)
+{
+    const FR_V one = FR_OP(set1_ps)(1.0f);
+    FR_V r = FR_LD(g + H + j), dgh = FR_LD(dg + 2 * H + j);
+    FR_V dgr = FR_OP(mul_ps)(FR_OP(mul_ps)(dgh, FR_LD(rh + j)), FR_OP(mul_ps)(r, FR_OP(sub_ps)(one, r)));
+    FR_ST(dg + H + j, dgr);
+    FR_ST(drec + H + j, dgr);
+    FR_ST(drec + 2 * H + j, FR_OP(mul_ps)(dgh, r));
+}
+
+void FR_ROW(fr_gru_reset_after_bwd_row_default_f32)(const float *restrict g, const float *restrict h_prev,
+                                                    const float *restrict rh, const float *restrict dh,
+                                                    float *restrict dg, float *restrict dh_direct,
+                                                    float *restrict drec, int H)
+{
+#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_bwd_zh)(g, h_prev, dh, dg, dh_direct, drec, H, j, tail, m)
+    FR_FOR_UNITS(H, FR_UNITS);
+#undef FR_UNITS
+#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_bwd_r)(g, rh, dg, drec, H, j, tail, m)
     FR_FOR_UNITS(H, FR_UNITS);
 #undef FR_UNITS
 }

@@ -140,6 +140,11 @@ FR_PICK_FUSED(fr_gru_reset_after_fwd_row, fr_gru_reset_after_fwd_row_default_f32
                float *h, int H, int act, int ract),
               (g, rec, bx, br, rh, h_prev, h, H, act, ract), (g, rec, bx, br, rh, h_prev, h, H),
               act == FR_TANH && ract == FR_SIGMOID)
+FR_PICK_FUSED(fr_gru_reset_after_bwd_row, fr_gru_reset_after_bwd_row_default_f32_avx512,
+              (const float *g, const float *h_prev, const float *rh, const float *dh, float *dg, float *dh_direct,
+               float *drec, int H, int act, int ract),
+              (g, h_prev, rh, dh, dg, dh_direct, drec, H, act, ract), (g, h_prev, rh, dh, dg, dh_direct, drec, H),
+              act == FR_TANH && ract == FR_SIGMOID)
 FR_PICK_FUSED(fr_simple_fwd_row, fr_simple_fwd_row_tanh_f32_avx512,
               (float *g, const float *bias, float *h, int H, int act), (g, bias, h, H, act),
               (g, bias, h, H), act == FR_TANH)

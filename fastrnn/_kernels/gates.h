@@ -78,6 +78,11 @@ int fr_simd_level(void);
                                  int act, int ract);                                                   \
     /* GRU backward of r: dg_r := ract'(r) * a * b.  IN g, a, b; OUT dg (only the r block) */           \
     void fr_gru_bwd_r_row_##SFX(const T *g, const T *a, const T *b, T *dg, int H, int ract);           \
+    /* GRU reset_after=True backward, a whole row: bwd_zh_row, bwd_r_row (a := dg_h, b := rh), then    \
+     * drec_row.  IN g (post-act z, r, hh), h_prev, rh (H, the forward's rec_h + br_h), dh;            \
+     * OUT dg (3H), dh_direct := z*dh, drec (3H) */                                                    \
+    void fr_gru_reset_after_bwd_row_##SFX(const T *g, const T *h_prev, const T *rh, const T *dh, T *dg, \
+                                          T *dh_direct, T *drec, int H, int act, int ract);           \
     /* One-row products for B == 1 (no BLAS threading for a few microseconds of work).                \
      * vecmat: y := beta*y + x @ R, R (K, N) rows ldr apart.  IN x, R; IN/OUT y */                    \
     void fr_vecmat_##SFX(const T *x, const T *R, int K, int N, int ldr, T beta, T *y);                 \
@@ -156,9 +161,9 @@ void fr_gemm_prepacked_f32_avx2(int M, int N, int K, const float *work, const fl
 void fr_vecmat_f32_avx512(const float *x, const float *R, int K, int N, int ldr, float beta, float *y);
 
 /* The rows fused for the default activations (fused_rows.inc.h): the contracts of fr_lstm_fwd_row_f32,
- * fr_lstm_bwd_row_f32 (no tmp), fr_gru_reset_after_fwd_row_f32 with act == FR_TANH, ract == FR_SIGMOID,
- * and of fr_simple_fwd_row_f32 with act == FR_TANH; on 8 lanes (gates_avx2.c, level >= 1) and on 16
- * (gates_avx512.c, level 2 only), the same bits. */
+ * fr_lstm_bwd_row_f32 (no tmp), fr_gru_reset_after_fwd_row_f32 and fr_gru_reset_after_bwd_row_f32 with
+ * act == FR_TANH, ract == FR_SIGMOID, and of fr_simple_fwd_row_f32 with act == FR_TANH; on 8 lanes
+ * (gates_avx2.c, level >= 1) and on 16 (gates_avx512.c, level 2 only), the same bits. */
 #define FR_DECLARE_FUSED(SFX)                                                                          \
     void fr_lstm_fwd_row_default_f32_##SFX(float *g, const float *bias, const float *c_prev, float *c,  \
                                            float *h, int H);                                           \
@@ -167,6 +172,9 @@ void fr_vecmat_f32_avx512(const float *x, const float *R, int K, int N, int ldr,
     void fr_gru_reset_after_fwd_row_default_f32_##SFX(float *g, const float *rec, const float *bx,      \
                                                       const float *br, float *rh, const float *h_prev,  \
                                                       float *h, int H);                                 \
+    void fr_gru_reset_after_bwd_row_default_f32_##SFX(const float *g, const float *h_prev,              \
+                                                      const float *rh, const float *dh, float *dg,      \
+                                                      float *dh_direct, float *drec, int H);            \
     void fr_simple_fwd_row_tanh_f32_##SFX(float *g, const float *bias, float *h, int H);
 FR_DECLARE_FUSED(avx2)
 FR_DECLARE_FUSED(avx512)

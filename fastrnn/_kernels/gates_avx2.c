@@ -9,9 +9,9 @@
  * sees the same arithmetic whatever its position.
  *
  * Contents, in order: the activations; the generic one-row cell updates (cell_rows.inc.h); the LSTM
- * forward and backward rows, the GRU reset_after forward row and the SimpleRNN row fused for the
- * default activations (fused_rows.inc.h: one pass over the row each), the generic rows serving the
- * other activations;
+ * forward and backward rows, the GRU reset_after forward and backward rows and the SimpleRNN row fused
+ * for the default activations (fused_rows.inc.h: a pass over the row per activation chain), the
+ * generic rows serving the other activations;
  * the packed-R microkernel (B >= 2); the vector-panel product (B == 1).
  */
 #include <immintrin.h>
@@ -105,9 +105,11 @@ void fr_matvec_f32_avx2(const float *restrict R, const float *restrict x, int M,
 #define FR_OWN_LSTM_FWD
 #define FR_OWN_LSTM_BWD
 #define FR_OWN_GRU_FWD
+#define FR_OWN_GRU_BWD
 #define FR_OWN_SIMPLE_FWD
 #include "cell_rows.inc.h"
 #undef FR_OWN_SIMPLE_FWD
+#undef FR_OWN_GRU_BWD
 #undef FR_OWN_GRU_FWD
 #undef FR_OWN_LSTM_BWD
 #undef FR_OWN_LSTM_FWD
@@ -158,6 +160,17 @@ void fr_gru_reset_after_fwd_row_f32_avx2(float *restrict g, const float *restric
         fr_gru_reset_after_fwd_row_default_f32_avx2(g, rec, bx, br, rh, h_prev, h, H);
     else
         fr_gru_reset_after_fwd_row_generic_f32_avx2(g, rec, bx, br, rh, h_prev, h, H, act, ract);
+}
+
+void fr_gru_reset_after_bwd_row_f32_avx2(const float *restrict g, const float *restrict h_prev,
+                                         const float *restrict rh, const float *restrict dh, float *restrict dg,
+                                         float *restrict dh_direct, float *restrict drec, int H, int act,
+                                         int ract)
+{
+    if (act == FR_TANH && ract == FR_SIGMOID)
+        fr_gru_reset_after_bwd_row_default_f32_avx2(g, h_prev, rh, dh, dg, dh_direct, drec, H);
+    else
+        fr_gru_reset_after_bwd_row_generic_f32_avx2(g, h_prev, rh, dh, dg, dh_direct, drec, H, act, ract);
 }
 
 void fr_simple_fwd_row_f32_avx2(float *g, const float *bias, float *h, int H, int act)
