@@ -181,8 +181,8 @@ void FR_ROW(fr_gru_reset_after_fwd_row_default_f32)(float *restrict g, const flo
  * bits as gates_avx2.c's build of it, where gcc contracts 1 - hh^2 into the same fnmadd).  Why not one
  * pass: a pass touches each of its arrays at the same offset, and where H is 512 or 1024 the blocks of
  * g, dg and drec (H floats apart; large arrays' bases alike modulo 4 KiB) fall in one or two sets of
- * the 8-way L1, which one pass's 13 streams thrash and these passes' 8 and 6 do not.  C harness,
- * one Zen 3 core, min of 31 alternating rounds, two runs, ns a unit, generic -> these two passes (one
+ * the 8-way L1, which one pass's 13 streams thrash and these passes' 8 and 6 do not.  C harness
+ * (bench/fused_rows.c), one Zen 3 core, min of 31 alternating rounds, two runs, ns a unit, generic -> these two passes (one
  * pass: H = 1024 1.48 -> 4.00, H = 512 1.07 -> 2.05, bases alike):
  *   bases alike modulo 4 KiB: 64 rows of H = 16 1.39-1.42 -> 1.18-1.26, 32 of H = 64 0.96-1.02 ->
  *   0.84-0.88, 8 of H = 256 0.84-1.07 -> 0.82-0.84, 4 of H = 512 0.97-1.25 -> 1.08-1.12, 2 of H = 1024
