@@ -1,10 +1,11 @@
 /* fused_rows.inc.h - the one-row cell updates fused for the default activations (sigmoid gates, tanh),
  * written once for every vector width: gates_avx2.c includes it for 8 lanes, gates_avx512.c for 16.
- * Each row makes one pass per activation chain (one for SimpleRNN and the backward rows, two for the
- * LSTM forward, three for the GRU's): a vector of units loads its pre-activations, biases and states and
- * stores the gates and the new state within that pass, where the generic rows of cell_rows.inc.h make
- * a pass (and an fr_act call) per gate (perf, lstm t28-b64-i28-h64: fr_act 31% and the row 5% of the
- * forward).  Why not one pass for all: see the LSTM forward row's comment.
+ * The forward rows make one pass per activation chain (one for SimpleRNN, two for LSTM, three for
+ * GRU), the backward rows one (LSTM) or two (GRU: to keep its streams within the L1's ways): a vector
+ * of units loads its pre-activations, biases and states and stores the gates and the new state within
+ * a pass, where the generic rows of cell_rows.inc.h make a pass (and an fr_act call) per gate (perf,
+ * lstm t28-b64-i28-h64: fr_act 31% and the row 5% of the forward).  Why not one pass for all: see the
+ * LSTM forward row's and the GRU backward row's comments.
  * Whole vectors first, then the H % LANES tail on masked loads and stores, so every unit gets the same
  * arithmetic wherever it sits in the row (the hidden split's slices see the same numbers as the whole
  * row), and both widths run the same operations in the same order: the same bits (tests/test_simd.py).
