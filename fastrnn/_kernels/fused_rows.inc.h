@@ -26,11 +26,14 @@
  *   FR_ROW(fr_gru_reset_after_bwd_row_default_f32)  IN g, h_prev, rh, dh; OUT dg, dh_direct, drec
  *   FR_ROW(fr_simple_fwd_row_tanh_f32)    IN/OUT g; IN bias (or NULL); OUT h (may be g)
  */
-#define FR_FOR_UNITS(H, UNITS)                                                                         \
+/* One pass over the row: FR_UNITS_FN(name)(args..., j, tail, m) for each whole vector of units j, then
+ * for the H % LANES tail on a mask */
+#define FR_PASS(H, name, ...)                                                                          \
     do {                                                                                               \
         int j_ = 0;                                                                                    \
-        for (; j_ + FR_LANES <= (H); j_ += FR_LANES) UNITS(j_, 0, FR_TAIL_MASK(FR_LANES));             \
-        if (j_ < (H)) UNITS(j_, 1, FR_TAIL_MASK((H) - j_));                                            \
+        for (; j_ + FR_LANES <= (H); j_ += FR_LANES)                                                   \
+            FR_UNITS_FN(name)(__VA_ARGS__, j_, 0, FR_TAIL_MASK(FR_LANES));                             \
+        if (j_ < (H)) FR_UNITS_FN(name)(__VA_ARGS__, j_, 1, FR_TAIL_MASK((H) - j_));                   \
     } while (0)
 #define FR_UNITS_FN(name) FR_ROW(name##_units)
 
@@ -74,12 +77,8 @@ void FR_ROW(fr_lstm_fwd_row_default_f32)(float *restrict g, const float *restric
                                          const float *restrict c_prev, float *restrict c, float *restrict h,
                                          int H)
 {
-#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_lstm_gates)(g, bias, c_prev, c, H, j, tail, m)
-    FR_FOR_UNITS(H, FR_UNITS);
-#undef FR_UNITS
-#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_lstm_h)(g, c, h, H, j, tail, m)
-    FR_FOR_UNITS(H, FR_UNITS);
-#undef FR_UNITS
+    FR_PASS(H, fr_lstm_gates, g, bias, c_prev, c, H);
+    FR_PASS(H, fr_lstm_h, g, c, h, H);
 }
 
 /* LSTM backward, per vector of units, with ac = tanh(c) recomputed:
@@ -107,9 +106,7 @@ void FR_ROW(fr_lstm_bwd_row_default_f32)(const float *restrict g, const float *r
                                          const float *restrict c, const float *restrict dh, float *restrict dc,
                                          float *restrict dg, int H)
 {
-#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_lstm_bwd)(g, c_prev, c, dh, dc, dg, H, j, tail, m)
-    FR_FOR_UNITS(H, FR_UNITS);
-#undef FR_UNITS
+    FR_PASS(H, fr_lstm_bwd, g, c_prev, c, dh, dc, dg, H);
 }
 
 /* GRU (reset_after=True) forward, in three passes over the row, per vector of units:
@@ -162,15 +159,9 @@ void FR_ROW(fr_gru_reset_after_fwd_row_default_f32)(float *restrict g, const flo
                                                     float *restrict rh, const float *restrict h_prev,
                                                     float *restrict h, int H)
 {
-#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_zr)(g, rec, bx, br, H, j, tail, m)
-    FR_FOR_UNITS(H, FR_UNITS);
-#undef FR_UNITS
-#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_cand)(g, rec, bx, br, rh, H, j, tail, m)
-    FR_FOR_UNITS(H, FR_UNITS);
-#undef FR_UNITS
-#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_h)(g, h_prev, h, H, j, tail, m)
-    FR_FOR_UNITS(H, FR_UNITS);
-#undef FR_UNITS
+    FR_PASS(H, fr_gru_zr, g, rec, bx, br, H);
+    FR_PASS(H, fr_gru_cand, g, rec, bx, br, rh, H);
+    FR_PASS(H, fr_gru_h, g, h_prev, h, H);
 }
 
 /* GRU (reset_after=True) backward, in two passes over the row, per vector of units:
@@ -183,8 +174,8 @@ void FR_ROW(fr_gru_reset_after_fwd_row_default_f32)(float *restrict g, const flo
  * pass: a pass touches each of its arrays at the same offset, and where H is 512 or 1024 the blocks of
  * g, dg and drec (H floats apart; large arrays' bases alike modulo 4 KiB) fall in one or two sets of
  * the 8-way L1, which one pass's 13 streams thrash and these passes' 8 and 6 do not.  C harness
- * (bench/fused_rows.c), one Zen 3 core, min of 31 alternating rounds, two runs, ns a unit, generic -> these two passes (one
- * pass: H = 1024 1.48 -> 4.00, H = 512 1.07 -> 2.05, bases alike):
+ * (bench/fused_rows.c), one Zen 3 core, min of 31 alternating rounds, two runs, ns a unit, generic ->
+ * these two passes (one pass: H = 1024 1.48 -> 4.00, H = 512 1.07 -> 2.05, bases alike):
  *   bases alike modulo 4 KiB: 64 rows of H = 16 1.39-1.42 -> 1.18-1.26, 32 of H = 64 0.96-1.02 ->
  *   0.84-0.88, 8 of H = 256 0.84-1.07 -> 0.82-0.84, 4 of H = 512 0.97-1.25 -> 1.08-1.12, 2 of H = 1024
  *   1.05-1.12 -> 1.10-1.25;  bases 320 bytes apart: H = 16 1.28-1.30 -> 0.98-1.07, H = 64 0.86-0.87
@@ -224,12 +215,8 @@ void FR_ROW(fr_gru_reset_after_bwd_row_default_f32)(const float *restrict g, con
                                                     float *restrict dg, float *restrict dh_direct,
                                                     float *restrict drec, int H)
 {
-#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_bwd_zh)(g, h_prev, dh, dg, dh_direct, drec, H, j, tail, m)
-    FR_FOR_UNITS(H, FR_UNITS);
-#undef FR_UNITS
-#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_gru_bwd_r)(g, rh, dg, drec, H, j, tail, m)
-    FR_FOR_UNITS(H, FR_UNITS);
-#undef FR_UNITS
+    FR_PASS(H, fr_gru_bwd_zh, g, h_prev, dh, dg, dh_direct, drec, H);
+    FR_PASS(H, fr_gru_bwd_r, g, rh, dg, drec, H);
 }
 
 /* SimpleRNN forward with tanh, per vector of units: g := tanh(g + bias); h := g (g keeps the output:
@@ -246,13 +233,11 @@ FR_UNITS_FN(fr_simple_fwd)(float *g, const float *restrict bias, float *h, int j
 
 void FR_ROW(fr_simple_fwd_row_tanh_f32)(float *g, const float *restrict bias, float *h, int H)
 {
-#define FR_UNITS(j, tail, m) FR_UNITS_FN(fr_simple_fwd)(g, bias, h, j, tail, m)
-    FR_FOR_UNITS(H, FR_UNITS);
-#undef FR_UNITS
+    FR_PASS(H, fr_simple_fwd, g, bias, h);
 }
 
 #undef FR_UNITS_FN
-#undef FR_FOR_UNITS
+#undef FR_PASS
 #undef FR_V
 #undef FR_OP
 #undef FR_LANES
