@@ -262,7 +262,8 @@ void FN(fr_bwd_dh_row)(T *restrict dh_t, const T *restrict dout, T *restrict dac
     }
 }
 
-void FN(fr_gru_drec_row)(const T *restrict dg, const T *restrict g, T *restrict drec, int H)
+/* drec := [dg_z, dg_r, dg_h * r]: fr_gru_reset_after_bwd_row's last step */
+static void FN(fr_gru_drec_row)(const T *restrict dg, const T *restrict g, T *restrict drec, int H)
 {
     int j;
     memcpy(drec, dg, 2 * (size_t)H * sizeof(T));

@@ -110,7 +110,6 @@ FR_PICK(fr_gru_bwd_r_row, (const float *g, const float *a, const float *b, float
 FR_PICK(fr_matvec, (const float *R, const float *x, int M, int N, int ldr, float beta, float *y),
         (R, x, M, N, ldr, beta, y))
 FR_PICK(fr_colsum_add, (float *acc, const float *x, int rows, int n, long ldx), (acc, x, rows, n, ldx))
-FR_PICK(fr_gru_drec_row, (const float *dg, const float *g, float *drec, int H), (dg, g, drec, H))
 FR_PICK(fr_bwd_dh_row, (float *dh_t, const float *dout, float *dacc, float *dh, int n), (dh_t, dout, dacc, dh, n))
 #undef FR_PICK
 

@@ -79,8 +79,9 @@ int fr_simd_level(void);
     /* GRU backward of r: dg_r := ract'(r) * a * b.  IN g, a, b; OUT dg (only the r block) */           \
     void fr_gru_bwd_r_row_##SFX(const T *g, const T *a, const T *b, T *dg, int H, int ract);           \
     /* GRU reset_after=True backward, a whole row: bwd_zh_row, bwd_r_row (a := dg_h, b := rh), then    \
-     * drec_row.  IN g (post-act z, r, hh), h_prev, rh (H, the forward's rec_h + br_h), dh;            \
-     * OUT dg (3H), dh_direct := z*dh, drec (3H) */                                                    \
+     * the recurrent side's gate gradients drec := [dg_z, dg_r, dg_h * r] (d(h_d @ R + b_r): rec_h     \
+     * enters the candidate times r).  IN g (post-act z, r, hh), h_prev, rh (H, the forward's          \
+     * rec_h + br_h), dh; OUT dg (3H), dh_direct := z*dh, drec (3H) */                                 \
     void fr_gru_reset_after_bwd_row_##SFX(const T *g, const T *h_prev, const T *rh, const T *dh, T *dg, \
                                           T *dh_direct, T *drec, int H, int act, int ract);           \
     /* One-row products for B == 1 (no BLAS threading for a few microseconds of work).                \
@@ -97,11 +98,7 @@ int fr_simd_level(void);
      * from the layer's output, a masked later step's output and the later steps' recurrence), then   \
      * dacc := 0 and dh := 0 (dh becomes the next recurrence's accumulator).                          \
      * IN dout; IN/OUT dacc, dh; OUT dh_t */                                                          \
-    void fr_bwd_dh_row_##SFX(T *dh_t, const T *dout, T *dacc, T *dh, int n);                          \
-    /* GRU reset_after backward, one row: the recurrent side's gate gradients, drec := [dg_z, dg_r,    \
-     * dg_h * r] (d(h_d @ R + b_r), as rec_h enters the candidate times r).  IN dg (3H), g (post-act   \
-     * z, r, hh); OUT drec (3H) */                                                                    \
-    void fr_gru_drec_row_##SFX(const T *dg, const T *g, T *drec, int H);
+    void fr_bwd_dh_row_##SFX(T *dh_t, const T *dout, T *dacc, T *dh, int n);
 
 FR_DECLARE(float, f32)
 FR_DECLARE(double, f64)
