@@ -24,6 +24,8 @@ SWITCH (the "on" side first; the ratio is on / off):
               engine.adaptive_team (pool.h, fr_pool_run_adaptive)
   concat      B >= 2, narrow input: the projection folded into each step's product vs hoisted
               fastrnn._dispatch.concat_product (the rule bounds the AVX2 build only)
+  hinout      unmasked inference: h kept in the output rows vs a state slot copied to them
+              engine.h_in_out (_engine.pyx, Output rows as state)
   torchnode   fastrnn.torch's modules as one node on torch.nn's parameters vs the custom-op route
               (fastrnn.torch.torch_layout_ok); with --engine fastrnn.torch
 
@@ -80,6 +82,7 @@ SWITCHES = {
     "narrowpanels": lambda on: setattr(_dispatch, "cpu_plan", _REAL_PLAN if on else _plan_wide_kept_only),
     "adaptive": lambda on: engine.adaptive_team(on),
     "concat": lambda on: _dispatch.concat_product(on),
+    "hinout": lambda on: engine.h_in_out(on),
     "torchnode": lambda on: _torch_node_switch(on),
 }
 

@@ -202,3 +202,43 @@ def test_packed_recurrent_product(cell, extra, shape, packed_build):
         finally:
             _dispatch.packed_gemm(True)
     assert_close("packed vs BLAS", packed, blas, 2e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
+def test_state_in_output_rows_changes_no_bits(cell, extra, dtype, threads):
+    """An unmasked inference forward keeps h in the output rows (_engine.pyx, 'Output rows as state')
+    instead of a slot copied to them: the same outputs and final states, bit for bit, with it on and
+    off, batch-major and time-major, go_backwards, an initial state, dropout masks, the batch split
+    (B = 7, 64) and the serial loop (B = 1, 2); a masked call (which never takes it) is unchanged too."""
+    import fastrnn
+    from fastrnn._native import engine
+
+    rng = np.random.default_rng(zlib.crc32(f"{cell}{extra}{dtype}{threads}".encode()))
+    fn = getattr(F, cell)
+    with fastrnn.threads(threads):
+        assert engine.h_in_out()
+        for T, B, I, H, time_major, back, init, dropout, mask in [
+                (5, 7, 17, 34, False, False, True, False, "none"), (9, 64, 9, 20, True, True, False, True, "none"),
+                (1, 2, 3, 5, False, True, True, True, "none"), (6, 1, 17, 34, True, False, True, False, "none"),
+                (4, 64, 28, 64, False, False, False, False, "none"), (6, 8, 17, 34, False, True, True, False, "holes")]:
+            args, kw = make_case(rng, cell, extra, T, B, I, H, mask=mask, init=init, dropout=dropout,
+                                 time_major=time_major, dtype=dtype)
+            kw["go_backwards"] = back
+            copies = [np.array(a) for a in args]
+            on = fn(*args, **kw)
+            try:
+                engine.h_in_out(False)
+                off = fn(*args, **kw)
+            finally:
+                engine.h_in_out(True)
+            np.testing.assert_array_equal(on[0], off[0])
+            assert len(on[1]) == len(off[1])
+            for a, b in zip(on[1], off[1]):
+                np.testing.assert_array_equal(a, b)
+            for a, c in zip(args, copies):   # the inputs are not written
+                np.testing.assert_array_equal(a, c)
+            if mask == "none":   # and the final h is the last output row
+                last = on[0][-1] if time_major else on[0][:, -1]
+                np.testing.assert_array_equal(on[1][0], last)
