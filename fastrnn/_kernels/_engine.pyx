@@ -29,7 +29,7 @@ final-state array for s = T.  Output rows as state.  An inference call without a
 output row is its new h) writes each step's h straight into out's row s and reads it back from there
 as the next step's state (rows rs*H apart), instead of writing a slot and copying it to out; the
 final state is copied from out's last rows once.  Same bits; simple_rnn t28-b64-h64 forward, on/off
-in one process: 0.85-0.90 in 4 of 5 runs (1 and 2 threads), the rest inside the noise (NOTES 51).
+in one process: 0.85-0.95 in 5 of 7 runs (1 and 2 threads), the rest inside the noise (NOTES 51).
 
 Masks (Keras semantics).  A masked step copies the state through and outputs the previous output row
 (zeros at s = 0, or always zeros with zero_output_for_mask).  Backward mirrors it: a masked step has
