@@ -209,9 +209,10 @@ def test_packed_recurrent_product(cell, extra, shape, packed_build):
 @pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
 def test_state_in_output_rows_changes_no_bits(cell, extra, dtype, threads):
     """An unmasked inference forward keeps h in the output rows (_engine.pyx, 'Output rows as state')
-    instead of a slot copied to them: the same outputs and final states, bit for bit, with it on and
-    off, batch-major and time-major, go_backwards, an initial state, dropout masks, the batch split
-    (B = 7, 64) and the serial loop (B = 1, 2); a masked call (which never takes it) is unchanged too."""
+    instead of a slot copied to them: outputs and final states close to the float64 reference, and the
+    same bits with it on and off, batch-major and time-major, go_backwards, an initial state, dropout
+    masks, the batch split (B = 7, 64) and the serial loop (B = 1, 2); a masked call (which never takes
+    it) is unchanged too."""
     import fastrnn
     from fastrnn._native import engine
 
@@ -233,6 +234,11 @@ def test_state_in_output_rows_changes_no_bits(cell, extra, dtype, threads):
                 off = fn(*args, **kw)
             finally:
                 engine.h_in_out(True)
+            args64, kw64 = as64(args, kw)   # right against the float64 reference
+            ref_out, ref_states = getattr(reference, cell)(*args64, **kw64)
+            assert_close("outputs", on[0], ref_out, tol(np.dtype(dtype), "out"))
+            for k, (a, r) in enumerate(zip(on[1], ref_states)):
+                assert_close(f"final_states[{k}]", a, r, tol(np.dtype(dtype), "out"))
             np.testing.assert_array_equal(on[0], off[0])
             assert len(on[1]) == len(off[1])
             for a, b in zip(on[1], off[1]):
