@@ -26,6 +26,8 @@ SWITCH (the "on" side first; the ratio is on / off):
               fastrnn._dispatch.concat_product (the rule bounds the AVX2 build only)
   hinout      unmasked inference: h kept in the output rows vs a state slot copied to them
               engine.h_in_out (_engine.pyx, Output rows as state)
+  nextpanel   the AVX2 microkernel's few-row passes over long panels prefetching the next panel vs
+              FR_PF rows ahead in their own   engine.next_panel_prefetch (gates_avx2.c)
   torchnode   fastrnn.torch's modules as one node on torch.nn's parameters vs the custom-op route
               (fastrnn.torch.torch_layout_ok); with --engine fastrnn.torch
 
@@ -83,6 +85,7 @@ SWITCHES = {
     "adaptive": lambda on: engine.adaptive_team(on),
     "concat": lambda on: _dispatch.concat_product(on),
     "hinout": lambda on: engine.h_in_out(on),
+    "nextpanel": lambda on: engine.next_panel_prefetch(on),
     "torchnode": lambda on: _torch_node_switch(on),
 }
 

@@ -248,3 +248,45 @@ def test_state_in_output_rows_changes_no_bits(cell, extra, dtype, threads):
             if mask == "none":   # and the final h is the last output row
                 last = on[0][-1] if time_major else on[0][:, -1]
                 np.testing.assert_array_equal(on[1][0], last)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cell,extra,shape", [("lstm", {}, (3, 4, 9, 256)), ("gru", {"reset_after": True}, (3, 12, 7, 352)),
+                                              ("simple_rnn", {}, (3, 16, 5, 1024)), ("lstm", {}, (2, 3, 6, 320))],
+                         ids=["lstm-bwd-k1024", "gru-bwd-k1056", "simple_rnn-k1024", "lstm-b3-k1280"])
+def test_next_panel_prefetch_changes_no_bits(cell, extra, shape, threads, packed_build):
+    """float32: the microkernel's few-row passes over panels of K >= 1024 rows prefetch the next panel
+    (gates_avx2.c, 'Next-panel prefetch'): the forward's K = H = 1024 and the backward's K = G*H >= 1024,
+    at 1-16 rows a thread (remainder rows and the last panels included); the results stay close to the
+    float64 reference, and are the same bits with it on and off (a prefetch changes no arithmetic)."""
+    import fastrnn
+    from fastrnn._native import engine
+
+    rng = np.random.default_rng(zlib.crc32(f"{cell}{shape}{threads}".encode()))
+    T, B, I, H = shape
+    args, kw = make_case(rng, cell, extra, T, B, I, H, mask="none", init=True, dtype=np.float32)
+    d_out = rng.normal(size=(B, T, H)).astype(np.float32)
+    fn = getattr(F, cell + "_vjp")
+
+    def run():
+        out, states, backward = fn(*args, **kw, engine="compiled")
+        return out, states, backward(d_out)
+
+    with fastrnn.threads(threads):
+        assert engine.next_panel_prefetch()
+        assert "packed-microkernel" in F.explain(cell, *args, **kw)
+        check_against_reference(cell, args, kw, np.dtype(np.float32), rng)
+        on = run()
+        try:
+            engine.next_panel_prefetch(False)
+            off = run()
+        finally:
+            engine.next_panel_prefetch(True)
+    np.testing.assert_array_equal(on[0], off[0])
+    for a, b in zip(on[1], off[1]):
+        np.testing.assert_array_equal(a, b)
+    for key, g in on[2].items():
+        if g is not None and key != "initial_state":
+            np.testing.assert_array_equal(g, off[2][key], err_msg=key)
+    for a, b in zip(on[2]["initial_state"], off[2]["initial_state"]):
+        np.testing.assert_array_equal(a, b)

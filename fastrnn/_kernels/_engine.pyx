@@ -104,7 +104,7 @@ from fastrnn._kernels._gates cimport (fr_pack_panels_f32_avx2, fr_pack_panels_t_
                                      fr_gemm_packed_f32, fr_pack_vec_panels_f32_avx2,
                                      fr_vecmat_panels_f32, FR_VEC_PACKED_SIZE, FR_PACKED_A_SIZE,
                                      fr_pack_a_f32_avx512, fr_gemm_prepacked_f32_avx512, fr_pack_a_f32_avx2,
-                                     fr_gemm_prepacked_f32_avx2, FR_PROJ_ROWS,
+                                     fr_gemm_prepacked_f32_avx2, fr_next_panel_prefetch, FR_PROJ_ROWS,
                                      fr_proj_pack_a_f32, fr_vecmat_proj_panels_f32_avx512,
                                      fr_proj_panels_f32_avx512)
 from fastrnn._kernels._pool cimport (fr_pool_run, fr_pool_run_adaptive, fr_pool_adaptive_solo_calls, fr_pool_adaptive,
@@ -2067,6 +2067,16 @@ def serpentine(on=None):
     if on is not None:
         _serpentine = 1 if on else 0
     return bool(_serpentine)
+
+def next_panel_prefetch(on=None):
+    """Whether the AVX2 microkernel's few-row passes over long panels prefetch the next panel instead of
+    a few rows ahead in their own (gates_avx2.c, Next-panel prefetch); `on` changes it (benchmarks
+    compare: bench/ab_switch.py nextpanel).  Returns the setting in force."""
+    global fr_next_panel_prefetch
+    if on is not None:
+        fr_next_panel_prefetch = 1 if on else 0
+    return bool(fr_next_panel_prefetch)
+
 
 def h_in_out(on=None):
     """Whether an unmasked inference forward keeps h in the output rows instead of a slot it copies to

@@ -48,6 +48,7 @@ cdef extern from "gates.h" nogil:
     void fr_gemm_prepacked_f32_avx512(int M, int N, int K, const float *work, const float *P, long ps, long ks,
                                       float beta, float *C, int ldc)
     void fr_pack_a_f32_avx2(const float *A, int lda, int trans, int M, int K, float *work)
+    int fr_next_panel_prefetch
     void fr_gemm_prepacked_f32_avx2(int M, int N, int K, const float *work, const float *P, long ps, float beta,
                                     float *C, int ldc)
     long FR_VEC_PACKED_SIZE(int K, int N)

@@ -207,6 +207,22 @@ void fr_simple_fwd_row_f32_avx2(float *g, const float *bias, float *h, int H, in
 #define FR_MR 6
 #define FR_KC 1024
 #define FR_PF 64 /* rows of a panel (64 B each) prefetched ahead: 4 KB, several L3 latencies of work */
+/* Next-panel prefetch.  A few rows (M <= 16) against panels of K >= 1024 rows (64 KiB, past L1; R
+ * itself 4-16 MiB, from L3 or memory: H = 1024, or the backward's K = G*H) make two or three passes a
+ * panel, and the first one waits on L3 with FR_PF rows of lookahead.  There each pass asks instead for
+ * the same row of the next panel, a whole panel (~10^4 cycles) ahead, and a request that the first pass
+ * lost to full miss buffers is asked again by the next.  Not for 4 + 4 row blocks (FR_FOUR).  C harness
+ * (each variant its own shared library; two cores, each its own rows on one shared R, medians of 21
+ * alternations in one process; bench/build_ab.py kernel does the same for two engine builds),
+ * next-panel / FR_PF-ahead: M x K x N = 16 x 1024 x 4096 0.82-0.97, 16 x 1024 x 1024 0.90-0.94,
+ * 16 x 4096 x 1024 0.82, 4 x 1024 x 1024 0.79-0.83; but 8 x 1024 x 1024 (two 4-row passes, whose
+ * loads already use most of L1's fill bandwidth) 1.03-1.21,
+ * 12 and 24 x 1024 x 1024 1.00, 32 x 2048 x 512 1.04, 8 x 256 x 1024 1.12 (panels that fit L1 with
+ * the next one evicting them).  bench/NOTES.md 52.  fr_next_panel_prefetch switches it (A/B runs).
+ * The last panel's passes prefetch past the end of P: harmless, a prefetch never faults. */
+#define FR_PF_NEXT_MIN_K 1024
+#define FR_PF_NEXT_MAX_M 16
+int fr_next_panel_prefetch = 1;
 
 void fr_pack_panels_f32_avx2(const float *restrict R, int K, int N, int ldr, float *restrict P)
 {
@@ -270,13 +286,16 @@ fr_store_row_f32(float *restrict c, __m256 v0, __m256 v1, float beta, int w)
     }
 }
 
-/* One MR x 16 tile: C[0:mr, 0:w] := A @ panel + beta*C, A a packed row block (FR_MR floats per k).  mr is a constant at every call site,
+/* One MR x 16 tile: C[0:mr, 0:w] := A @ panel + beta*C, A a packed row block (FR_MR floats per k);
+ * next (a constant at every call site, so each choice compiles to its own loop: a run-time choice in
+ * the loop cost up to 1.3x at 8 rows): prefetch the same row of the next panel, ps floats on, instead
+ * of FR_PF rows ahead in this one.  mr is a constant at every call site,
  * so the `i < mr` tests fold away; the accumulators are named scalars (arrays of __m256 make gcc keep
  * them in memory and store them on every k). */
 #define FR_ROW_DO(X) X(0) X(1) X(2) X(3) X(4) X(5)
 static inline __attribute__((always_inline)) void
 fr_micro_f32(const int mr, int K, const float *restrict A, const float *restrict Pp, float beta,
-             float *restrict C, int ldc, int w)
+             float *restrict C, int ldc, int w, const int next, long ps)
 {
 #define FR_DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps(); \
 
@@ -290,8 +309,12 @@ fr_micro_f32(const int mr, int K, const float *restrict A, const float *restrict
 #undef FR_PF_C
     for (k = 0; k < K; k++) {
         const __m256 b0 = _mm256_loadu_ps(Pp + (long)k * FR_NR), b1 = _mm256_loadu_ps(Pp + (long)k * FR_NR + 8);
-        /* the panel streams from L3 when R is larger than L2: ask for it FR_PF rows ahead */
-        _mm_prefetch((const char *)(Pp + (long)(k + FR_PF) * FR_NR), _MM_HINT_T0);
+        /* the panel streams from L3 when R is larger than L2: ask for it FR_PF rows ahead, or for the
+         * next panel (Next-panel prefetch above) */
+        if (next)
+            _mm_prefetch((const char *)(Pp + ps + (long)k * FR_NR), _MM_HINT_T0);
+        else
+            _mm_prefetch((const char *)(Pp + (long)(k + FR_PF) * FR_NR), _MM_HINT_T0);
 #define FR_FMA(i) if (i < mr) { const __m256 av = _mm256_broadcast_ss(A + (long)k * FR_MR + i);                  \
             c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0); c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1); }
         FR_ROW_DO(FR_FMA)
@@ -479,12 +502,12 @@ void fr_pack_a_f32_avx2(const float *restrict A, int lda, int trans, int M, int 
     }
 }
 
-/* One K block (kc <= FR_KC rows of the panels): C := A @ panels + b*C.  Row block r of A at
+/* One K block (kc <= FR_KC rows of the panels): C := A @ panels + b*C; next: fr_micro_f32's.  Row block r of A at
  * Aw + r*FR_MR*kst (kst: the packed K, of which this block is kc rows; Aw already offset to them), panel
  * p at P0 + p*ps (rows 16 floats apart; P0 already offset to the block's first row). */
 static inline __attribute__((always_inline)) void
-fr_gemm_kblock_f32(int M, int N, int kc, const float *restrict Aw, long kst, const float *restrict P0, long ps,
-                   float b, float *restrict C, int ldc)
+fr_gemm_kblock_f32_as(const int next, int M, int N, int kc, const float *restrict Aw, long kst,
+                      const float *restrict P0, long ps, float b, float *restrict C, int ldc)
 {
     const int four = FR_FOUR(M), m6 = FR_M6(M), np = (N + FR_NR - 1) / FR_NR;
     int p, m;
@@ -494,17 +517,17 @@ fr_gemm_kblock_f32(int M, int N, int kc, const float *restrict Aw, long kst, con
         const float *Ap;
         for (m = 0; m < m6; m += FR_MR) {
             Ap = Aw + (long)m * kst;
-            fr_micro_f32(FR_MR, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w);
+            fr_micro_f32(FR_MR, kc, Ap, Pp, b, C + (long)m * ldc + n0, ldc, w, next, ps);
         }
         Ap = Aw + (long)m6 * kst;
         if (four) {
-            fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w);
-            fr_micro_f32(4, kc, Ap + (long)FR_MR * kst, Pp, b, C + (long)(m6 + 4) * ldc + n0, ldc, w);
+            fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w, next, ps);
+            fr_micro_f32(4, kc, Ap + (long)FR_MR * kst, Pp, b, C + (long)(m6 + 4) * ldc + n0, ldc, w, next, ps);
             continue;
         }
         switch (M - m6) {
-        case 4: fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w); break;
-        case 5: fr_micro_f32(5, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w); break;
+        case 4: fr_micro_f32(4, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w, next, ps); break;
+        case 5: fr_micro_f32(5, kc, Ap, Pp, b, C + (long)m6 * ldc + n0, ldc, w, next, ps); break;
         default: break; /* 1-3 rows: below, several panels at a time */
         }
     }
@@ -524,32 +547,59 @@ fr_gemm_kblock_f32(int M, int N, int kc, const float *restrict Aw, long kst, con
                 for (; p < np; p++) {  /* the last one or two panels */
                     int n1 = p * FR_NR, w = N - n1 < FR_NR ? N - n1 : FR_NR;
                     const float *Pq = P0 + (long)p * ps;
-                    if (r == 1) fr_micro_f32(1, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w);
-                    else if (r == 2) fr_micro_f32(2, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w);
-                    else fr_micro_f32(3, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w);
+                    if (r == 1) fr_micro_f32(1, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w, next, ps);
+                    else if (r == 2) fr_micro_f32(2, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w, next, ps);
+                    else fr_micro_f32(3, kc, Ap, Pq, b, C + (long)m * ldc + n1, ldc, w, next, ps);
                 }
             }
         }
     }
 }
 
-void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
-                             float beta, float *restrict C, int ldc, float *restrict work)
+/* The whole product, next (a constant) choosing the panel prefetch; its two builds are separate
+ * functions, so each loop's code is its own (the other's does not move it). */
+static inline __attribute__((always_inline)) void
+fr_gemm_packed_f32_as(const int next, int M, int N, int K, const float *restrict A, int lda,
+                      const float *restrict P, float beta, float *restrict C, int ldc, float *restrict work)
 {
     int k0;
     fr_pack_a_f32_avx2(A, lda, 0, M, K, work);
     /* K in blocks of FR_KC (see the top: one block up to K = 1024) */
     for (k0 = 0; k0 < K || k0 == 0; k0 += FR_KC) {
         const int kc = K - k0 < FR_KC ? K - k0 : FR_KC;
-        fr_gemm_kblock_f32(M, N, kc, work + (long)k0 * FR_MR, K, P + (long)k0 * FR_NR, (long)K * FR_NR,
-                           k0 == 0 ? beta : 1.0f, C, ldc);
+        fr_gemm_kblock_f32_as(next, M, N, kc, work + (long)k0 * FR_MR, K, P + (long)k0 * FR_NR, (long)K * FR_NR,
+                              k0 == 0 ? beta : 1.0f, C, ldc);
     }
+}
+
+static __attribute__((noinline)) void
+fr_gemm_packed_ahead_f32(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
+                         float beta, float *restrict C, int ldc, float *restrict work)
+{
+    fr_gemm_packed_f32_as(0, M, N, K, A, lda, P, beta, C, ldc, work);
+}
+
+static __attribute__((noinline)) void
+fr_gemm_packed_next_f32(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
+                        float beta, float *restrict C, int ldc, float *restrict work)
+{
+    fr_gemm_packed_f32_as(1, M, N, K, A, lda, P, beta, C, ldc, work);
+}
+
+void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *restrict A, int lda, const float *restrict P,
+                             float beta, float *restrict C, int ldc, float *restrict work)
+{
+    /* Next-panel prefetch (above); a K past one block takes it in its tail block too (short: K - 1024) */
+    if (fr_next_panel_prefetch && K >= FR_PF_NEXT_MIN_K && M <= FR_PF_NEXT_MAX_M && !FR_FOUR(M))
+        fr_gemm_packed_next_f32(M, N, K, A, lda, P, beta, C, ldc, work);
+    else
+        fr_gemm_packed_ahead_f32(M, N, K, A, lda, P, beta, C, ldc, work);
 }
 
 void fr_gemm_prepacked_f32_avx2(int M, int N, int K, const float *restrict work, const float *restrict P, long ps,
                                 float beta, float *restrict C, int ldc)
 {
-    fr_gemm_kblock_f32(M, N, K, work, K, P, ps, beta, C, ldc);
+    fr_gemm_kblock_f32_as(0, M, N, K, work, K, P, ps, beta, C, ldc);
 }
 #undef FR_M6
 #undef FR_FOUR
