@@ -141,13 +141,13 @@ void fr_transpose_f64(int M, int N, const double *src, long lds, double *dst, lo
 void fr_transpose_f32_avx2(int M, int N, const float *src, long lds, float *dst, long ldd);
 void fr_transpose_f32_avx512(int M, int N, const float *src, long lds, float *dst, long ldd);
 void fr_pack_panels_f32_avx2(const float *R, int K, int N, int ldr, float *P);
-/* 1 (the default): the AVX2 microkernel's few-row passes over long panels prefetch the next panel
- * (gates_avx2.c, Next-panel prefetch); 0: FR_PF rows ahead in their own panel everywhere (A/B runs). */
-extern int fr_next_panel_prefetch;
 /* The same panels for R^T (K, N), read from R (N, K) rows ldr apart (backward: dG @ R^T).  IN R; OUT P */
 void fr_pack_panels_t_f32_avx2(const float *R, int K, int N, int ldr, float *P);
 void fr_gemm_packed_f32_avx2(int M, int N, int K, const float *A, int lda, const float *P, float beta,
                              float *C, int ldc, float *work);
+/* 1 (the default): the AVX2 microkernel's few-row passes over long panels prefetch the next panel
+ * (gates_avx2.c, Next-panel prefetch); 0: FR_PF rows ahead in their own panel everywhere (A/B runs). */
+extern int fr_next_panel_prefetch;
 /* fr_gemm_packed_f32_avx2 in its two halves (level 1), for the hoisted GEMMs as the AVX-512 pair above:
  * pack: op(A) (M, K) into FR_PACKED_A_SIZE(M, K) floats of 6-row blocks.  IN A; OUT work
  * prepacked: C := op(A) @ B + beta*C, K <= 1024, B's 16-column panel j at P + j*ps (packed panels only:
