@@ -96,16 +96,12 @@ def _use_engine(module):
     import fastrnn
     from fastrnn import _compiled, _dispatch, _native, _threads
 
+    from fastrnn import _scratch
+
     for holder, attr in ((_native, "engine"), (_compiled, "engine"), (_threads, "engine"), (_dispatch, "_ENGINE"),
                          (fastrnn, "_engine")):
         setattr(holder, attr, module)
-    _scratch_clear()
-
-
-def _scratch_clear():
-    from fastrnn import _scratch
-
-    _scratch.clear()
+    _scratch.clear()   # buffers pooled under the other build start afresh
 
 
 def call(args):
@@ -158,7 +154,10 @@ def main():
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--rounds", type=int, default=21 if p is k else 7)
     args = ap.parse_args()
-    kernel(args) if args.what == "kernel" else call(args)
+    if args.what == "kernel":
+        kernel(args)
+    else:
+        call(args)
 
 
 if __name__ == "__main__":
