@@ -33,12 +33,13 @@ in one process: 0.85-0.95 in 5 of 7 runs (1 and 2 threads), the rest inside the 
 
 Row chunks.  A batch loop's step is a product (the step's rows @ R's panels) and then a gate row per
 batch row, which reads the product's output back.  With 32 rows a thread at H = 64 the product's
-output is 32 KiB (LSTM: 32 x 256 floats), L1's size, so the rows read most of it from L2, and the
-perf profile of lstm t28-b64 had the gate rows at 3.2 ns a unit in the loop against 1.6 hot (NOTES
-54).  Where the packed panels stay in L2 (ROW_CHUNK_MAX_PANEL_BYTES), the step instead runs product
-and rows ROW_CHUNK rows at a time, so each chunk's rows read its 12 KiB from L1; the panels are read
-once a chunk instead of once a step, from L2.  Each output element is the same FMA chain over k in
-any row block, so the bits do not change (tests/test_engine.py::test_row_chunks_change_no_bits).
+output is 32 KiB (LSTM: 32 x 256 floats), L1's size, so the rows read most of it from L2.  Where the
+packed panels stay in L2 (ROW_CHUNK_MAX_PANEL_BYTES), the step instead runs product and rows
+ROW_CHUNK rows at a time, so each chunk's rows read its output from L1, and the panels are read once
+a chunk instead of once a step, from L2.  A small gain: same process, on/off, lstm t28-b64 and
+t28-b128 forward on 2 threads 0.94-0.98, GRU and SimpleRNN level, 1 thread level (NOTES 54).  Each
+output element is the same FMA chain over k in any row block, so the bits do not change
+(tests/test_engine.py::test_row_chunks_change_no_bits).
 
 Masks (Keras semantics).  A masked step copies the state through and outputs the previous output row
 (zeros at s = 0, or always zeros with zero_output_for_mask).  Backward mirrors it: a masked step has
