@@ -250,12 +250,13 @@ def test_state_in_output_rows_changes_no_bits(cell, extra, dtype, threads):
                 np.testing.assert_array_equal(on[1][0], last)
 
 
+@pytest.mark.parametrize("packed_build", ["avx2"], indirect=True)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cell,extra", [v for v in VARIANTS if v[1].get("reset_after", True)],
                          ids=[i for i in VARIANT_IDS if i != "gru-reset_before"])
 def test_row_chunks_change_no_bits(cell, extra, threads, packed_build):
-    """float32 on the packed microkernel: a batch loop's step runs its product and gate rows a Row chunk
-    (_engine.pyx) of rows at a time where R's panels fit L2.  Forward and backward stay close to the
+    """float32 on the AVX2 packed microkernel (the only build that chunks): a batch loop's step runs its
+    product and gate rows a Row chunk (_engine.pyx) of rows at a time where R's panels fit L2.  Forward and backward stay close to the
     float64 reference, and with chunks on, off and of other sizes the outputs, states and gradients are
     the same bits: batch rows that split into whole and partial chunks (30 or 32 rows a thread), the
     concatenated projection (LSTM, I <= 64) and the hoisted one (I = 80), time-major, go_backwards, an
@@ -267,6 +268,8 @@ def test_row_chunks_change_no_bits(cell, extra, threads, packed_build):
     rng = np.random.default_rng(zlib.crc32(f"{cell}{extra}{threads}".encode()))
     with fastrnn.threads(threads):
         assert engine.row_chunks() == 12
+        with pytest.raises(ValueError, match="row count >= 0"):
+            engine.row_chunks(-1)
         for T, B, I, H, time_major, back, init, dropout, mask in [
                 (4, 30, 17, 34, False, False, True, False, "none"), (3, 32 * threads, 28, 64, True, True, False, True, "none"),
                 (5, 30, 80, 20, False, True, True, False, "holes"), (3, 32 * threads, 9, 16, False, False, False, False, "none")]:

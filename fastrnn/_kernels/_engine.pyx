@@ -337,10 +337,12 @@ cdef inline void _concat_product(const Loop *L, int t, int b0, int nb,
 
 cdef inline int _chunk_rows(const Loop *L) noexcept nogil:
     """Rows of one Row chunk (module docstring) of this loop's steps: ROW_CHUNK where the step's product
-    runs on panels that stay in L2, else all B rows (one product, then the gate rows)."""
+    runs on the AVX2 microkernel's panels and they stay in L2, else all B rows (one product, then the
+    gate rows).  Not at simd level 2: its 8-row tiles would split a 12-row chunk 8 + 4, and no AVX-512
+    machine measured it."""
     cdef long panel_bytes = <long>(L.H + L.xcat_k) * ((L.G * L.H + 15) // 16 * 16) * 4
-    if (not _row_chunks or L.Rp == NULL or L.B <= _row_chunks or panel_bytes > ROW_CHUNK_MAX_PANEL_BYTES
-            or (L.cell == CELL_GRU and not L.reset_after)):
+    if (not _row_chunks or L.Rp == NULL or fr_simd_level() != 1 or L.B <= _row_chunks
+            or panel_bytes > ROW_CHUNK_MAX_PANEL_BYTES or (L.cell == CELL_GRU and not L.reset_after)):
         return L.B
     return _row_chunks
 
