@@ -28,8 +28,6 @@ SWITCH (the "on" side first; the ratio is on / off):
               engine.h_in_out (_engine.pyx, Output rows as state)
   nextpanel   the AVX2 microkernel's few-row passes over long panels prefetching the next panel vs
               FR_PF rows ahead in their own   engine.next_panel_prefetch (gates_avx2.c)
-  rowchunks   a batch loop's step as product and gate rows a 12-row chunk at a time (panels in L2)
-              vs the whole product, then the rows   engine.row_chunks (_engine.pyx, Row chunks)
   torchnode   fastrnn.torch's modules as one node on torch.nn's parameters vs the custom-op route
               (fastrnn.torch.torch_layout_ok); with --engine fastrnn.torch
 
@@ -88,7 +86,6 @@ SWITCHES = {
     "concat": lambda on: _dispatch.concat_product(on),
     "hinout": lambda on: engine.h_in_out(on),
     "nextpanel": lambda on: engine.next_panel_prefetch(on),
-    "rowchunks": lambda on: engine.row_chunks(on),
     "torchnode": lambda on: _torch_node_switch(on),
 }
 

@@ -250,56 +250,6 @@ def test_state_in_output_rows_changes_no_bits(cell, extra, dtype, threads):
                 np.testing.assert_array_equal(on[1][0], last)
 
 
-@pytest.mark.parametrize("packed_build", ["avx2"], indirect=True)
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("cell,extra", [v for v in VARIANTS if v[1].get("reset_after", True)],
-                         ids=[i for i in VARIANT_IDS if i != "gru-reset_before"])
-def test_row_chunks_change_no_bits(cell, extra, threads, packed_build):
-    """float32 on the AVX2 packed microkernel (the only build that chunks): a batch loop's step runs its
-    product and gate rows a Row chunk (_engine.pyx) of rows at a time where R's panels fit L2.  Forward and backward stay close to the
-    float64 reference, and with chunks on, off and of other sizes the outputs, states and gradients are
-    the same bits: batch rows that split into whole and partial chunks (30 or 32 rows a thread), the
-    concatenated projection (LSTM, I <= 64) and the hoisted one (I = 80), time-major, go_backwards, an
-    initial state, dropout masks and masked steps; the inputs are not written.  (GRU reset_after=False
-    never packs R, so it never chunks.)"""
-    import fastrnn
-    from fastrnn._native import engine
-
-    rng = np.random.default_rng(zlib.crc32(f"{cell}{extra}{threads}".encode()))
-    with fastrnn.threads(threads):
-        assert engine.row_chunks() == 12
-        with pytest.raises(ValueError, match="row count >= 0"):
-            engine.row_chunks(-1)
-        for T, B, I, H, time_major, back, init, dropout, mask in [
-                (4, 30, 17, 34, False, False, True, False, "none"), (3, 32 * threads, 28, 64, True, True, False, True, "none"),
-                (5, 30, 80, 20, False, True, True, False, "holes"), (3, 32 * threads, 9, 16, False, False, False, False, "none")]:
-            args, kw = make_case(rng, cell, extra, T, B, I, H, mask=mask, init=init, dropout=dropout,
-                                 time_major=time_major, dtype=np.float32)
-            kw["go_backwards"] = back
-            assert "packed-microkernel" in F.explain(cell, *args, **kw)
-            copies = [np.array(a) for a in args]
-            d_out = rng.normal(size=(T, B, H) if time_major else (B, T, H)).astype(np.float32)
-            check_against_reference(cell, args, kw, np.dtype(np.float32), rng)
-            runs = []
-            try:
-                for rows in (12, 0, 5, 18):
-                    engine.row_chunks(rows)
-                    out, states = getattr(F, cell)(*args, **kw)
-                    t_out, t_states, backward = getattr(F, cell + "_vjp")(*args, **kw, engine="compiled")
-                    grads = backward(d_out)
-                    runs.append([out, *states, t_out, *t_states,
-                                 *(g for key, g in sorted(grads.items()) if isinstance(g, np.ndarray)),
-                                 *(grads.get("initial_state") or [])])
-            finally:
-                engine.row_chunks(True)
-            for other in runs[1:]:
-                assert len(other) == len(runs[0])
-                for a, b in zip(runs[0], other):
-                    np.testing.assert_array_equal(a, b)
-            for a, c in zip(args, copies):
-                np.testing.assert_array_equal(a, c)
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cell,extra,shape", [("lstm", {}, (3, 4, 9, 256)), ("gru", {"reset_after": True}, (3, 12, 7, 352)),
                                               ("simple_rnn", {}, (3, 16, 5, 1024)), ("lstm", {}, (2, 3, 6, 320))],

@@ -31,16 +31,6 @@ as the next step's state (rows rs*H apart), instead of writing a slot and copyin
 final state is copied from out's last rows once.  Same bits; simple_rnn t28-b64-h64 forward, on/off
 in one process: 0.85-0.95 in 5 of 7 runs (1 and 2 threads), the rest inside the noise (NOTES 51).
 
-Row chunks.  A batch loop's step is a product (the step's rows @ R's panels) and then a gate row per
-batch row, which reads the product's output back.  With 32 rows a thread at H = 64 the product's
-output is 32 KiB (LSTM: 32 x 256 floats), L1's size, so the rows read most of it from L2.  Where the
-packed panels stay in L2 (ROW_CHUNK_MAX_PANEL_BYTES), the step instead runs product and rows
-ROW_CHUNK rows at a time, so each chunk's rows read its output from L1, and the panels are read once
-a chunk instead of once a step, from L2.  A small gain: same process, on/off, lstm t28-b64 and
-t28-b128 forward on 2 threads 0.94-0.98, GRU and SimpleRNN level, 1 thread level (NOTES 54).  Each
-output element is the same FMA chain over k in any row block, so the bits do not change
-(tests/test_engine.py::test_row_chunks_change_no_bits).
-
 Masks (Keras semantics).  A masked step copies the state through and outputs the previous output row
 (zeros at s = 0, or always zeros with zero_output_for_mask).  Backward mirrors it: a masked step has
 zero gate gradients, passes dh/dc straight through and hands its output gradient to the previous
@@ -278,10 +268,6 @@ cdef inline void _mul_rows(floating *dst, int ldd, const floating *a, int lda, c
 
 cdef int _h_in_out = 1     # see Output rows as state in the module docstring; `h_in_out(on)` switches it
 cdef int _serpentine = 1   # see Serpentine in the module docstring; `serpentine(on)` switches it (A/B runs)
-cdef enum:
-    ROW_CHUNK = 12                        # rows of a Row chunk: two 6-row blocks of the AVX2 microkernel
-    ROW_CHUNK_MAX_PANEL_BYTES = 262144    # half of a 512 KiB L2: the panels stay there between chunks
-cdef int _row_chunks = ROW_CHUNK   # see Row chunks in the module docstring; `row_chunks(on)` switches it (A/B runs)
 
 
 cdef inline void _rmatmul(const Loop *L, int M, int N, int K,
@@ -318,33 +304,20 @@ cdef inline void _rmatmul_t(const Loop *L, int M, int N, int K,
     matmul(True, M, N, K, A, lda, R, ldr, beta, C, ldc)
 
 
-cdef inline void _concat_product(const Loop *L, int t, int b0, int nb,
+cdef inline void _concat_product(const Loop *L, int t,
                                  const floating *hdp, int ldd,   # IN  the step's h_d (B, H) rows ldd apart
-                                 floating *g, int ldg            # OUT rows b0..b0+nb of (B, G*H) :=
-                                 ) noexcept nogil:               #     [x_t | h_d] @ [W; R]
-    """Concatenated product (float32 only; Loop.xcat set): the step's pre-activations of batch rows
-    [b0, b0 + nb) from their input rows and h_d in ONE microkernel pass of K = I + H over [W; R]'s panels
-    (Loop.Rp), instead of a hoisted x @ W that the step adds to (see `forward`).  [x_t | h_d] is copied
-    row by row into Loop.Acat."""
+                                 floating *g, int ldg            # OUT (B, G*H) := [x_t | h_d] @ [W; R]
+                                 ) noexcept nogil:
+    """Concatenated product (float32 only; Loop.xcat set): the step's pre-activations from its input rows
+    and h_d in ONE microkernel pass of K = I + H over [W; R]'s panels (Loop.Rp), instead of a hoisted
+    x @ W that the step adds to (see `forward`).  [x_t | h_d] is copied row by row into Loop.Acat."""
     cdef int b, ni = L.xcat_k, K = L.xcat_k + L.H
     cdef float *A = <float *>L.Acat
     if floating is float:
-        for b in range(nb):
-            memcpy(A + b * K, <const float *>L.xcat + _row(L, b0 + b, t) * ni, ni * sizeof(float))
-            memcpy(A + b * K + ni, hdp + (b0 + b) * ldd, L.H * sizeof(float))
-        fr_gemm_packed_f32(nb, L.G * L.H, K, A, K, <const float *>L.Rp, 0, g + b0 * ldg, ldg, <float *>L.Ap)
-
-
-cdef inline int _chunk_rows(const Loop *L) noexcept nogil:
-    """Rows of one Row chunk (module docstring) of this loop's steps: ROW_CHUNK where the step's product
-    runs on the AVX2 microkernel's panels and they stay in L2, else all B rows (one product, then the
-    gate rows).  Not at simd level 2: its 8-row tiles would split a 12-row chunk 8 + 4, and no AVX-512
-    machine measured it."""
-    cdef long panel_bytes = <long>(L.H + L.xcat_k) * ((L.G * L.H + 15) // 16 * 16) * 4
-    if (not _row_chunks or L.Rp == NULL or fr_simd_level() != 1 or L.B <= _row_chunks
-            or panel_bytes > ROW_CHUNK_MAX_PANEL_BYTES or (L.cell == CELL_GRU and not L.reset_after)):
-        return L.B
-    return _row_chunks
+        for b in range(L.B):
+            memcpy(A + b * K, <const float *>L.xcat + _row(L, b, t) * ni, ni * sizeof(float))
+            memcpy(A + b * K + ni, hdp + b * ldd, L.H * sizeof(float))
+        fr_gemm_packed_f32(L.B, L.G * L.H, K, A, K, <const float *>L.Rp, 0, g, ldg, <float *>L.Ap)
 
 
 cdef inline void _masked_step(const Loop *L, int s, int b, int u0, int n,
@@ -385,7 +358,6 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
     cdef int lda = 0
     cdef bint m
     cdef bint is_lstm = L.cell == CELL_LSTM, is_gru = L.cell == CELL_GRU
-    cdef int c0, cn, nc = _chunk_rows(L)
 
     # the state entering step 0 is the initial state (copied into its slot so every step reads a slot)
     hpp = _slot(L, <floating *>L.hp, <floating *>L.hT, 0, &ldp)
@@ -427,43 +399,39 @@ cdef void _forward(Loop *L, floating *xp) noexcept nogil:
                 auxp = <floating *>L.aux
                 lda = H
 
-        # recurrent GEMM(s) and the fused gate math, a Row chunk at a time
-        c0 = 0
-        while c0 < B:
-            cn = min(nc, B - c0)
-            if is_gru and L.reset_after:
-                _rmatmul(L, cn, GH, H, hdp + c0 * ldd, ldd, R, GH, 0, rec + c0 * GH, GH, (s + L.parity) & 1)
-            elif L.xcat != NULL:
-                _concat_product(L, t, c0, cn, hdp, ldd, g, ldg)
-            elif is_gru:   # (never chunked: _chunk_rows)
-                matmul(False, B, 2 * H, H, hdp, ldd, R, GH, 1, g, ldg)
-                for b in range(B):
-                    gru_zr_row(g + b * ldg, <floating *>NULL, bx, <floating *>NULL, H, L.ract)
-                    _mul_rows(auxp + b * lda, lda, g + b * ldg + H, ldg, hdp + b * ldd, 1, H)
-                matmul(False, B, H, H, auxp, lda, R + 2 * H, GH, 1, g + 2 * H, ldg)
-            else:
-                _rmatmul(L, cn, GH, H, hdp + c0 * ldd, ldd, R, GH, 1, g + c0 * ldg, ldg, (s + L.parity) & 1)
+        # recurrent GEMM(s) and the fused gate math, row by row
+        if is_gru and L.reset_after:
+            _rmatmul(L, B, GH, H, hdp, ldd, R, GH, 0, rec, GH, (s + L.parity) & 1)
+        elif L.xcat != NULL:
+            _concat_product(L, t, hdp, ldd, g, ldg)
+        elif is_gru:
+            matmul(False, B, 2 * H, H, hdp, ldd, R, GH, 1, g, ldg)
+            for b in range(B):
+                gru_zr_row(g + b * ldg, <floating *>NULL, bx, <floating *>NULL, H, L.ract)
+                _mul_rows(auxp + b * lda, lda, g + b * ldg + H, ldg, hdp + b * ldd, 1, H)
+            matmul(False, B, H, H, auxp, lda, R + 2 * H, GH, 1, g + 2 * H, ldg)
+        else:
+            _rmatmul(L, B, GH, H, hdp, ldd, R, GH, 1, g, ldg, (s + L.parity) & 1)
 
-            for b in range(c0, c0 + cn):
-                m = L.mask == NULL or L.mask[<Py_ssize_t>b * T + t] != 0
-                ob = out + _row(L, b, s) * H
-                if not m:
-                    _masked_step(L, s, b, 0, H, out, hpp + b * ldp, hnp + b * ldn,
-                                 cpp + b * ldcp if is_lstm else NULL, cnp_ + b * ldcn if is_lstm else NULL)
-                    continue
-                gb = g + b * ldg
-                if is_lstm:
-                    lstm_fwd_row(gb, bx, cpp + b * ldcp, cnp_ + b * ldcn, hnp + b * ldn, H, L.act, L.ract)
-                elif is_gru and L.reset_after:
-                    gru_reset_after_fwd_row(gb, rec + b * GH, bx, br, auxp + b * lda, hpp + b * ldp,
-                                            hnp + b * ldn, H, L.act, L.ract)
-                elif is_gru:
-                    gru_h_row(gb, bx + 2 * H if bx != NULL else NULL, hpp + b * ldp, hnp + b * ldn, H, L.act)
-                else:
-                    simple_fwd_row(gb, bx, hnp + b * ldn, H, L.act)
-                if not h_in_out:
-                    memcpy(ob, hnp + b * ldn, H * sizeof(floating))
-            c0 += cn
+        for b in range(B):
+            m = L.mask == NULL or L.mask[<Py_ssize_t>b * T + t] != 0
+            ob = out + _row(L, b, s) * H
+            if not m:
+                _masked_step(L, s, b, 0, H, out, hpp + b * ldp, hnp + b * ldn,
+                             cpp + b * ldcp if is_lstm else NULL, cnp_ + b * ldcn if is_lstm else NULL)
+                continue
+            gb = g + b * ldg
+            if is_lstm:
+                lstm_fwd_row(gb, bx, cpp + b * ldcp, cnp_ + b * ldcn, hnp + b * ldn, H, L.act, L.ract)
+            elif is_gru and L.reset_after:
+                gru_reset_after_fwd_row(gb, rec + b * GH, bx, br, auxp + b * lda, hpp + b * ldp, hnp + b * ldn,
+                                        H, L.act, L.ract)
+            elif is_gru:
+                gru_h_row(gb, bx + 2 * H if bx != NULL else NULL, hpp + b * ldp, hnp + b * ldn, H, L.act)
+            else:
+                simple_fwd_row(gb, bx, hnp + b * ldn, H, L.act)
+            if not h_in_out:
+                memcpy(ob, hnp + b * ldn, H * sizeof(floating))
     if h_in_out and T > 0:
         _copy_rows(<floating *>L.hT, H, out + _row(L, 0, T - 1) * H, rs * H, B, H)
 
@@ -2108,21 +2076,6 @@ def next_panel_prefetch(on=None):
     if on is not None:
         fr_next_panel_prefetch = 1 if on else 0
     return bool(fr_next_panel_prefetch)
-
-
-def row_chunks(on=None):
-    """The rows of a Row chunk (module docstring; 0: off, the whole product and then the rows); `on`
-    changes it: True for ROW_CHUNK rows, False for off, or an int >= 0 of rows (tests and benchmarks
-    compare).  Returns the setting in force."""
-    global _row_chunks
-    if on is not None:
-        if isinstance(on, bool):
-            _row_chunks = ROW_CHUNK if on else 0
-        elif int(on) >= 0:
-            _row_chunks = int(on)
-        else:
-            raise ValueError(f"row_chunks: expected True, False or a row count >= 0, got {on!r}")
-    return _row_chunks
 
 
 def h_in_out(on=None):
