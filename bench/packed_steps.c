@@ -1,9 +1,10 @@
 /* packed_steps.c - the AVX2 packed microkernel alone (fr_gemm_packed_f32_avx2, gates_avx2.c) as a batch
  * split's threads run it: each of NTHR pthreads (one a core) takes T steps of C[t] := A @ R + C[t] on
  * its own M rows, all on one shared packed R, C[t] a step's rows of xp (batch-major: T*N floats apart,
- * cold), beta 1.  Prints each thread's best of 31 rounds (us a step, GFLOP/s): what the product can do
- * at a shape with no Python, ctypes or GIL in the loop (bench/build_ab.py kernel has all three, which
- * dominate below ~100 us a step), next to the whole call's time (bench/NOTES.md 54).
+ * as the engine's xp rows are), beta 1.  Prints each thread's best of 31 rounds (us a step, GFLOP/s):
+ * what the product can do at a shape with no Python, ctypes or GIL in the loop (bench/build_ab.py
+ * kernel has all three, which dominate below ~100 us a step), next to the whole call's time
+ * (bench/NOTES.md 54).
  *
  * Build and run (AVX2 CPU), from the repository root:
  *   cc -O3 -mavx2 -mfma -fno-math-errno -falign-functions=64 -Ifastrnn/_kernels bench/packed_steps.c \
