@@ -16,15 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include "harness.h"
 
 #include "gates.h"
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
 
 int main(int argc, char **argv)
 {

@@ -23,16 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include "harness.h"
 
 #define NV 64 /* a vector panel's columns */
 #define MR 8  /* the tile's rows */
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
 
 /* IN x (K,), r (K x 64 panel, rows 64 apart); OUT y (64,) := x @ r.  Two k a pass, eight accumulators
  * (fr_vecmat_acc's loop) */

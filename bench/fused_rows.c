@@ -24,17 +24,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include "harness.h"
 
 enum { VARIANTS = 5, ROUNDS = 31 };
 static const char *const names[VARIANTS] = {"gru_bwd generic", "gru_bwd fused", "lstm_bwd", "lstm_fwd",
                                             "gru_fwd"};
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
 
 static int shift;
 

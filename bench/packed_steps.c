@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include "harness.h"
 
 enum { ROUNDS = 31, MAX_THREADS = 16 };
 
@@ -28,20 +29,6 @@ typedef struct {
     double step_s;
     pthread_barrier_t *start;
 } Part;
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-static float *floats(long n, float scale)
-{
-    float *p = aligned_alloc(64, (size_t)(n * 4 + 63) / 64 * 64);
-    for (long i = 0; i < n; i++) p[i] = scale * (rand() / (float)RAND_MAX - 0.5f);
-    return p;
-}
 
 static void *steps(void *arg)
 {

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "harness.h"
 
 void scipy_openblas_set_num_threads(int);
 
@@ -31,24 +32,10 @@ enum { SGEMM_COPY, PACKED_COPY, PACKED_H_IN_OUT, PRODUCT, PRODUCT_HOT, VARIANTS,
 static const char *const names[VARIANTS] = {"sgemm, copy", "packed, copy", "packed, h in out",
                                             "packed, product", "packed, hot C"};
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
 static int by_value(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
-}
-
-static float *floats(long n, float scale)
-{
-    float *p = aligned_alloc(64, (size_t)(n * 4 + 63) / 64 * 64);
-    for (long i = 0; i < n; i++) p[i] = scale * (rand() / (float)RAND_MAX - 0.5f);
-    return p;
 }
 
 /* one call's T steps of variant v; returns seconds a step */
