@@ -46,6 +46,7 @@ class Workspace:
     # the backward's buffers (fastrnn/_kernels/_engine.pyx `backward`), set by _backward: none before
     # (class attributes, so a forward's workspace does not pay nine stores for them)
     dout = dxp = drec = dh = dc = dht = dhd = dacc = db = None
+    _zeros = None   # rebind's zero initial states
 
     def __init__(self, spec, arrays, training, saved=None, zeroed=False, scratch=False, pooled=False,
                  project=True):
@@ -121,9 +122,40 @@ class Workspace:
         self.rec = np.empty((B, GH), dt) if spec.cell == "gru" and spec.reset_after else None
 
     def release(self):
-        """Hand the scratch xp back (inference, after the loop); the workspace must not run again."""
+        """Hand the scratch xp back (inference, after the loop); the workspace must not run again before
+        `rebind`."""
         _scratch.give(self._xp_token)
         self._xp_token = self.xp = None
+
+    def rebind(self, spec, arrays):
+        """Make a released inference workspace of `spec` (built with training=False, scratch=True,
+        project=False) ready for another call of the same signature with no mask or dropout masks
+        (fastrnn._spec.SpecCache's plain calls): that call's x and initial states, a scratch xp, and
+        fresh results.  W, R, the biases and the internal buffers (the state slots, tmp, aux, rec) stay:
+        the weights are the same arrays, and a forward writes those buffers before it reads them (step 0
+        reads h0 and c0 themselves)."""
+        B, T, H, dt, lstm = spec.B, spec.T, spec.H, spec.dtype, spec.cell == "lstm"
+        self.xd = np.ascontiguousarray(arrays.x).reshape(B * T, spec.I)
+        states = arrays.initial_state
+        if states:
+            self.h0 = np.ascontiguousarray(states[0])
+            self.c0 = np.ascontiguousarray(states[1]) if lstm else None
+        else:   # zeros the kernels only read: made once
+            if self._zeros is None:
+                self._zeros = np.zeros((B, H), dt)
+            self.h0 = self.c0 = self._zeros
+            if not lstm:
+                self.c0 = None
+        self.projected = False
+        self.xp, self._xp_token = _scratch.take((B * T, spec.G * H), dt)
+        self.out = _scratch.take_result((B * T, H), dt)
+        self.hT = np.empty((B, H), dt)
+        self.cT = np.empty((B, H), dt) if lstm else None
+
+    def idle(self):
+        """After a released call: drop what the call's caller owns (its x and states, the results handed
+        to it), so an idle workspace keeps none of them alive."""
+        self.xd = self.h0 = self.c0 = self.out = self.hT = self.cT = None
 
 
 def _states(spec, ws):
@@ -135,16 +167,38 @@ def _outputs(spec, ws):
     return ws.out.reshape(shape)
 
 
-def forward(spec, arrays, plan=None, packs=None):
+# idle workspaces kept per signature (forward's `reuse`): two calls in flight at once find one each
+REUSE_KEEP = 2
+
+
+def forward(spec, arrays, plan=None, packs=None, reuse=None):
     """Inference: (outputs, final_states).  plan: fastrnn._dispatch's CpuPlan (None: made here).
     packs: a dict caching the packed copies of arrays.recurrent_kernel and arrays.kernel, whose values
-    must then be the same at every call with that dict (fastrnn/_prepared.py; see _engine.forward)."""
-    ws = Workspace(spec, arrays, training=False, scratch=True, project=False)
+    must then be the same at every call with that dict (fastrnn/_prepared.py; see _engine.forward).
+    reuse: a list of idle workspaces of this signature (fastrnn._spec.SpecCache; the call must have no
+    mask or dropout masks): the call takes one (Workspace.rebind) or makes one, and leaves it there.
+    Why: a workspace's dozen small arrays and attributes cost ~10-20 us of Python a call on a VM that
+    runs it cold after the loop has evicted it (bench/NOTES.md 55), against a 0.4 ms lstm t100-b1 call.
+    list.pop and append are atomic, so calls from several threads never share one."""
+    ws = None
+    if reuse:
+        try:
+            ws = reuse.pop()
+        except IndexError:   # another thread took the last one
+            pass
+    if ws is None:
+        ws = Workspace(spec, arrays, training=False, scratch=True, project=False)
+    else:
+        ws.rebind(spec, arrays)
     try:
         engine.forward(ws, spec, plan or cpu_plan(spec, training=False), packs)
     finally:
         ws.release()
-    return _outputs(spec, ws), _states(spec, ws)
+    result = _outputs(spec, ws), _states(spec, ws)
+    if reuse is not None and len(reuse) < REUSE_KEEP:
+        ws.idle()
+        reuse.append(ws)
+    return result
 
 
 def forward_vjp(spec, arrays, plan=None):

@@ -209,7 +209,9 @@ class SpecCache:
     arrays (fastrnn.functional.prepare's copies, a built-in cell's read-only weights): a call whose x
     (and initial states, if any) are plain ndarrays of the weights' dtype, with no mask and no dropout
     masks, and whose x shape and options were validated before, skips build_spec's checks (about 7 us
-    a call).  Anything else goes through build_spec, and is remembered when it is of that kind."""
+    a call).  Anything else goes through build_spec, and is remembered when it is of that kind.
+    Each remembered signature also has a list in which the compiled engine keeps its idle inference
+    workspaces (fastrnn._compiled.forward's `reuse`), so a repeated call allocates only its results."""
 
     MAX = 64   # signatures kept; a caller with ever new shapes starts over
     _KEY_OPTIONS = ("go_backwards", "time_major", "zero_output_for_mask", "activation", "recurrent_activation",
@@ -230,23 +232,25 @@ class SpecCache:
         return all(type(s) is np.ndarray and s.dtype == self.dtype and s.shape == (B, self.H) for s in states)
 
     def __call__(self, x, options):
-        """(spec, arrays) of the call `options` (fastrnn.functional's keyword arguments but engine)
-        describes, as build_spec returns them."""
+        """(spec, arrays, reuse) of the call `options` (fastrnn.functional's keyword arguments but engine)
+        describes: spec and arrays as build_spec returns them, and the signature's list of idle
+        workspaces (None: a call of a kind not remembered)."""
         plain = (self._uniform and type(x) is np.ndarray and x.dtype == self.dtype and options["mask"] is None
                  and options["dropout_mask"] is None and options["recurrent_dropout_mask"] is None)
         if plain:
             key = (x.shape, *(options.get(k) for k in self._KEY_OPTIONS))
-            spec = self._specs.get(key)
+            seen = self._specs.get(key)
             states = options["initial_state"]
-            if spec is not None and self._states_ok(states, spec.B):
+            if seen is not None and self._states_ok(states, seen[0].B):
                 states = None if states is None else list(states)
-                return spec, Arrays(x, self.kernel, self.recurrent_kernel, self.bias, states, None, None, None)
+                return seen[0], Arrays(x, self.kernel, self.recurrent_kernel, self.bias, states, None, None, None), seen[1]
         spec, arrays = build_spec(self.cell, x, self.kernel, self.recurrent_kernel, self.bias, **options)
         if plain and arrays.x is x:
             if len(self._specs) >= self.MAX:
                 self._specs.clear()
-            self._specs[key] = spec
-        return spec, arrays
+            self._specs[key] = (spec, [])
+            return spec, arrays, self._specs[key][1]
+        return spec, arrays, None
 
 
 def check_cotangents(spec, d_outputs, d_final_states):

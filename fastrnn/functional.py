@@ -36,16 +36,19 @@ def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options, packs=No
     """One call.  packs (inference only): a cache of the packed layouts of kernel and recurrent_kernel,
     for a caller that guarantees the arrays do not change between its calls (a built-in cell's read-only
     weights, whose cache set_weights replaces; fastrnn/_prepared.py); None packs for this call alone.
-    specs: a fastrnn._spec.SpecCache over the same weights, which validates the call instead."""
-    spec, arrays = (specs(x, options) if specs is not None
-                    else build_spec(cell, x, kernel, recurrent_kernel, bias, **options))
+    specs: a fastrnn._spec.SpecCache over the same weights, which validates the call instead (and keeps
+    the idle workspaces of the signatures it remembers for the compiled inference forward)."""
+    if specs is not None:
+        spec, arrays, reuse = specs(x, options)
+    else:
+        (spec, arrays), reuse = build_spec(cell, x, kernel, recurrent_kernel, bias, **options), None
     choice = _dispatch.select(spec, engine, training=vjp, packs_kept=packs is not None and not vjp)
     if choice.engine == "compiled":
         from fastrnn import _compiled
 
         if vjp:
             return _compiled.forward_vjp(spec, arrays, choice.plan)
-        return _compiled.forward(spec, arrays, choice.plan, packs=packs)
+        return _compiled.forward(spec, arrays, choice.plan, packs=packs, reuse=reuse)
     return _reference_call(cell, vjp, arrays, options)
 
 

@@ -319,3 +319,49 @@ def test_one_row_projection_on_the_avx2_microkernel(packed_build, threads, cell)
         for a, b in zip([got[0], *got[1]], [want[0], *want[1]]):
             np.testing.assert_array_equal(a, b)
         _check_reference(cell, got, x, weights)
+
+
+@pytest.mark.parametrize("cell,extra", VARIANTS, ids=VARIANT_IDS)
+def test_repeated_calls_reuse_a_workspace_but_never_its_results(cell, extra):
+    """A signature seen before runs on a workspace kept from its last call (fastrnn._compiled.forward's
+    `reuse`, Workspace.rebind): results equal a first call's bit for bit, with and without initial
+    states, are fresh arrays that later calls never write, and the idle workspace keeps neither the
+    caller's x nor the results alive."""
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(29)
+    for T, B, I, H, tm in [(9, 1, 17, 136, False), (5, 7, 9, 20, False), (6, 3, 17, 34, True)]:
+        args, kw = make_case(rng, cell, extra, T, B, I, H, init=True, dtype=np.float32, time_major=tm)
+        x, weights, call_kw, cell_kw = _split(args, kw)
+        states = call_kw.pop("initial_state")
+        xs = [x, rng.normal(size=x.shape).astype(np.float32)]
+        with fastrnn.threads(2):
+            prepared = F.prepare(cell, *weights, **cell_kw)
+            first = {}   # (which x, with states) -> the first call's results: a fresh workspace
+            kept = []    # every result handed out, with a copy taken when it was returned
+            for _ in range(3):
+                for i, xi in enumerate(xs):
+                    for st in (None, states):
+                        out, got_states = prepared(xi, initial_state=st, **call_kw)
+                        for a in (out, *got_states):
+                            assert not any(np.shares_memory(a, b) for b, _ in kept)
+                            kept.append((a, a.copy()))
+                        want = first.setdefault((i, st is None), (out.copy(), [s.copy() for s in got_states]))
+                        np.testing.assert_array_equal(out, want[0])
+                        for s, w in zip(got_states, want[1]):
+                            np.testing.assert_array_equal(s, w)
+            for a, copy in kept:   # no later call wrote into an earlier call's results
+                np.testing.assert_array_equal(a, copy)
+            _check_reference(cell, prepared(xs[1], initial_state=states, **call_kw), xs[1], weights,
+                             initial_state=states, **call_kw, **cell_kw)
+            (reuse,) = [seen[1] for seen in prepared._specs._specs.values()]
+            assert reuse, "the signature keeps an idle workspace"
+            probe = rng.normal(size=x.shape).astype(np.float32)
+            probe_ref = weakref.ref(probe)
+            out, got_states = prepared(probe, **call_kw)
+            # (the outputs are a view of the workspace's (N, H) array, the states its own)
+            result_refs = [weakref.ref(a) for a in (out if out.base is None else out.base, *got_states)]
+            del probe, out, got_states
+            gc.collect()
+            assert probe_ref() is None and all(r() is None for r in result_refs)
