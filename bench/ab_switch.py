@@ -68,20 +68,27 @@ def _plan_wide_kept_only(spec, training, threads=None, packs_kept=False):
     return _REAL_PLAN(spec, training, threads, packs_kept and wide)
 
 
+def _set_plan_input(name, value):
+    """A constant (or the function) of fastrnn._dispatch the plans read, set; plans kept for repeated
+    signatures (the prepared calls) are made again."""
+    setattr(_dispatch, name, value)
+    _dispatch.plans_changed()
+
+
 SWITCHES = {
     "simd": lambda on: engine.limit_simd(2 if on else 1),
     "serpentine": lambda on: engine.serpentine(on),
     "scratch": _scratch_switch,
     "packed": lambda on: _dispatch.packed_gemm(on),
     "gemm": lambda on: engine.packed_gemm(on),
-    "packrows": lambda on: setattr(_dispatch, "PACK_MAX_ROWS", 1 << 20 if on else _PACK_MAX_ROWS),
-    "hidden": lambda on: setattr(_dispatch, "HIDDEN_SPLIT_MAX_B", 1 << 20 if on else 4),
+    "packrows": lambda on: _set_plan_input("PACK_MAX_ROWS", 1 << 20 if on else _PACK_MAX_ROWS),
+    "hidden": lambda on: _set_plan_input("HIDDEN_SPLIT_MAX_B", 1 << 20 if on else 4),
     "threads": lambda on: fastrnn.set_num_threads(2 if on else 1),
     "prepared": lambda on: setattr(ENGINES["fastrnn"], "use_prepared", on),
     "wpanels": lambda on: engine.keep_w_panels(on),
     "fused": lambda on: _dispatch.fused_projection(on),
-    "longpanels": lambda on: setattr(_dispatch, "PACK_ONE_ROW_MIN_T", 32 if on else 1 << 30),
-    "narrowpanels": lambda on: setattr(_dispatch, "cpu_plan", _REAL_PLAN if on else _plan_wide_kept_only),
+    "longpanels": lambda on: _set_plan_input("PACK_ONE_ROW_MIN_T", 32 if on else 1 << 30),
+    "narrowpanels": lambda on: _set_plan_input("cpu_plan", _REAL_PLAN if on else _plan_wide_kept_only),
     "adaptive": lambda on: engine.adaptive_team(on),
     "concat": lambda on: _dispatch.concat_product(on),
     "hinout": lambda on: engine.h_in_out(on),

@@ -5,6 +5,12 @@
 its eligibility predicate is "device is cpu and the extension loaded".  The NumPy reference serves the
 same Specs (slowly) and is chosen when asked for, or when the compiled engine declines.  `explain()`
 states the choice in words, including the paths not taken.
+
+Plans are remembered: fastrnn.functional keeps a repeated signature's Choice (a prepared or a built-in
+cell's call) while `plan_inputs()` is unchanged.  So whatever changes what `cpu_plan` returns for a Spec
+besides the thread count and the SIMD level (the switches below, or a test or benchmark that sets this
+module's constants) must call `plans_changed()`.  A stale plan is still a correct one: plans choose
+kernels, never results beyond float rounding.
 """
 from typing import NamedTuple
 
@@ -90,6 +96,7 @@ HIDDEN_SPLIT_MIN_CALL_MACS = 3 * 1024 * 1024
 _packed_enabled = True
 _fused_enabled = True
 _concat_enabled = True
+_generation = 0   # plans_changed() counts up
 # Concatenated product (B >= 2, LSTM): with a narrow input the hoisted projection x @ W is a GEMM of
 # K = I, which runs well below the peak (OpenBLAS, 896 x 28 x 256 on one Zen 3 core: 72 GFLOP/s),
 # writes xp out to memory and has each step read it back; folding it into the step's product as
@@ -130,12 +137,27 @@ def _engine():
 _ENGINE = None
 
 
+def plans_changed():
+    """Say that what cpu_plan returns may have changed (a switch below, a constant set): plans kept by
+    fastrnn.functional for repeated signatures are made again."""
+    global _generation
+    _generation += 1
+
+
+def plan_inputs():
+    """What a plan depends on besides its Spec and arguments: fastrnn's thread count, the SIMD level and
+    plans_changed()'s count.  A plan made under equal plan_inputs() is the plan cpu_plan makes now."""
+    e = _ENGINE or _engine()
+    return e.get_num_threads(), e.simd_level(), _generation
+
+
 def packed_gemm(on=None):
     """Whether plans may use the packed-R microkernel (tests and benchmarks switch it off to compare);
     `on` changes the setting.  Returns the setting in force."""
     global _packed_enabled
     if on is not None:
         _packed_enabled = bool(on)
+        plans_changed()
     return _packed_enabled
 
 
@@ -145,6 +167,7 @@ def concat_product(on=None):
     global _concat_enabled
     if on is not None:
         _concat_enabled = bool(on)
+        plans_changed()
     return _concat_enabled
 
 
@@ -154,6 +177,7 @@ def fused_projection(on=None):
     global _fused_enabled
     if on is not None:
         _fused_enabled = bool(on)
+        plans_changed()
     return _fused_enabled
 
 

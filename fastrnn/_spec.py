@@ -204,14 +204,25 @@ def build_spec(cell, x, kernel, recurrent_kernel, bias=None, *, initial_state=No
     return spec, arrays
 
 
+class Signature:
+    """A call signature a SpecCache has validated: its Spec, the idle inference workspaces the compiled
+    engine keeps for it (`idle`, fastrnn._compiled.forward's `reuse`), and fastrnn.functional's cached
+    dispatch choice for it (`choice`: (the inputs it was made under, the Choice), or None)."""
+
+    __slots__ = ("spec", "idle", "choice")
+
+    def __init__(self, spec):
+        self.spec, self.idle, self.choice = spec, [], None
+
+
 class SpecCache:
     """build_spec's result for call signatures already validated, for a caller whose weights are fixed
     arrays (fastrnn.functional.prepare's copies, a built-in cell's read-only weights): a call whose x
     (and initial states, if any) are plain ndarrays of the weights' dtype, with no mask and no dropout
     masks, and whose x shape and options were validated before, skips build_spec's checks (about 7 us
     a call).  Anything else goes through build_spec, and is remembered when it is of that kind.
-    Each remembered signature also has a list in which the compiled engine keeps its idle inference
-    workspaces (fastrnn._compiled.forward's `reuse`), so a repeated call allocates only its results."""
+    A remembered signature is a `Signature`, which also keeps what a repeated call would otherwise make
+    again: its inference workspaces and its plan."""
 
     MAX = 64   # signatures kept; a caller with ever new shapes starts over
     _KEY_OPTIONS = ("go_backwards", "time_major", "zero_output_for_mask", "activation", "recurrent_activation",
@@ -232,24 +243,24 @@ class SpecCache:
         return all(type(s) is np.ndarray and s.dtype == self.dtype and s.shape == (B, self.H) for s in states)
 
     def __call__(self, x, options):
-        """(spec, arrays, reuse) of the call `options` (fastrnn.functional's keyword arguments but engine)
-        describes: spec and arrays as build_spec returns them, and the signature's list of idle
-        workspaces (None: a call of a kind not remembered)."""
+        """(spec, arrays, signature) of the call `options` (fastrnn.functional's keyword arguments but
+        engine) describes: spec and arrays as build_spec returns them, and the call's Signature (None: a
+        call of a kind not remembered)."""
         plain = (self._uniform and type(x) is np.ndarray and x.dtype == self.dtype and options["mask"] is None
                  and options["dropout_mask"] is None and options["recurrent_dropout_mask"] is None)
         if plain:
-            key = (x.shape, *(options.get(k) for k in self._KEY_OPTIONS))
+            key = (x.shape, *map(options.get, self._KEY_OPTIONS))
             seen = self._specs.get(key)
             states = options["initial_state"]
-            if seen is not None and self._states_ok(states, seen[0].B):
+            if seen is not None and self._states_ok(states, seen.spec.B):
                 states = None if states is None else list(states)
-                return seen[0], Arrays(x, self.kernel, self.recurrent_kernel, self.bias, states, None, None, None), seen[1]
+                return seen.spec, Arrays(x, self.kernel, self.recurrent_kernel, self.bias, states, None, None, None), seen
         spec, arrays = build_spec(self.cell, x, self.kernel, self.recurrent_kernel, self.bias, **options)
         if plain and arrays.x is x:
             if len(self._specs) >= self.MAX:
                 self._specs.clear()
-            self._specs[key] = (spec, [])
-            return spec, arrays, self._specs[key][1]
+            seen = self._specs[key] = Signature(spec)
+            return spec, arrays, seen
         return spec, arrays, None
 
 

@@ -36,19 +36,30 @@ def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options, packs=No
     """One call.  packs (inference only): a cache of the packed layouts of kernel and recurrent_kernel,
     for a caller that guarantees the arrays do not change between its calls (a built-in cell's read-only
     weights, whose cache set_weights replaces; fastrnn/_prepared.py); None packs for this call alone.
-    specs: a fastrnn._spec.SpecCache over the same weights, which validates the call instead (and keeps
-    the idle workspaces of the signatures it remembers for the compiled inference forward)."""
+    specs: a fastrnn._spec.SpecCache over the same weights, which validates the call instead; for a
+    signature it remembers, the call's plan and workspace are kept too (a repeated prepared call's Python
+    is then a few lookups: bench/NOTES.md 55)."""
+    packs_kept = packs is not None and not vjp
     if specs is not None:
-        spec, arrays, reuse = specs(x, options)
+        spec, arrays, seen = specs(x, options)
     else:
-        (spec, arrays), reuse = build_spec(cell, x, kernel, recurrent_kernel, bias, **options), None
-    choice = _dispatch.select(spec, engine, training=vjp, packs_kept=packs is not None and not vjp)
+        (spec, arrays), seen = build_spec(cell, x, kernel, recurrent_kernel, bias, **options), None
+    if seen is None:
+        choice = _dispatch.select(spec, engine, training=vjp, packs_kept=packs_kept)
+    else:   # the signature's last choice, while nothing the plan reads has changed since
+        made_under = (engine, vjp, packs_kept, _dispatch.plan_inputs())
+        kept = seen.choice
+        if kept is not None and kept[0] == made_under:
+            choice = kept[1]
+        else:
+            choice = _dispatch.select(spec, engine, training=vjp, packs_kept=packs_kept)
+            seen.choice = (made_under, choice)
     if choice.engine == "compiled":
         from fastrnn import _compiled
 
         if vjp:
             return _compiled.forward_vjp(spec, arrays, choice.plan)
-        return _compiled.forward(spec, arrays, choice.plan, packs=packs, reuse=reuse)
+        return _compiled.forward(spec, arrays, choice.plan, packs=packs, reuse=None if seen is None else seen.idle)
     return _reference_call(cell, vjp, arrays, options)
 
 

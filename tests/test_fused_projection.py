@@ -26,7 +26,11 @@ VARIANT_IDS = ["lstm", "gru", "simple_rnn"]
 def any_size(monkeypatch):
     """Fuse at any step size (the plan's FUSED_MIN_MACS keeps small steps hoisted, for speed only)."""
     monkeypatch.setattr(_dispatch, "FUSED_MIN_MACS", 0)
+    _dispatch.plans_changed()   # (plans kept for repeated signatures are made again)
     assert _dispatch.fused_projection()
+    yield
+    monkeypatch.undo()
+    _dispatch.plans_changed()
 
 
 def _fused(cell, x, weights, cell_kw, threads, packs_kept):

@@ -355,7 +355,7 @@ def test_repeated_calls_reuse_a_workspace_but_never_its_results(cell, extra):
                 np.testing.assert_array_equal(a, copy)
             _check_reference(cell, prepared(xs[1], initial_state=states, **call_kw), xs[1], weights,
                              initial_state=states, **call_kw, **cell_kw)
-            (reuse,) = [seen[1] for seen in prepared._specs._specs.values()]
+            (reuse,) = [seen.idle for seen in prepared._specs._specs.values()]
             assert reuse, "the signature keeps an idle workspace"
             probe = rng.normal(size=x.shape).astype(np.float32)
             probe_ref = weakref.ref(probe)
@@ -365,3 +365,39 @@ def test_repeated_calls_reuse_a_workspace_but_never_its_results(cell, extra):
             del probe, out, got_states
             gc.collect()
             assert probe_ref() is None and all(r() is None for r in result_refs)
+
+
+def test_repeated_signatures_keep_their_plan_while_its_inputs_stay(monkeypatch):
+    """fastrnn.functional keeps a remembered signature's plan (fastrnn._spec.Signature.choice) while
+    _dispatch.plan_inputs() stays: the thread count, the SIMD level and plans_changed(), which the
+    switches and whoever sets a plan constant call.  Kept plans are cpu_plan's own, and the results
+    stay the functional call's."""
+    rng = np.random.default_rng(31)
+    args, _ = make_case(rng, "lstm", {}, 6, 3, 17, 34, dtype=np.float32)
+    x, weights, _, _ = _split(args, {})
+    prepared = F.prepare("lstm", *weights)
+    spec, _ = build_spec("lstm", x, *weights)
+
+    def plan_of_a_call():
+        np.testing.assert_allclose(prepared(x)[0], _reference("lstm", x, weights)[0], atol=2e-5)
+        (seen,) = prepared._specs._specs.values()
+        return seen.choice[1].plan
+
+    with fastrnn.threads(1):
+        one = plan_of_a_call()
+        assert one == _dispatch.cpu_plan(spec, training=False, packs_kept=True) and one.threads == 1
+    with fastrnn.threads(2):
+        two = plan_of_a_call()
+        assert two.threads == 2 and plan_of_a_call() is two   # the kept plan, not a new equal one
+        _dispatch.packed_gemm(False)
+        try:
+            assert not plan_of_a_call().forward_packed
+        finally:
+            _dispatch.packed_gemm(True)
+        assert plan_of_a_call() == two
+        if engine.simd_level() >= 1:   # (B = 3 splits hidden units on the microkernel)
+            monkeypatch.setattr(_dispatch, "HIDDEN_SPLIT_MAX_B", 0)
+            _dispatch.plans_changed()
+            assert two.forward_split == "hidden" and plan_of_a_call().forward_split == "batch"
+    monkeypatch.undo()
+    _dispatch.plans_changed()
