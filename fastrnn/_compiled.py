@@ -12,6 +12,7 @@ dx, dW, dR, forward_residuals' residuals: `_scratch.take_result`, back in the po
 `forward_vjp` keeps the forward's buffers in its backward closure; `forward_residuals` /
 `backward_from_residuals` hand the same buffers out and back in as plain arrays (torch custom ops).
 """
+import threading
 import weakref
 
 import numpy as np
@@ -47,6 +48,7 @@ class Workspace:
     # (class attributes, so a forward's workspace does not pay nine stores for them)
     dout = dxp = drec = dh = dc = dht = dhd = dacc = db = None
     _zeros = None   # rebind's zero initial states
+    parked = False  # idle with its own xp (fastrnn._compiled._park)
 
     def __init__(self, spec, arrays, training, saved=None, zeroed=False, scratch=False, pooled=False,
                  project=True):
@@ -147,15 +149,23 @@ class Workspace:
             if not lstm:
                 self.c0 = None
         self.projected = False
-        self.xp, self._xp_token = _scratch.take((B * T, spec.G * H), dt)
+        if self.xp is None:   # (an idle workspace may have kept its own: _park)
+            self.xp, self._xp_token = _scratch.take((B * T, spec.G * H), dt)
         self.out = _scratch.take_result((B * T, H), dt)
         self.hT = np.empty((B, H), dt)
         self.cT = np.empty((B, H), dt) if lstm else None
 
     def idle(self):
-        """After a released call: drop what the call's caller owns (its x and states, the results handed
-        to it), so an idle workspace keeps none of them alive."""
+        """After a call: drop what the call's caller owns (its x and states, the results handed to it),
+        so an idle workspace keeps none of them alive."""
         self.xd = self.h0 = self.c0 = self.out = self.hT = self.cT = None
+
+    def __del__(self):
+        if self.parked:   # (a collected idle workspace's xp leaves _park's budget)
+            try:
+                _unpark(self)
+            except Exception:   # interpreter shutdown: the module may be gone
+                pass
 
 
 def _states(spec, ws):
@@ -167,8 +177,36 @@ def _outputs(spec, ws):
     return ws.out.reshape(shape)
 
 
-# idle workspaces kept per signature (forward's `reuse`): two calls in flight at once find one each
+# Idle workspaces kept per signature (forward's `reuse`): two calls in flight at once find one each.  An
+# idle workspace keeps its scratch xp too, up to IDLE_XP_MAX_BYTES, and all of them together up to
+# IDLE_XP_TOTAL_BYTES: the scratch pool's take and give cost ~10 us a call cold (bench/NOTES.md 55).
 REUSE_KEEP = 2
+IDLE_XP_MAX_BYTES = 4 << 20
+IDLE_XP_TOTAL_BYTES = 32 << 20
+_idle_xp = [0]   # bytes of xp the idle workspaces hold, under _idle_xp_lock
+_idle_xp_lock = threading.Lock()
+
+
+def _park(ws):
+    """Make a run workspace idle: keep its xp while the budget allows (else give it back), drop the
+    call's arrays."""
+    n = ws.xp.nbytes
+    with _idle_xp_lock:
+        keep = n <= IDLE_XP_MAX_BYTES and _idle_xp[0] + n <= IDLE_XP_TOTAL_BYTES
+        if keep:
+            _idle_xp[0] += n
+    ws.parked = keep
+    if not keep:
+        ws.release()
+    ws.idle()
+
+
+def _unpark(ws):
+    """An idle workspace taken for a call (or collected): its kept xp leaves the budget."""
+    if ws.parked:
+        ws.parked = False
+        with _idle_xp_lock:
+            _idle_xp[0] -= ws.xp.nbytes
 
 
 def forward(spec, arrays, plan=None, packs=None, reuse=None):
@@ -189,15 +227,19 @@ def forward(spec, arrays, plan=None, packs=None, reuse=None):
     if ws is None:
         ws = Workspace(spec, arrays, training=False, scratch=True, project=False)
     else:
+        _unpark(ws)
         ws.rebind(spec, arrays)
     try:
         engine.forward(ws, spec, plan or cpu_plan(spec, training=False), packs)
-    finally:
+    except BaseException:
         ws.release()
+        raise
     result = _outputs(spec, ws), _states(spec, ws)
     if reuse is not None and len(reuse) < REUSE_KEEP:
-        ws.idle()
+        _park(ws)
         reuse.append(ws)
+    else:
+        ws.release()
     return result
 
 

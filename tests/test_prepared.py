@@ -401,3 +401,36 @@ def test_repeated_signatures_keep_their_plan_while_its_inputs_stay(monkeypatch):
             assert two.forward_split == "hidden" and plan_of_a_call().forward_split == "batch"
     monkeypatch.undo()
     _dispatch.plans_changed()
+
+
+def test_idle_workspaces_keep_their_xp_within_the_budget(monkeypatch):
+    """An idle workspace keeps its scratch xp for the next call (fastrnn._compiled._park) while the
+    bytes kept stay within IDLE_XP_TOTAL_BYTES (each at most IDLE_XP_MAX_BYTES); a call that takes it
+    (or its collection) gives its bytes back to the budget; results are the same either way."""
+    import gc
+
+    from fastrnn import _compiled
+
+    rng = np.random.default_rng(37)
+    args, _ = make_case(rng, "gru", {"reset_after": True}, 7, 5, 9, 20, dtype=np.float32)
+    x, weights, _, _ = _split(args, {})
+    xp_bytes = 7 * 5 * 3 * 20 * 4
+    gc.collect()
+    start = _compiled._idle_xp[0]
+    prepared = F.prepare("gru", *weights)
+    want = prepared(x)[0].copy()   # the first call's workspace goes idle with its xp
+    (seen,) = prepared._specs._specs.values()
+    (ws,) = seen.idle
+    assert ws.parked and ws.xp is not None and _compiled._idle_xp[0] == start + xp_bytes
+    np.testing.assert_array_equal(prepared(x)[0], want)   # taken, run on its kept xp, parked again
+    assert seen.idle == [ws] and ws.parked and _compiled._idle_xp[0] == start + xp_bytes
+    monkeypatch.setattr(_compiled, "IDLE_XP_TOTAL_BYTES", start + xp_bytes - 1)   # no room for it
+    np.testing.assert_array_equal(prepared(x)[0], want)
+    assert not ws.parked and ws.xp is None and _compiled._idle_xp[0] == start
+    np.testing.assert_array_equal(prepared(x)[0], want)   # (an xp from the pool again)
+    monkeypatch.undo()
+    prepared(x)
+    assert ws.parked and _compiled._idle_xp[0] == start + xp_bytes
+    del prepared, seen, ws
+    gc.collect()
+    assert _compiled._idle_xp[0] == start
