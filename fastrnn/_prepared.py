@@ -23,6 +23,20 @@ from fastrnn import _dispatch, functional
 from fastrnn._spec import CELLS, SpecCache, _as_float_array, build_spec
 
 
+def _compiled():
+    """fastrnn._compiled, imported on first use (it needs the compiled extension, which a reference-only
+    Prepared does not)."""
+    global _COMPILED
+    if _COMPILED is None:
+        from fastrnn import _compiled as module
+
+        _COMPILED = module
+    return _COMPILED
+
+
+_COMPILED = None
+
+
 def _frozen(name, a, dtype=None):
     """A private, C-contiguous, read-only copy of the float array `a` (in `dtype` if given; None stays
     None)."""
@@ -67,6 +81,8 @@ class Prepared:
         self._options = dict(activation=activation, recurrent_activation=recurrent_activation,
                              reset_after=reset_after)
         self.engine = engine
+        # SpecCache._KEY_OPTIONS' values after the per-call flags: the cell's options
+        self._cell_flags = (activation, recurrent_activation, reset_after)
         self._packs = {}   # layout key -> packed copy of R or W (fastrnn/_kernels/_engine.pyx `forward`)
         self._specs = SpecCache(cell, self.kernel, self.recurrent_kernel, self.bias)
         # validate everything now (shapes, names, engine), on a one-step probe of the weights' dtype
@@ -86,6 +102,15 @@ class Prepared:
     def __call__(self, x, *, initial_state=None, mask=None, go_backwards=False, time_major=False,
                  zero_output_for_mask=False, dropout_mask=None, recurrent_dropout_mask=None):
         """``outputs, final_states`` of `fastrnn.functional.<cell>` on the frozen weights."""
+        if initial_state is None and mask is None and dropout_mask is None and recurrent_dropout_mask is None:
+            # a signature seen before, x its only array: straight to the compiled forward on the kept
+            # plan and workspace (this Python runs cold after the loop, ~2 us a function call here)
+            seen = self._specs.remembered(x, (go_backwards, time_major, zero_output_for_mask, *self._cell_flags))
+            if seen is not None:
+                choice = functional._kept_choice(seen, self.engine, False, True)
+                if choice is not None and choice.engine == "compiled":
+                    return _compiled().forward(seen.spec, self._specs.plain_arrays(x), choice.plan,
+                                               packs=self._packs, reuse=seen.idle)
         options = dict(self._options, initial_state=initial_state, mask=mask, go_backwards=go_backwards,
                        time_major=time_major, zero_output_for_mask=zero_output_for_mask, dropout_mask=dropout_mask,
                        recurrent_dropout_mask=recurrent_dropout_mask)

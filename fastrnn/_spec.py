@@ -242,6 +242,17 @@ class SpecCache:
             return False
         return all(type(s) is np.ndarray and s.dtype == self.dtype and s.shape == (B, self.H) for s in states)
 
+    def remembered(self, x, flags):
+        """The Signature of a call with no initial states, masks or dropout masks, x and `flags` (the
+        values of _KEY_OPTIONS, in order), if it is remembered; else None.  Its arrays: plain_arrays(x)."""
+        if self._uniform and type(x) is np.ndarray and x.dtype == self.dtype:
+            return self._specs.get((x.shape, *flags))
+        return None
+
+    def plain_arrays(self, x):
+        """The Arrays of a call `remembered` found."""
+        return Arrays(x, self.kernel, self.recurrent_kernel, self.bias, None, None, None, None)
+
     def __call__(self, x, options):
         """(spec, arrays, signature) of the call `options` (fastrnn.functional's keyword arguments but
         engine) describes: spec and arrays as build_spec returns them, and the call's Signature (None: a

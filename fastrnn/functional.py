@@ -44,16 +44,11 @@ def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options, packs=No
         spec, arrays, seen = specs(x, options)
     else:
         (spec, arrays), seen = build_spec(cell, x, kernel, recurrent_kernel, bias, **options), None
-    if seen is None:
+    choice = None if seen is None else _kept_choice(seen, engine, vjp, packs_kept)
+    if choice is None:
         choice = _dispatch.select(spec, engine, training=vjp, packs_kept=packs_kept)
-    else:   # the signature's last choice, while nothing the plan reads has changed since
-        made_under = (engine, vjp, packs_kept, _dispatch.plan_inputs())
-        kept = seen.choice
-        if kept is not None and kept[0] == made_under:
-            choice = kept[1]
-        else:
-            choice = _dispatch.select(spec, engine, training=vjp, packs_kept=packs_kept)
-            seen.choice = (made_under, choice)
+        if seen is not None:
+            seen.choice = ((engine, vjp, packs_kept, _dispatch.plan_inputs()), choice)
     if choice.engine == "compiled":
         from fastrnn import _compiled
 
@@ -61,6 +56,16 @@ def _run(cell, vjp, engine, x, kernel, recurrent_kernel, bias, options, packs=No
             return _compiled.forward_vjp(spec, arrays, choice.plan)
         return _compiled.forward(spec, arrays, choice.plan, packs=packs, reuse=None if seen is None else seen.idle)
     return _reference_call(cell, vjp, arrays, options)
+
+
+def _kept_choice(seen, engine, vjp, packs_kept):
+    """A remembered signature's (fastrnn._spec.Signature) Choice for a call with these arguments of
+    `_run`, while nothing the plan reads has changed since it was made (_dispatch.plan_inputs); None
+    otherwise."""
+    kept = seen.choice
+    if kept is not None and kept[0] == (engine, vjp, packs_kept, _dispatch.plan_inputs()):
+        return kept[1]
+    return None
 
 
 def _reference_call(cell, vjp, arrays, options):

@@ -434,3 +434,30 @@ def test_idle_workspaces_keep_their_xp_within_the_budget(monkeypatch):
     del prepared, seen, ws
     gc.collect()
     assert _compiled._idle_xp[0] == start
+
+
+def test_a_plain_repeated_call_goes_straight_to_the_compiled_forward(monkeypatch):
+    """Prepared.__call__ of a remembered signature with x its only array runs `_compiled.forward` on the
+    kept plan and workspace without fastrnn.functional._run; initial states, a mask, or a plan whose
+    inputs changed go through _run.  The bits are the same either way."""
+    rng = np.random.default_rng(41)
+    args, kw = make_case(rng, "lstm", {}, 6, 5, 17, 34, mask="holes", init=True, dtype=np.float32)
+    x, weights, call_kw, _ = _split(args, kw)
+    prepared = F.prepare("lstm", *weights)
+    with fastrnn.threads(2):
+        want = prepared(x)   # (remembers the signature)
+        through_run = []
+        real = F._run
+        monkeypatch.setattr(F, "_run", lambda *a, **k: through_run.append(1) or real(*a, **k))
+        got = prepared(x)
+        assert through_run == []
+        for a, b in zip([got[0], *got[1]], [want[0], *want[1]]):
+            np.testing.assert_array_equal(a, b)
+        prepared(x, initial_state=call_kw["initial_state"])
+        prepared(x, mask=call_kw["mask"])
+        assert len(through_run) == 2
+    with fastrnn.threads(1):   # another plan input: _run makes the plan again, then it is kept
+        np.testing.assert_allclose(prepared(x)[0], want[0], atol=2e-6)
+        assert len(through_run) == 3
+        prepared(x)
+        assert len(through_run) == 3
