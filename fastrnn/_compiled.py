@@ -112,9 +112,7 @@ class Workspace:
         self.xp, self._xp_token = _scratch.take((N, GH), dt) if scratch else (xp_alloc((N, GH), dt), None)
         if project:
             engine.gemm_into(self.xd, self.W, self.xp, trans_b=self.W_t)
-        self.out = _scratch.take_result((N, H), dt)
-        self.hT = np.empty((B, H), dt)
-        self.cT = np.empty((B, H), dt) if spec.cell == "lstm" else None
+        self._take_results(spec)
         seq = (N, H) if training else (2 * B, H)  # saved state chain, or a ping-pong pair
         one = (N, H) if training else (B, H)
         self.hp = alloc(seq, dt)
@@ -151,9 +149,14 @@ class Workspace:
         self.projected = False
         if self.xp is None:   # (an idle workspace may have kept its own: _park)
             self.xp, self._xp_token = _scratch.take((B * T, spec.G * H), dt)
-        self.out = _scratch.take_result((B * T, H), dt)
+        self._take_results(spec)
+
+    def _take_results(self, spec):
+        """Fresh arrays for what a forward hands out: out (N, H), hT and (LSTM) cT (B, H)."""
+        B, H, dt = spec.B, spec.H, spec.dtype
+        self.out = _scratch.take_result((B * spec.T, H), dt)
         self.hT = np.empty((B, H), dt)
-        self.cT = np.empty((B, H), dt) if lstm else None
+        self.cT = np.empty((B, H), dt) if spec.cell == "lstm" else None
 
     def idle(self):
         """After a call: drop what the call's caller owns (its x and states, the results handed to it),

@@ -243,8 +243,9 @@ class SpecCache:
         return all(type(s) is np.ndarray and s.dtype == self.dtype and s.shape == (B, self.H) for s in states)
 
     def remembered(self, x, flags):
-        """The Signature of a call with no initial states, masks or dropout masks, x and `flags` (the
-        values of _KEY_OPTIONS, in order), if it is remembered; else None.  Its arrays: plain_arrays(x)."""
+        """The Signature of a call with no masks or dropout masks, x and `flags` (the values of
+        _KEY_OPTIONS, in order), if it is remembered; else None.  With no initial states either, its
+        arrays are plain_arrays(x)."""
         if self._uniform and type(x) is np.ndarray and x.dtype == self.dtype:
             return self._specs.get((x.shape, *flags))
         return None
@@ -257,20 +258,22 @@ class SpecCache:
         """(spec, arrays, signature) of the call `options` (fastrnn.functional's keyword arguments but
         engine) describes: spec and arrays as build_spec returns them, and the call's Signature (None: a
         call of a kind not remembered)."""
-        plain = (self._uniform and type(x) is np.ndarray and x.dtype == self.dtype and options["mask"] is None
-                 and options["dropout_mask"] is None and options["recurrent_dropout_mask"] is None)
-        if plain:
-            key = (x.shape, *map(options.get, self._KEY_OPTIONS))
-            seen = self._specs.get(key)
+        no_masks = (options["mask"] is None and options["dropout_mask"] is None
+                    and options["recurrent_dropout_mask"] is None)
+        if no_masks:
+            flags = tuple(map(options.get, self._KEY_OPTIONS))
+            seen = self.remembered(x, flags)
             states = options["initial_state"]
             if seen is not None and self._states_ok(states, seen.spec.B):
                 states = None if states is None else list(states)
                 return seen.spec, Arrays(x, self.kernel, self.recurrent_kernel, self.bias, states, None, None, None), seen
         spec, arrays = build_spec(self.cell, x, self.kernel, self.recurrent_kernel, self.bias, **options)
-        if plain and arrays.x is x:
+        # remembered when x is what `remembered` looks up (a plain ndarray of the weights' dtype) and
+        # build_spec took it as it is
+        if no_masks and self._uniform and type(x) is np.ndarray and x.dtype == self.dtype and arrays.x is x:
             if len(self._specs) >= self.MAX:
                 self._specs.clear()
-            seen = self._specs[key] = Signature(spec)
+            seen = self._specs[(x.shape, *flags)] = Signature(spec)
             return spec, arrays, seen
         return spec, arrays, None
 

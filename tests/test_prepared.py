@@ -419,6 +419,7 @@ def test_idle_workspaces_keep_their_xp_within_the_budget(monkeypatch):
     start = _compiled._idle_xp[0]
     prepared = F.prepare("gru", *weights)
     want = prepared(x)[0].copy()   # the first call's workspace goes idle with its xp
+    np.testing.assert_allclose(want, _reference("gru", x, weights)[0], atol=2e-5)
     (seen,) = prepared._specs._specs.values()
     (ws,) = seen.idle
     assert ws.parked and ws.xp is not None and _compiled._idle_xp[0] == start + xp_bytes
@@ -446,6 +447,7 @@ def test_a_plain_repeated_call_goes_straight_to_the_compiled_forward(monkeypatch
     prepared = F.prepare("lstm", *weights)
     with fastrnn.threads(2):
         want = prepared(x)   # (remembers the signature)
+        _check_reference("lstm", want, x, weights)   # (before _run is watched: the reference runs through it)
         through_run = []
         real = F._run
         monkeypatch.setattr(F, "_run", lambda *a, **k: through_run.append(1) or real(*a, **k))
