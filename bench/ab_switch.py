@@ -24,6 +24,8 @@ SWITCH (the "on" side first; the ratio is on / off):
               engine.adaptive_team (pool.h, fr_pool_run_adaptive)
   concat      B >= 2, narrow input: the projection folded into each step's product vs hoisted
               fastrnn._dispatch.concat_product (the rule bounds the AVX2 build only)
+  widecat     the concatenated product at any input width and [W; R] size vs the rule's bounds
+              (fastrnn._dispatch.CONCAT_MAX_I, CONCAT_MAX_BYTES)
   hinout      unmasked inference: h kept in the output rows vs a state slot copied to them
               engine.h_in_out (_engine.pyx, Output rows as state)
   nextpanel   the AVX2 microkernel's few-row passes over long panels prefetching the next panel vs
@@ -91,10 +93,20 @@ SWITCHES = {
     "narrowpanels": lambda on: _set_plan_input("cpu_plan", _REAL_PLAN if on else _plan_wide_kept_only),
     "adaptive": lambda on: engine.adaptive_team(on),
     "concat": lambda on: _dispatch.concat_product(on),
+    "widecat": lambda on: _widecat_switch(on),
     "hinout": lambda on: engine.h_in_out(on),
     "nextpanel": lambda on: engine.next_panel_prefetch(on),
     "torchnode": lambda on: _torch_node_switch(on),
 }
+
+
+_CONCAT_RULE = (_dispatch.CONCAT_MAX_I, _dispatch.CONCAT_MAX_BYTES)
+
+
+def _widecat_switch(on):
+    """The concatenated product at any input width and [W; R] size vs the rule's bounds."""
+    for name, rule in zip(("CONCAT_MAX_I", "CONCAT_MAX_BYTES"), _CONCAT_RULE):
+        _set_plan_input(name, 1 << 40 if on else rule)
 
 
 def _torch_node_switch(on):

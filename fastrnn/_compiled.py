@@ -331,12 +331,20 @@ def _backward(spec, arrays, ws, d_outputs, d_final_states, plan, transposed=(Fal
     ws.drec, drec_token = _scratch.take((N, GH), dt) if spec.cell == "gru" and spec.reset_after else (None, None)
     # the bias gradient, summed by the loop (row 1: drec's sums, GRU reset_after's recurrent bias)
     ws.db = np.empty((1 + (ws.drec is not None), GH), dt) if spec.has_bias else None
+    # The hoisted gradients' outputs are taken here too, with the rest, so that their GEMMs then run back
+    # to back: the pool's bookkeeping costs ~60-80 us a take run cold after a kernel has evicted it, and
+    # ~5 us right after another take (bench/NOTES.md 56).
+    dW = _WeightGradient(N, I, GH, dt, transposed[0])
+    dR = _WeightGradient(N, H, GH, dt, transposed[1])
+    dx = _scratch.take_result((N, I), dt)
     try:
-        return _hoisted_gradients(spec, arrays, ws, plan, transposed)
+        return _hoisted_gradients(spec, arrays, ws, plan, dW, dR, dx)
     finally:
         ws.dxp = ws.drec = None
         _scratch.give(dxp_token)
         _scratch.give(drec_token)
+        dW.release()
+        dR.release()
 
 
 # A transposed weight gradient (torch's layout, `transposed`) comes from the transposed GEMM dG^T @ A
@@ -349,42 +357,53 @@ DIRECT_TRANSPOSED_MAX_ROWS = 512
 DIRECT_TRANSPOSED_MIN_COLS = 64
 
 
-def _weight_gradient(products, K, GH, dt, transposed):
-    """dWeight (K, GH) = A^T @ G summed over the N rows, from `products`: (A (N, K), G (N, w), c0) pairs
-    filling columns c0..c0+w (several for GRU reset_after=False, whose candidate block reads aux).
-    transposed: the (GH, K) C-contiguous transpose instead, on a 64-byte line (transpose_into stores whole
-    lines there), computed as the transposed GEMM or as the plain one then a tiled transpose."""
-    N = products[0][0].shape[0]
-    if not transposed:
-        out = _scratch.take_result((K, GH), dt)
-        for A, G, c0 in products:
-            engine.gemm_into(A, G, out[:, c0:c0 + G.shape[1]], trans_a=True)
-        return out
-    out = _scratch.take_result((GH, K), dt, align=64)
-    if N <= DIRECT_TRANSPOSED_MAX_ROWS and K >= DIRECT_TRANSPOSED_MIN_COLS:
-        for A, G, c0 in products:
-            engine.gemm_into(G, A, out[c0:c0 + G.shape[1]], trans_a=True)
-        return out
-    plain, token = _scratch.take((K, GH), dt)
-    try:
+class _WeightGradient:
+    """One weight gradient, dWeight (K, GH) = A^T @ G summed over N rows, its output taken when this is
+    made and filled by `compute`.  transposed: the (GH, K) C-contiguous transpose instead, on a 64-byte
+    line (transpose_into stores whole lines there), computed as the transposed GEMM or as the plain one
+    into a scratch buffer then a tiled transpose; `release` gives that buffer back."""
+
+    __slots__ = ("out", "plain", "token", "transposed")
+
+    def __init__(self, N, K, GH, dt, transposed):
+        self.transposed = transposed
+        self.plain = self.token = None
+        if not transposed:
+            self.out = _scratch.take_result((K, GH), dt)
+            return
+        self.out = _scratch.take_result((GH, K), dt, align=64)
+        if not (N <= DIRECT_TRANSPOSED_MAX_ROWS and K >= DIRECT_TRANSPOSED_MIN_COLS):
+            self.plain, self.token = _scratch.take((K, GH), dt)
+
+    def compute(self, products):
+        """Fill the output from `products`: (A (N, K), G (N, w), c0) pairs filling columns c0..c0+w
+        (several for GRU reset_after=False, whose candidate block reads aux); returns it."""
+        out = self.out
+        if self.transposed and self.plain is None:
+            for A, G, c0 in products:
+                engine.gemm_into(G, A, out[c0:c0 + G.shape[1]], trans_a=True)
+            return out
+        plain = self.plain if self.transposed else out
         for A, G, c0 in products:
             engine.gemm_into(A, G, plain[:, c0:c0 + G.shape[1]], trans_a=True)
-        engine.transpose_into(plain, out)
-    finally:
-        _scratch.give(token)
-    return out
+        if self.transposed:
+            engine.transpose_into(plain, out)
+        return out
+
+    def release(self):
+        _scratch.give(self.token)
+        self.plain = self.token = None
 
 
-def _hoisted_gradients(spec, arrays, ws, plan, transposed=(False, False)):
-    """The backward loop, then the hoisted gradients from its dxp/drec: the gradients dict (see
-    `backward_from_residuals` for `transposed`)."""
-    I, H, GH, dt = spec.I, spec.H, spec.G * spec.H, spec.dtype
-    N = spec.B * spec.T
+def _hoisted_gradients(spec, arrays, ws, plan, dW, dR, dx):
+    """The backward loop, then the hoisted gradients from its dxp/drec into the outputs `_backward` took
+    (dW, dR: _WeightGradient; dx (N, I)): the gradients dict (see `backward_from_residuals` for
+    `transposed`)."""
+    H = spec.H
     engine.backward(ws, spec, plan)
 
     # the hoisted gradients: single GEMMs and reductions over all N = B*T rows
-    dW = _weight_gradient([(ws.xd, ws.dxp, 0)], I, GH, dt, transposed[0])
-    dx = _scratch.take_result((N, I), dt)
+    dW = dW.compute([(ws.xd, ws.dxp, 0)])
     engine.gemm_into(ws.dxp, ws.W, dx, trans_b=not ws.W_t)
     dx = dx.reshape(arrays.x.shape)
     if arrays.dropout_mask is not None:
@@ -394,7 +413,7 @@ def _hoisted_gradients(spec, arrays, ws, plan, transposed=(False, False)):
         products = [(hd, ws.dxp[:, : 2 * H], 0), (ws.aux, ws.dxp[:, 2 * H:], 2 * H)]
     else:
         products = [(hd, ws.drec if ws.drec is not None else ws.dxp, 0)]
-    dR = _weight_gradient(products, H, GH, dt, transposed[1])
+    dR = dR.compute(products)
     db = None
     if spec.has_bias:
         db = ws.db if ws.drec is not None else ws.db[0]
