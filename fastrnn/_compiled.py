@@ -334,17 +334,17 @@ def _backward(spec, arrays, ws, d_outputs, d_final_states, plan, transposed=(Fal
     # The hoisted gradients' outputs are taken here too, with the rest, so that their GEMMs then run back
     # to back: the pool's bookkeeping costs ~60-80 us a take run cold after a kernel has evicted it, and
     # ~5 us right after another take (bench/NOTES.md 56).
-    dW = _WeightGradient(N, I, GH, dt, transposed[0])
-    dR = _WeightGradient(N, H, GH, dt, transposed[1])
+    kernel_grad = _WeightGradient(N, I, GH, dt, transposed[0])
+    recurrent_grad = _WeightGradient(N, H, GH, dt, transposed[1])
     dx = _scratch.take_result((N, I), dt)
     try:
-        return _hoisted_gradients(spec, arrays, ws, plan, dW, dR, dx)
+        return _hoisted_gradients(spec, arrays, ws, plan, kernel_grad, recurrent_grad, dx)
     finally:
         ws.dxp = ws.drec = None
         _scratch.give(dxp_token)
         _scratch.give(drec_token)
-        dW.release()
-        dR.release()
+        kernel_grad.release()
+        recurrent_grad.release()
 
 
 # A transposed weight gradient (torch's layout, `transposed`) comes from the transposed GEMM dG^T @ A
@@ -395,15 +395,14 @@ class _WeightGradient:
         self.plain = self.token = None
 
 
-def _hoisted_gradients(spec, arrays, ws, plan, dW, dR, dx):
-    """The backward loop, then the hoisted gradients from its dxp/drec into the outputs `_backward` took
-    (dW, dR: _WeightGradient; dx (N, I)): the gradients dict (see `backward_from_residuals` for
-    `transposed`)."""
+def _hoisted_gradients(spec, arrays, ws, plan, kernel_grad, recurrent_grad, dx):
+    """The backward loop, then the hoisted gradients from its dxp/drec into what `_backward` took for them
+    (the weights' _WeightGradient, plain or transposed, and dx (N, I)): the gradients dict."""
     H = spec.H
     engine.backward(ws, spec, plan)
 
     # the hoisted gradients: single GEMMs and reductions over all N = B*T rows
-    dW = dW.compute([(ws.xd, ws.dxp, 0)])
+    dW = kernel_grad.compute([(ws.xd, ws.dxp, 0)])
     engine.gemm_into(ws.dxp, ws.W, dx, trans_b=not ws.W_t)
     dx = dx.reshape(arrays.x.shape)
     if arrays.dropout_mask is not None:
@@ -413,7 +412,7 @@ def _hoisted_gradients(spec, arrays, ws, plan, dW, dR, dx):
         products = [(hd, ws.dxp[:, : 2 * H], 0), (ws.aux, ws.dxp[:, 2 * H:], 2 * H)]
     else:
         products = [(hd, ws.drec if ws.drec is not None else ws.dxp, 0)]
-    dR = dR.compute(products)
+    dR = recurrent_grad.compute(products)
     db = None
     if spec.has_bias:
         db = ws.db if ws.drec is not None else ws.db[0]
