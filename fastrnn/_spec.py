@@ -242,13 +242,16 @@ class SpecCache:
             return False
         return all(type(s) is np.ndarray and s.dtype == self.dtype and s.shape == (B, self.H) for s in states)
 
+    def _plain_x(self, x):
+        """Whether x is of the kind signatures are remembered for: a plain ndarray of the weights' dtype
+        (over weights of one dtype)."""
+        return self._uniform and type(x) is np.ndarray and x.dtype == self.dtype
+
     def remembered(self, x, flags):
         """The Signature of a call with no masks or dropout masks, x and `flags` (the values of
         _KEY_OPTIONS, in order), if it is remembered; else None.  With no initial states either, its
         arrays are plain_arrays(x)."""
-        if self._uniform and type(x) is np.ndarray and x.dtype == self.dtype:
-            return self._specs.get((x.shape, *flags))
-        return None
+        return self._specs.get((x.shape, *flags)) if self._plain_x(x) else None
 
     def plain_arrays(self, x):
         """The Arrays of a call `remembered` found."""
@@ -268,9 +271,8 @@ class SpecCache:
                 states = None if states is None else list(states)
                 return seen.spec, Arrays(x, self.kernel, self.recurrent_kernel, self.bias, states, None, None, None), seen
         spec, arrays = build_spec(self.cell, x, self.kernel, self.recurrent_kernel, self.bias, **options)
-        # remembered when x is what `remembered` looks up (a plain ndarray of the weights' dtype) and
-        # build_spec took it as it is
-        if no_masks and self._uniform and type(x) is np.ndarray and x.dtype == self.dtype and arrays.x is x:
+        # remembered when x is what `remembered` looks up and build_spec took it as it is
+        if no_masks and self._plain_x(x) and arrays.x is x:
             if len(self._specs) >= self.MAX:
                 self._specs.clear()
             seen = self._specs[(x.shape, *flags)] = Signature(spec)
